@@ -1,0 +1,376 @@
+"""The run directory contract and the job queue that starts and cancels workers.
+
+    runs/<id>/spec.json       the ExperimentSpec as submitted
+    runs/<id>/status.json     {"state", "step", "total_steps", "started_at", "updated_at",
+                               "finished_at", "pid", "error", "heartbeat"}
+    runs/<id>/metrics.jsonl   train lines {"variant", "step", "epoch", "loss", "lr", "tokens_per_s",
+                               "time"}; eval lines {"variant", "step", "eval_loss", "time"}
+    runs/<id>/adapters/<variant>/   PEFT format
+    runs/<id>/samples.jsonl   {"prompt", "reference", "outputs": {"base": ..., "<variant>": ...}}
+    runs/<id>/summary.json    parameter counts, final losses, tokens/s, wall time
+    runs/<id>/log.txt         the worker's log, traceback included on failure
+
+JSON files are replaced atomically and JSONL lines appended whole, so a reader (the page, once a
+second) never sees half a record and a killed worker loses nothing it already wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefixlab.experiment import ExperimentSpec
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+FINAL_STATES = frozenset({DONE, FAILED, CANCELLED})
+# A live worker refreshes status.json's heartbeat every few seconds from a background thread, so
+# a heartbeat this old means the worker is frozen or gone (pid reused by another process).
+HEARTBEAT_TIMEOUT_S = 60.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-record file primitives
+# ---------------------------------------------------------------------------------------------
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temp file in the same folder, then rename over `path` (atomic on POSIX)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_jsonl(path: str | Path, obj: Any) -> None:
+    """Append one JSON line with a single write call, flushed, so readers see whole lines."""
+    line = json.dumps(obj, allow_nan=True) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+
+
+def read_json(path: str | Path) -> dict | None:
+    """The JSON object at `path`, or None when it does not exist (yet)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every complete line of a JSONL file; a trailing line without newline (being written) is
+    skipped rather than parsed half-way."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")[:-1]  # the last element is "" or an unfinished line
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# One run directory
+# ---------------------------------------------------------------------------------------------
+
+
+class RunDir:
+    """Paths and readers/writers of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.spec_path = self.path / "spec.json"
+        self.status_path = self.path / "status.json"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.samples_path = self.path / "samples.jsonl"
+        self.summary_path = self.path / "summary.json"
+        self.log_path = self.path / "log.txt"
+        self.adapters_path = self.path / "adapters"
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    def adapter_path(self, variant: str) -> Path:
+        return self.adapters_path / variant
+
+    # readers
+    def read_status(self) -> dict:
+        return read_json(self.status_path) or {}
+
+    def read_spec(self) -> ExperimentSpec:
+        return ExperimentSpec.from_dict(self.read_spec_dict())
+
+    def read_spec_dict(self) -> dict:
+        spec = read_json(self.spec_path)
+        if spec is None:
+            raise FileNotFoundError(f"{self.spec_path} does not exist; submit a spec or pass SPEC.json")
+        return spec
+
+    def read_metrics(self) -> list[dict]:
+        return read_jsonl(self.metrics_path)
+
+    def read_samples(self) -> list[dict]:
+        return read_jsonl(self.samples_path)
+
+    def read_summary(self) -> dict | None:
+        return read_json(self.summary_path)
+
+    def log_tail(self, n: int = 50) -> str:
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    # writers
+    def write_spec(self, spec: ExperimentSpec) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.spec_path, spec.to_dict())
+
+    def update_status(self, **changes) -> dict:
+        """Merge `changes` into status.json (stamping updated_at) and return the new status."""
+        status = {**self.read_status(), **changes, "updated_at": time.time()}
+        atomic_write_json(self.status_path, status)
+        return status
+
+    def log(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {message}\n")
+
+
+def new_status(state: str = QUEUED, **extra) -> dict:
+    now = time.time()
+    status = {"state": state, "step": 0, "total_steps": None, "started_at": None, "updated_at": now,
+              "finished_at": None, "pid": None, "error": None, "heartbeat": None}
+    status.update(extra)
+    return status
+
+
+def new_run_id(name: str, runs_dir: Path) -> str:
+    """Sortable id: UTC timestamp + a short slug of the experiment name (+ a counter if taken)."""
+    slug = re.sub(r"[^a-zA-Z0-9]+", "-", name).strip("-").lower()[:24] or "run"
+    base = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{slug}"
+    run_id, n = base, 1
+    while (runs_dir / run_id).exists():
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# The job queue
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    path: Path
+    name: str
+    model: str
+    state: str
+    step: int
+    total_steps: int | None
+    started_at: float | None
+    updated_at: float | None
+    finished_at: float | None
+    error: str | None
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by signal {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class JobQueue:
+    """First come, first served; one job per device. All state lives in the run directories, so a
+    restarted app picks up where the last one left off.
+
+    `poll()` does the work (start the next queued run when none is active, mark dead workers
+    failed); the app calls it from `start_background()`'s daemon thread about once a second.
+    """
+
+    def __init__(self, runs_dir: str | Path, *, heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+                 worker_command: list[str] | None = None):
+        self.runs_dir = Path(runs_dir)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.heartbeat_timeout = heartbeat_timeout
+        self.worker_command = worker_command or [sys.executable, "-m", "prefixlab", "train"]
+        self._children: dict[str, subprocess.Popen] = {}  # workers this process started
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- public API -----------------------------------------------------------------------------
+
+    def submit(self, spec: ExperimentSpec) -> str:
+        """Write runs/<id>/spec.json and a queued status; returns the run id."""
+        with self._lock:
+            run_id = new_run_id(spec.name, self.runs_dir)
+            run = RunDir(self.runs_dir / run_id)
+            run.write_spec(spec)
+            atomic_write_json(run.status_path, new_status(QUEUED))
+            return run_id
+
+    def cancel(self, run_id: str) -> str:
+        """SIGTERM a running worker (it saves and ends `cancelled`); a queued run is cancelled at
+        once. Returns the state after the request."""
+        with self._lock:
+            run = self.run_dir(run_id)
+            status = run.read_status()
+            state = status.get("state")
+            if state == QUEUED:
+                run.update_status(state=CANCELLED, finished_at=time.time())
+                return CANCELLED
+            if state == RUNNING and pid_alive(status.get("pid")):
+                os.kill(status["pid"], signal.SIGTERM)
+            return state
+
+    def list_runs(self) -> list[RunInfo]:
+        """Every run on disk, newest first."""
+        infos = []
+        for path in sorted(self.runs_dir.iterdir(), reverse=True):
+            if path.is_dir() and (path / "spec.json").exists():
+                infos.append(self._info(RunDir(path)))
+        return infos
+
+    def run_dir(self, run_id: str) -> RunDir:
+        path = self.runs_dir / run_id
+        if not (path / "spec.json").exists():
+            raise ValueError(f"no run {run_id!r} in {self.runs_dir}; list runs to see the ids")
+        return RunDir(path)
+
+    def active_run(self) -> str | None:
+        """The id of the run holding the device (state running and its worker alive), if any."""
+        for info in self.list_runs():
+            if info.state == RUNNING and self._alive(RunDir(info.path)):
+                return info.run_id
+        return None
+
+    def poll(self) -> str | None:
+        """Reap dead workers, then start the oldest queued run if the device is free. Returns the
+        id of the run started, if one was."""
+        with self._lock:
+            self._mark_dead_workers()
+            if self.active_run() is not None:
+                return None
+            queued = [i for i in self.list_runs() if i.state == QUEUED]
+            if not queued:
+                return None
+            return self._launch(RunDir(queued[-1].path))  # oldest first
+
+    def start_background(self, interval: float = 1.0) -> threading.Thread:
+        """Call poll() every `interval` seconds from a daemon thread (idempotent)."""
+        if self._thread and self._thread.is_alive():
+            return self._thread
+        self._stop.clear()
+
+        def loop():
+            while not self._stop.wait(interval):
+                try:
+                    self.poll()
+                except Exception as err:  # a bad run folder must not stop the queue
+                    print(f"prefixlab queue: poll failed: {err!r}", file=sys.stderr)
+
+        self._thread = threading.Thread(target=loop, name="prefixlab-queue", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop_background(self) -> None:
+        self._stop.set()
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _launch(self, run: RunDir) -> str:
+        # start_new_session: the worker gets its own process group, so a Ctrl-C in the app's
+        # terminal does not kill training and the page's SIGTERM reaches only the worker.
+        # RUNNING is written before the worker exists: a worker that fails at once must find it and
+        # overwrite it, never the other way round. The worker records its own pid.
+        now = time.time()
+        run.update_status(state=RUNNING, pid=None, started_at=now, heartbeat=now, error=None)
+        with open(run.log_path, "a", encoding="utf-8") as log:
+            proc = subprocess.Popen([*self.worker_command, "--run-dir", str(run.path)],
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._children[run.run_id] = proc
+        return run.run_id
+
+    def _alive(self, run: RunDir) -> bool:
+        status = run.read_status()
+        proc = self._children.get(run.run_id)
+        if proc is not None:
+            return proc.poll() is None  # also reaps our own zombie children
+        heartbeat = status.get("heartbeat") or status.get("updated_at") or 0
+        return pid_alive(status.get("pid")) and time.time() - heartbeat < self.heartbeat_timeout
+
+    def _mark_dead_workers(self) -> None:
+        for info in self.list_runs():
+            if info.state != RUNNING:
+                continue
+            run = RunDir(info.path)
+            if self._alive(run):
+                if self._heartbeat_stale(run):
+                    self._fail(run, f"no heartbeat for over {self.heartbeat_timeout:.0f} s")
+                continue
+            proc = self._children.get(info.run_id)
+            # The worker may have written a final state between our two reads.
+            if run.read_status().get("state") in FINAL_STATES:
+                continue
+            self._fail(run, _exit_reason(proc.returncode) if proc is not None else
+                       f"process {run.read_status().get('pid')} is gone")
+
+    def _heartbeat_stale(self, run: RunDir) -> bool:
+        heartbeat = run.read_status().get("heartbeat")
+        return heartbeat is not None and time.time() - heartbeat > self.heartbeat_timeout
+
+    def _fail(self, run: RunDir, why: str) -> None:
+        proc = self._children.pop(run.run_id, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # frozen: free the device for the next run
+            proc.wait()
+        message = f"worker died without reporting: {why}"
+        run.update_status(state=FAILED, error=message, finished_at=time.time())
+        run.log(message)
+
+    def _info(self, run: RunDir) -> RunInfo:
+        status = run.read_status()
+        try:
+            spec = run.read_spec_dict()
+        except (FileNotFoundError, json.JSONDecodeError):
+            spec = {}
+        return RunInfo(run_id=run.run_id, path=run.path, name=spec.get("name", ""),
+                       model=(spec.get("model") or {}).get("name", ""), state=status.get("state", QUEUED),
+                       step=status.get("step") or 0, total_steps=status.get("total_steps"),
+                       started_at=status.get("started_at"), updated_at=status.get("updated_at"),
+                       finished_at=status.get("finished_at"), error=status.get("error"))
