@@ -1,0 +1,113 @@
+"""The built-in table-to-text task: deterministic, shipped as generated, disjoint, faithful."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefixlab import e2e
+
+SHIPPED = Path(__file__).resolve().parents[1] / "presets" / "data" / "e2e_synth"
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return e2e.generate_splits()
+
+
+def test_shipped_files_equal_the_generators_output(splits):
+    for split, examples in splits.items():
+        assert (SHIPPED / f"{split}.jsonl").read_text(encoding="utf-8") == e2e.to_jsonl(examples), split
+
+
+def test_split_sizes_meet_the_issue(splits):
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2000, "validation": 200, "test": 200}
+
+
+def test_splits_are_disjoint(splits):
+    sources = {split: {ex["source"] for ex in examples} for split, examples in splits.items()}
+    assert len(sources["train"]) == 2000  # no duplicates inside a split either
+    assert not sources["train"] & sources["validation"]
+    assert not sources["train"] & sources["test"]
+    assert not sources["validation"] & sources["test"]
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    sizes = {"train": 50, "validation": 5, "test": 5}
+    assert e2e.generate_splits(3, sizes) == e2e.generate_splits(3, sizes)
+    assert e2e.generate_splits(3, sizes) != e2e.generate_splits(4, sizes)
+
+
+def test_generator_leaves_global_random_state_alone():
+    random.seed(7)
+    expected = random.random()
+    random.seed(7)
+    e2e.generate_splits(1, {"train": 20})
+    assert random.random() == expected
+
+
+# How each attribute value must show up in the sentence (E2E's "fast food" is lower case).
+def _mentions(key: str, value: str, target: str) -> bool:
+    if key == "familyFriendly":
+        positive = ("family-friendly", "kid-friendly", "child-friendly", "welcomes families",
+                    "children are welcome", "kid friendly")
+        negative = ("not family-friendly", "non-family-friendly", "adults-only", "not welcome children",
+                    "not kid friendly", "not allowed")
+        said_no = any(p in target for p in negative)
+        return said_no if value == "no" else (not said_no and any(p in target for p in positive))
+    if key == "food":
+        return value.lower() in target.lower()
+    if key == "area":
+        return ("riverside" in target) if value == "riverside" else ("centre" in target)
+    return value in target
+
+
+def test_every_target_realises_its_attributes(splits):
+    for examples in splits.values():
+        for ex in examples:
+            attrs = e2e.parse_source(ex["source"])
+            assert list(attrs)[0] == "name" and ex["target"].startswith(tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+            assert attrs["name"] in ex["target"], ex
+            for key, value in attrs.items():
+                assert _mentions(key, value, ex["target"]), (key, value, ex)
+            # No unrequested attribute sneaks in.
+            if "area" not in attrs:
+                assert "riverside" not in ex["target"] and "city" not in ex["target"], ex
+            if "familyFriendly" not in attrs:
+                assert "famil" not in ex["target"] and "child" not in ex["target"], ex
+
+
+def test_source_layout_round_trips(splits):
+    ex = splits["train"][0]
+    attrs = e2e.parse_source(ex["source"])
+    assert e2e.format_source(attrs) == ex["source"]
+    assert set(attrs) <= set(e2e.ATTRIBUTES) and 3 <= len(attrs) <= 8
+    assert e2e.format_source({"name": "The Eagle", "food": "French"}) == "name[The Eagle] | food[French]"
+
+
+def test_targets_vary(splits):
+    """Several templates: the opening words of targets are not all the same frame."""
+    openings = {ex["target"].split(" ")[0] for ex in splits["train"]}
+    frames = {"There": 0, "is": 0}
+    for ex in splits["train"]:
+        if ex["target"].startswith("There is"):
+            frames["There"] += 1
+        elif f"{e2e.parse_source(ex['source'])['name']} is" in ex["target"]:
+            frames["is"] += 1
+    assert len(openings) > 20 and min(frames.values()) > 200
+
+
+def test_cli_writes_the_files(tmp_path):
+    out = tmp_path / "e2e"
+    subprocess.run([sys.executable, "-m", "prefixlab.e2e", "--out", str(out), "--train", "30",
+                    "--validation", "4", "--test", "4", "--seed", "5"], check=True,
+                   cwd=Path(__file__).resolve().parents[1], capture_output=True)
+    expected = e2e.generate_splits(5, {"train": 30, "validation": 4, "test": 4})
+    for split, examples in expected.items():
+        lines = (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line) for line in lines] == examples
