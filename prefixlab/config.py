@@ -1,0 +1,342 @@
+"""PrefixTuningConfig: PEFT's fields, defaults, help texts and adapter_config.json layout.
+
+The dataclasses mirror `peft.PromptLearningConfig` / `peft.PrefixTuningConfig` field for field, so
+that a PEFT-written adapter_config.json loads here and ours loads in PEFT. Unlike PEFT, values are
+validated in `__post_init__` and every error names the field, the value and what to do.
+
+Sizes that come from the model (INFERRED_FIELDS) stay None until `infer_sizes` fills them from a
+`transformers.PretrainedConfig`, the same rules as PEFT's `_prepare_prompt_learning_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+CONFIG_NAME = "adapter_config.json"
+INFERRED_FIELDS = ("num_layers", "token_dim", "num_attention_heads", "num_transformer_submodules")
+
+
+class AdapterFileError(ValueError):
+    """An adapter directory is missing a file, or a file in it is unreadable or does not fit."""
+
+
+class TaskType(str, enum.Enum):
+    """The tasks prefix tuning supports here (PEFT's names and values)."""
+
+    CAUSAL_LM = "CAUSAL_LM"
+    SEQ_2_SEQ_LM = "SEQ_2_SEQ_LM"
+
+
+class PeftType(str, enum.Enum):
+    PREFIX_TUNING = "PREFIX_TUNING"
+
+
+def _fail(name: str, value: Any, fix: str) -> None:
+    raise ValueError(f"{name}={value!r} is invalid: {fix}")
+
+
+def _check_positive_int(name: str, value: Any, *, optional: bool = True) -> None:
+    """bool is an int subclass; True must not pass for a size."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(name, value, f"{name} must be a whole number (int) of at least 1, e.g. {name}=20")
+    if value < 1:
+        _fail(name, value, f"{name} must be at least 1")
+
+
+def _coerce_task_type(value: Any) -> Optional[TaskType]:
+    if value is None or isinstance(value, TaskType):
+        return value
+    try:
+        return TaskType(str(getattr(value, "value", value)))
+    except ValueError:
+        _fail("task_type", value, "prefix tuning here supports task_type='CAUSAL_LM' (decoder-only models) "
+              "or task_type='SEQ_2_SEQ_LM' (encoder-decoder models)")
+
+
+@dataclass
+class PromptLearningConfig:
+    """Fields shared by prompt-learning methods (PEFT's PeftConfigMixin + PeftConfig + PromptLearningConfig)."""
+
+    task_type: Optional[Union[str, TaskType]] = field(default=None, metadata={"help": "Task type"})
+    peft_type: Optional[Union[str, PeftType]] = field(default=None, metadata={"help": "Peft type"})
+    auto_mapping: Optional[dict] = field(
+        default=None, metadata={"help": "An auto mapping dict to help retrieve the base model class if needed."}
+    )
+    peft_version: Optional[str] = field(default=None, metadata={"help": "PEFT version, leave empty to auto-fill."})
+    base_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "The name of the base model to use."}
+    )
+    revision: Optional[str] = field(default=None, metadata={"help": "The specific base model version to use."})
+    inference_mode: bool = field(default=False, metadata={"help": "Whether to use inference mode"})
+    num_virtual_tokens: int = field(default=None, metadata={"help": "Number of virtual tokens"})
+    token_dim: int = field(
+        default=None, metadata={"help": "The hidden embedding dimension of the base transformer model"}
+    )
+    num_transformer_submodules: Optional[int] = field(
+        default=None, metadata={"help": "Number of transformer submodules"}
+    )
+    num_attention_heads: Optional[int] = field(default=None, metadata={"help": "Number of attention heads"})
+    num_layers: Optional[int] = field(default=None, metadata={"help": "Number of transformer layers"})
+    modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "List of extra modules to be set as trainable and saved in the final checkpoint. "
+            "For example, in Sequence Classification or Token Classification tasks, "
+            "the final layer `classifier/score` are randomly initialized and as such need to be trainable and saved. "
+            "The module(s) will be fully fine-tuned."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.task_type = _coerce_task_type(self.task_type)
+        for name in ("num_virtual_tokens", "token_dim", "num_attention_heads", "num_layers"):
+            _check_positive_int(name, getattr(self, name))
+        if self.num_transformer_submodules not in (None, 1, 2):
+            _fail("num_transformer_submodules", self.num_transformer_submodules,
+                  "use 1 for decoder-only models, 2 for encoder-decoder models, or leave it None to infer it")
+        if self.token_dim is not None and self.num_attention_heads is not None:
+            if self.token_dim % self.num_attention_heads:
+                _fail("token_dim", self.token_dim,
+                      f"token_dim must be divisible by num_attention_heads={self.num_attention_heads} "
+                      "(token_dim = heads * head_dim); fix one of them or leave both None to infer them")
+        if not isinstance(self.inference_mode, bool):
+            _fail("inference_mode", self.inference_mode, "inference_mode must be True or False")
+        if self.modules_to_save:
+            _fail("modules_to_save", self.modules_to_save,
+                  "prefix tuning for CAUSAL_LM / SEQ_2_SEQ_LM trains only the prefix; leave modules_to_save None")
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        return True
+
+    def to_dict(self) -> dict:
+        """All fields as a dict (enums stay enums, as PEFT's `asdict`)."""
+        return dataclasses.asdict(self)
+
+    def to_json_dict(self) -> dict:
+        """All fields with plain JSON values: enums become their string values."""
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PromptLearningConfig":
+        """Build from a dict as in adapter_config.json. Keys this class lacks (other PEFT versions'
+        fields) are dropped with a warning, as PEFT does."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"{cls.__name__}: ignoring unknown keys {unknown} (written by another PEFT version?)")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save_pretrained(self, save_directory: str) -> str:
+        """Write `<save_directory>/adapter_config.json` the way PEFT does (indent 2, sorted keys)."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory={save_directory!r} is a file; pass a directory path")
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        with open(path, "w") as f:
+            f.write(json.dumps(self.to_json_dict(), indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "PromptLearningConfig":
+        """Read `<directory>/adapter_config.json` (ours or PEFT's)."""
+        return cls.from_dict(read_config_file(directory))
+
+
+@dataclass
+class PrefixTuningConfig(PromptLearningConfig):
+    """
+    This is the configuration class to store the configuration of a [`PrefixEncoder`].
+
+    Args:
+        init_weights (`Optional[str]`): If not set, weights are initialized at random, if set to "zero"
+            the weights are initialized so that the activations will be a no-op (zero).
+        encoder_hidden_size (`int`): The hidden size of the prompt encoder.
+        prefix_projection (`bool`): Whether to project the prefix embeddings.
+    """
+
+    init_weights: Literal["zero"] | None = field(
+        default=None,
+        metadata={
+            "help": 'If not set, weights are initialized at random, if set to "zero" the '
+            "weights are initialized so that the activations will be a no-op (zero)."
+        },
+    )
+    encoder_hidden_size: int = field(
+        default=None,
+        metadata={"help": "The hidden size of the encoder"},
+    )
+    prefix_projection: bool = field(
+        default=False,
+        metadata={"help": "Whether to project the prefix tokens"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.peft_type not in (None, PeftType.PREFIX_TUNING, "PREFIX_TUNING"):
+            _fail("peft_type", self.peft_type, "this is a prefix-tuning config; peft_type must be 'PREFIX_TUNING' "
+                  "(load other PEFT methods with peft itself)")
+        super().__post_init__()
+        self.peft_type = PeftType.PREFIX_TUNING
+        _check_positive_int("encoder_hidden_size", self.encoder_hidden_size)
+        if not isinstance(self.prefix_projection, bool):
+            _fail("prefix_projection", self.prefix_projection, "prefix_projection must be True or False")
+        if self.init_weights not in (None, "zero"):
+            _fail("init_weights", self.init_weights, "use None (random init) or 'zero'")
+
+    @property
+    def is_filled(self) -> bool:
+        return all(getattr(self, name) is not None for name in INFERRED_FIELDS) and self.encoder_hidden_size is not None
+
+
+def read_config_file(directory: str) -> dict:
+    """The JSON object in `<directory>/adapter_config.json`, with clear errors for missing/corrupt files."""
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise AdapterFileError(
+            f"{path}: file not found. An adapter directory needs {CONFIG_NAME} and adapter_model.safetensors, "
+            "as written by save_pretrained; check the path"
+        )
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise AdapterFileError(
+            f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+            "re-save the adapter with save_pretrained"
+        ) from err
+    if not isinstance(data, dict):
+        raise AdapterFileError(f"{path}: expected a JSON object, got {type(data).__name__}; re-save the adapter")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes from the model's config (no weights needed)
+
+_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer")
+_HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
+_HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
+
+
+def _model_config_dict(model_config) -> dict:
+    """The text part of the model config as a dict (VLMs keep the language model in text_config)."""
+    data = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+    return data.get("text_config") or data
+
+
+def _first_key(data: dict, keys: tuple[str, ...]):
+    return next((data[k] for k in keys if data.get(k) is not None), None)
+
+
+def _model_num_layers(model_config, data: dict) -> Optional[int]:
+    # The attribute first: transformers maps num_hidden_layers to n_layer / encoder_layers, and the dict
+    # entry was removed in transformers#41250 (same order as PEFT).
+    value = getattr(model_config, "num_hidden_layers", None)
+    return value if value is not None else _first_key(data, _LAYER_KEYS)
+
+
+def _model_kv_heads_and_head_dim(data: dict, token_dim: int, heads: int) -> Optional[tuple[int, int]]:
+    """(num_key_value_heads, head_dim) for grouped-query-attention configs (PEFT #1901), else None."""
+    if "num_key_value_heads" not in data:
+        return None
+    kv_heads = data["num_key_value_heads"] or heads
+    head_dim = data.get("head_dim") or token_dim // heads
+    return kv_heads, head_dim
+
+
+def _missing(field_name: str, keys: tuple[str, ...], model_config) -> ValueError:
+    return ValueError(
+        f"{field_name}=None cannot be inferred: the model config ({type(model_config).__name__}) has none of "
+        f"{', '.join(keys)}; set {field_name} in PrefixTuningConfig"
+    )
+
+
+def _mismatch(field_name: str, value: Any, expected: Any, source: str) -> ValueError:
+    return ValueError(
+        f"{field_name}={value!r} does not match the model ({source} gives {expected!r}); "
+        f"set {field_name}={expected!r} or leave it None to infer it"
+    )
+
+
+def infer_sizes(config: PrefixTuningConfig, model_config) -> PrefixTuningConfig:
+    """A copy of `config` with None sizes filled from `model_config` (a transformers PretrainedConfig).
+
+    Same rules as PEFT's `_prepare_prompt_learning_config`: layers from num_hidden_layers / num_layers /
+    n_layer; token_dim from hidden_size / n_embd / d_model; heads from num_attention_heads / n_head /
+    num_heads / encoder_attention_heads; for grouped-query attention the prefix holds key/value heads,
+    so token_dim = num_key_value_heads * head_dim and num_attention_heads = num_key_value_heads;
+    encoder_hidden_size falls back to token_dim. Explicit values that do not fit the model raise.
+    """
+    if config.num_virtual_tokens is None:
+        _fail("num_virtual_tokens", None, "set num_virtual_tokens to the prefix length, e.g. 20")
+    if config.task_type is None:
+        _fail("task_type", None, "set task_type='CAUSAL_LM' or 'SEQ_2_SEQ_LM'")
+    data = _model_config_dict(model_config)
+    is_seq2seq = bool(data.get("is_encoder_decoder"))
+    expected_task = TaskType.SEQ_2_SEQ_LM if is_seq2seq else TaskType.CAUSAL_LM
+    if config.task_type != expected_task:
+        _fail("task_type", config.task_type.value,
+              f"the model ({type(model_config).__name__}) is {'an encoder-decoder' if is_seq2seq else 'a decoder-only'}"
+              f" model; use task_type='{expected_task.value}'")
+
+    num_layers = _fill_or_check("num_layers", config.num_layers, _model_num_layers(model_config, data),
+                                _LAYER_KEYS, model_config)
+    hidden = _first_key(data, _HIDDEN_KEYS)
+    heads = _first_key(data, _HEAD_KEYS)
+    token_dim, num_heads = config.token_dim, config.num_attention_heads
+    if token_dim is None and hidden is None:
+        raise _missing("token_dim", _HIDDEN_KEYS, model_config)
+    if num_heads is None and heads is None:
+        raise _missing("num_attention_heads", _HEAD_KEYS, model_config)
+    token_dim = hidden if token_dim is None else token_dim
+    num_heads = heads if num_heads is None else num_heads
+    kv = _model_kv_heads_and_head_dim(data, token_dim, num_heads)
+    allowed_dims = {hidden} | ({kv[0] * kv[1]} if kv else set())
+    allowed_heads = {heads} | ({kv[0]} if kv else set())
+    if hidden is not None and token_dim not in allowed_dims:
+        raise _mismatch("token_dim", token_dim, hidden, "its hidden size")
+    if heads is not None and num_heads not in allowed_heads:
+        raise _mismatch("num_attention_heads", num_heads, heads, "its attention head count")
+    if kv is not None:
+        # Grouped-query attention: the prefix holds key/value heads (PEFT #1901), whatever was set.
+        num_heads, token_dim = kv[0], kv[0] * kv[1]
+    if token_dim % num_heads:
+        _fail("token_dim", token_dim, f"token_dim must be divisible by num_attention_heads={num_heads}")
+    submodules = 2 if is_seq2seq else 1
+    if config.num_transformer_submodules not in (None, submodules):
+        raise _mismatch("num_transformer_submodules", config.num_transformer_submodules, submodules,
+                        "its encoder-decoder layout")
+    return dataclasses.replace(
+        config,
+        num_layers=num_layers,
+        token_dim=token_dim,
+        num_attention_heads=num_heads,
+        num_transformer_submodules=submodules,
+        encoder_hidden_size=config.encoder_hidden_size or token_dim,
+    )
+
+
+def _fill_or_check(name: str, value: Optional[int], model_value: Optional[int], keys, model_config) -> int:
+    if value is None:
+        if model_value is None:
+            raise _missing(name, keys, model_config)
+        return model_value
+    if model_value is not None and value != model_value:
+        raise _mismatch(name, value, model_value, f"{type(model_config).__name__}")
+    return value
+
+
+def kv_layout(config: PrefixTuningConfig, model_config=None) -> tuple[int, int, int]:
+    """(num_layers, num_kv_heads, head_dim) of the prefix cache; fills the config first if needed."""
+    if not config.is_filled:
+        if model_config is None:
+            raise ValueError("kv_layout needs model_config when the config's sizes are not filled in")
+        config = infer_sizes(config, model_config)
+    return config.num_layers, config.num_attention_heads, config.token_dim // config.num_attention_heads

@@ -1,0 +1,408 @@
+"""PrefixTuningModel: a frozen transformers model plus named prefixes fed as its key/value cache.
+
+Prefix tuning (Li & Liang 2021, section 4.2) prepends trainable key/value vectors to every attention
+layer. transformers models accept past key/values as a Cache object, so the prefix becomes a
+pre-filled DynamicCache (decoder-only) or EncoderDecoderCache (seq2seq decoders; the encoder gets no
+prefix, as in PEFT). Layout, parameter names, counts and saved files are PEFT's.
+
+Unlike PEFT, the prefix (and the projection MLP) runs once per forward on num_virtual_tokens rows
+and is broadcast to the batch as a view, and `generate` computes it once per call and passes it in
+the cache, which also works on transformers versions that renamed `past_key_values` to `cache`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from typing import Any, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import DynamicCache, EncoderDecoderCache
+
+from .config import (
+    CONFIG_NAME,
+    AdapterFileError,
+    PrefixTuningConfig,
+    TaskType,
+    infer_sizes,
+    read_config_file,
+)
+from .encoder import SAVED_KEY, PrefixEncoder
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"  # PEFT with safe_serialization=False
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefix tensor -> cache layout
+
+
+def layer_rows(config: PrefixTuningConfig) -> list[tuple[int, int]]:
+    """For each layer, which of the prefix's 2*num_layers rows are its key and its value.
+
+    Decoder-only: layer i uses rows (2i, 2i+1). Seq2seq: PEFT duplicates the rows, splits them in
+    groups of four (self key, self value, cross key, cross value) and then discards the cross part,
+    so layer i uses rows (4i mod 2L, 4i+1 mod 2L). We reproduce that so PEFT's adapters give the
+    same logits here (half of a seq2seq prefix is never used, in PEFT as here).
+    """
+    rows = 2 * config.num_layers
+    stride = 2 * config.num_transformer_submodules
+    return [((stride * i) % rows, (stride * i + 1) % rows) for i in range(config.num_layers)]
+
+
+def prefix_key_values(states: torch.Tensor, config: PrefixTuningConfig) -> torch.Tensor:
+    """(n, num_layers*2*token_dim) -> (num_layers*2, kv_heads, n, head_dim), a view."""
+    n, heads = config.num_virtual_tokens, config.num_attention_heads
+    kv = states.view(n, config.num_layers * 2, heads, config.token_dim // heads)  # (n, 2L, heads, head_dim)
+    return kv.permute(1, 2, 0, 3)  # (2L, heads, n, head_dim)
+
+
+def build_prefix_cache(kv: torch.Tensor, batch_size: int, config: PrefixTuningConfig):
+    """A fresh cache holding the prefix for `batch_size` rows (caches are mutated by each forward).
+
+    kv: (2L, heads, n, head_dim). Each row is broadcast with expand (no copy of our own; the cache
+    makes the one copy it needs when it concatenates new tokens).
+    """
+    layers = []
+    for key_row, value_row in layer_rows(config):
+        key = kv[key_row].unsqueeze(0).expand(batch_size, -1, -1, -1)  # (batch, heads, n, head_dim)
+        value = kv[value_row].unsqueeze(0).expand(batch_size, -1, -1, -1)
+        layers.append((key, value))
+    if config.num_transformer_submodules == 2:
+        # Cross-attention starts empty: the decoder computes it from the (un-prefixed) encoder output.
+        return EncoderDecoderCache(DynamicCache(layers), DynamicCache())
+    return DynamicCache(layers)
+
+
+def cache_kwarg_name(model: nn.Module) -> str:
+    """transformers 5.x renamed forward's `past_key_values` to `cache`; use whichever exists."""
+    params = inspect.signature(model.forward).parameters
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    raise ValueError(
+        f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`; prefix tuning needs a model "
+        "that accepts past key/values"
+    )
+
+
+def _batch_size(input_ids: Optional[torch.Tensor], inputs_embeds: Optional[torch.Tensor]) -> int:
+    if input_ids is not None:
+        return input_ids.shape[0]
+    if inputs_embeds is not None:
+        return inputs_embeds.shape[0]
+    raise ValueError("forward needs input_ids or inputs_embeds to know the batch size")
+
+
+def _prepend_ones(mask: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+    """(batch, seq) -> (batch, n + seq): the prefix is always attended to."""
+    if mask is None:
+        return None
+    return torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
+
+
+def _generation_expand_size(model: nn.Module, kwargs: dict) -> int:
+    """Rows per prompt in generate: max(num_beams, num_return_sequences), as transformers expands."""
+    generation_config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+
+    def setting(name: str) -> int:
+        value = kwargs.get(name)
+        if value is None and generation_config is not None:
+            value = getattr(generation_config, name, None)
+        return value or 1
+
+    return max(setting("num_beams"), setting("num_return_sequences"))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def freeze(model: nn.Module) -> None:
+    for param in model.parameters():
+        param.requires_grad_(False)
+
+
+class PrefixTuningModel(nn.Module):
+    """A frozen base model with one or more named prefixes; one is active at a time.
+
+    Attributes: base_model, peft_config {name: filled PrefixTuningConfig}, prompt_encoder
+    (ModuleDict {name: PrefixEncoder}), active_adapter.
+    """
+
+    def __init__(self, model: nn.Module, config: PrefixTuningConfig, adapter_name: str = "default"):
+        super().__init__()
+        if getattr(model, "is_gradient_checkpointing", False):
+            raise ValueError(
+                "the base model has gradient checkpointing enabled, which drops the prefix cache in training; "
+                "call model.gradient_checkpointing_disable() before get_peft_model"
+            )
+        self.base_model = model
+        self.peft_config: dict[str, PrefixTuningConfig] = {}
+        self.prompt_encoder = nn.ModuleDict()
+        self.active_adapter = adapter_name
+        self._cache_kwarg = cache_kwarg_name(model)
+        freeze(model)
+        self.add_adapter(adapter_name, config)
+
+    def __getattr__(self, name: str) -> Any:
+        """Unknown attributes (config, generation_config, device, ...) come from the base model."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    # -- adapters ----------------------------------------------------------------------------
+
+    def add_adapter(self, adapter_name: str, config: PrefixTuningConfig) -> None:
+        """Add a new prefix (not made active, as in PEFT). The config is copied and its sizes filled."""
+        if adapter_name in self.peft_config:
+            raise ValueError(f"adapter_name={adapter_name!r} already exists; pick another name or delete_adapter it")
+        if not isinstance(config, PrefixTuningConfig):
+            raise ValueError(f"config must be a PrefixTuningConfig, got {type(config).__name__}")
+        filled = infer_sizes(config, self.base_model.config)
+        encoder = PrefixEncoder(filled).to(self._encoder_device())
+        self.peft_config[adapter_name] = filled
+        self.prompt_encoder[adapter_name] = encoder
+
+    def set_adapter(self, adapter_name: str) -> None:
+        self._check_adapter(adapter_name)
+        self.active_adapter = adapter_name
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._check_adapter(adapter_name)
+        if len(self.peft_config) == 1:
+            raise ValueError(f"cannot delete {adapter_name!r}: it is the only adapter")
+        del self.peft_config[adapter_name]
+        del self.prompt_encoder[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.active_adapter = next(iter(self.peft_config))
+
+    @property
+    def active_peft_config(self) -> PrefixTuningConfig:
+        return self.peft_config[self.active_adapter]
+
+    def _check_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"adapter_name={adapter_name!r} not found; adapters: {sorted(self.peft_config)}")
+
+    def _encoder_device(self) -> torch.device:
+        param = next(self.base_model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def _is_seq2seq(self, adapter_name: str) -> bool:
+        return self.peft_config[adapter_name].task_type == TaskType.SEQ_2_SEQ_LM
+
+    # -- the prefix --------------------------------------------------------------------------
+
+    def prefix_key_values(self, adapter_name: Optional[str] = None) -> torch.Tensor:
+        """The adapter's prefix once, (num_layers*2, kv_heads, n, head_dim), in the base model's dtype."""
+        name = adapter_name or self.active_adapter
+        self._check_adapter(name)
+        states = self.prompt_encoder[name].prefix_states()  # (n, num_layers*2*token_dim)
+        states = states.to(getattr(self.base_model, "dtype", states.dtype))
+        return prefix_key_values(states, self.peft_config[name])
+
+    def get_prompt(self, batch_size: int, adapter_name: Optional[str] = None):
+        """A fresh prefix cache for `batch_size` rows (PEFT's name)."""
+        name = adapter_name or self.active_adapter
+        return build_prefix_cache(self.prefix_key_values(name), batch_size, self.peft_config[name])
+
+    # -- forward and generate ----------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        adapter_name: Optional[str] = None,
+        **kwargs,
+    ):
+        """The base model's forward with the prefix in its cache.
+
+        input_ids / attention_mask / labels: (batch, seq), as for the base model (no prefix positions
+        in them). For seq2seq, decoder_attention_mask (batch, target_seq) is extended by the prefix.
+        Returns the base model's output (logits (batch, seq, vocab), loss when labels are given).
+        """
+        name = adapter_name or self.active_adapter
+        self._check_adapter(name)
+        config = self.peft_config[name]
+        n = config.num_virtual_tokens
+        batch_size = _batch_size(input_ids, inputs_embeds)
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = kwargs["position_ids"] + n  # positions continue after the prefix (PEFT)
+        if self._is_seq2seq(name):
+            kwargs["decoder_attention_mask"] = _prepend_ones(kwargs.get("decoder_attention_mask"), n)
+        else:
+            attention_mask = _prepend_ones(attention_mask, n)
+        kwargs[self._cache_kwarg] = self.get_prompt(batch_size, name)
+        return self.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels, **kwargs
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        adapter_name: Optional[str] = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """The base model's `generate` with the prefix computed once and handed over as a pre-filled cache.
+
+        input_ids (batch, prompt_len); decoder-only batches must be left-padded with attention_mask
+        given. Greedy, sampling and beam search work (the cache is made for batch*max(num_beams,
+        num_return_sequences) rows). Returns the base model's output (sequences (rows, total_len)).
+        """
+        if input_ids is None:
+            raise ValueError("generate needs input_ids (batch, prompt_len)")
+        name = adapter_name or self.active_adapter
+        self._check_adapter(name)
+        n = self.peft_config[name].num_virtual_tokens
+        if kwargs.get(self._cache_kwarg) is not None:
+            raise ValueError(f"do not pass {self._cache_kwarg}= to generate: the prefix is the cache")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        rows = input_ids.shape[0] * _generation_expand_size(self.base_model, kwargs)
+        if self._is_seq2seq(name):
+            kwargs["decoder_attention_mask"] = _prepend_ones(kwargs.get("decoder_attention_mask"), n)
+        else:
+            attention_mask = _prepend_ones(attention_mask, n)
+        kwargs[self._cache_kwarg] = self.get_prompt(rows, name)
+        return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    # -- parameters --------------------------------------------------------------------------
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all) over every parameter of the wrapper: base model and all adapters (PEFT's count)."""
+        trainable, total = 0, 0
+        for param in self.parameters():
+            total += param.numel()
+            if param.requires_grad:
+                trainable += param.numel()
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
+
+    def trainable_parameter_names(self, adapter_name: Optional[str] = None) -> list[str]:
+        """Names of the parameters that train (of one adapter if named): only prompt_encoder.* ones."""
+        prefix = f"prompt_encoder.{adapter_name}." if adapter_name else ""
+        return [n for n, p in self.named_parameters() if p.requires_grad and n.startswith(prefix)]
+
+    # -- save and load -----------------------------------------------------------------------
+
+    def get_prompt_embedding_to_save(self, adapter_name: str) -> torch.Tensor:
+        """The projected prefix PEFT saves, (num_virtual_tokens, num_layers*2*token_dim), fp32 on CPU."""
+        self._check_adapter(adapter_name)
+        with torch.no_grad():
+            return self.prompt_encoder[adapter_name].prefix_states().detach().float().cpu().contiguous()
+
+    def save_pretrained(self, save_directory: str, selected_adapters: Optional[list[str]] = None) -> None:
+        """PEFT's layout: "default" in save_directory, any other adapter in save_directory/<name>."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory={save_directory!r} is a file; pass a directory path")
+        for name in selected_adapters or list(self.peft_config):
+            self._check_adapter(name)
+            out_dir = save_directory if name == "default" else os.path.join(save_directory, name)
+            os.makedirs(out_dir, exist_ok=True)
+            save_file({SAVED_KEY: self.get_prompt_embedding_to_save(name)}, os.path.join(out_dir, WEIGHTS_NAME),
+                      metadata={"format": "pt"})
+            base_name = self.peft_config[name].base_model_name_or_path or (
+                self.base_model.__dict__.get("name_or_path") or None
+            )
+            # A saved adapter holds only the projected prefix, hence inference_mode=True (as PEFT writes).
+            dataclasses.replace(self.peft_config[name], inference_mode=True,
+                                base_model_name_or_path=base_name).save_pretrained(out_dir)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: nn.Module, model_id: str, adapter_name: str = "default", is_trainable: bool = False
+    ) -> "PrefixTuningModel":
+        """Wrap `model` with the adapter saved in directory `model_id` (by prefixlab or PEFT)."""
+        config = _adapter_config(model_id, is_trainable, model.config)
+        wrapped = cls(model, config, adapter_name)
+        wrapped._load_weights(model_id, adapter_name)
+        return wrapped
+
+    def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False) -> None:
+        """Add the adapter saved in directory `model_id` under `adapter_name` (not made active)."""
+        self.add_adapter(adapter_name, _adapter_config(model_id, is_trainable, self.base_model.config))
+        try:
+            self._load_weights(model_id, adapter_name)
+        except Exception:
+            del self.peft_config[adapter_name]
+            del self.prompt_encoder[adapter_name]
+            raise
+
+    def _load_weights(self, model_id: str, adapter_name: str) -> None:
+        tensor = _read_prompt_embeddings(model_id)
+        encoder = self.prompt_encoder[adapter_name]
+        if tuple(tensor.shape) != tuple(encoder.embedding.weight.shape):
+            raise AdapterFileError(
+                f"{model_id}: {SAVED_KEY} has shape {tuple(tensor.shape)} but this base model needs "
+                f"{tuple(encoder.embedding.weight.shape)} (num_virtual_tokens, num_layers*2*token_dim); the adapter "
+                "was saved for a different base model"
+            )
+        encoder.load_prompt_embeddings(tensor)
+
+
+def _adapter_config(model_id: str, is_trainable: bool, model_config) -> PrefixTuningConfig:
+    """The saved config, checked against the model it is loaded onto."""
+    data = read_config_file(model_id)
+    if data.get("peft_type") not in (None, "PREFIX_TUNING"):
+        raise AdapterFileError(
+            f"{os.path.join(model_id, CONFIG_NAME)}: peft_type={data.get('peft_type')!r} is not a prefix-tuning "
+            "adapter; load it with peft"
+        )
+    try:
+        config = PrefixTuningConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise AdapterFileError(f"{os.path.join(model_id, CONFIG_NAME)}: {err}") from err
+    if is_trainable and config.prefix_projection:
+        raise AdapterFileError(
+            f"{model_id}: saved with prefix_projection=True, so it holds only the projected prefix, not the MLP; "
+            "load it with is_trainable=False, or train a new adapter"
+        )
+    config = dataclasses.replace(config, inference_mode=not is_trainable)
+    try:
+        infer_sizes(config, model_config)
+    except ValueError as err:
+        raise AdapterFileError(f"{model_id}: the adapter was saved for a different base model shape: {err}") from err
+    return config
+
+
+def _read_prompt_embeddings(model_id: str) -> torch.Tensor:
+    path = os.path.join(model_id, WEIGHTS_NAME)
+    legacy = os.path.join(model_id, LEGACY_WEIGHTS_NAME)
+    try:
+        if os.path.isfile(path):
+            state = load_file(path)
+        elif os.path.isfile(legacy):
+            path = legacy
+            state = torch.load(legacy, map_location="cpu", weights_only=True)
+        else:
+            raise AdapterFileError(
+                f"{path}: file not found; an adapter directory needs {WEIGHTS_NAME} next to {CONFIG_NAME}, as "
+                "written by save_pretrained"
+            )
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise AdapterFileError(f"{path}: cannot read the weights ({err}); re-save the adapter") from err
+    if SAVED_KEY not in state:
+        raise AdapterFileError(f"{path}: no {SAVED_KEY!r} tensor (found {sorted(state)}); not a prefix-tuning adapter")
+    return state[SAVED_KEY]
+
+
+def get_peft_model(model: nn.Module, peft_config: PrefixTuningConfig, adapter_name: str = "default") -> PrefixTuningModel:
+    """Freeze `model` and add a prefix described by `peft_config` (PEFT's entry point)."""
+    return PrefixTuningModel(model, peft_config, adapter_name)
