@@ -27,11 +27,13 @@ STRATEGIES = ("greedy", "sampling", "beam")
 # `experiment.variants` form choices: the paired comparison, or one side of it alone.
 VARIANT_CHOICES = ("both", "no_projection", "projection")
 DEFAULT_VARIANT_NAMES = ("no_projection", "projection")
+# The default spec's shared prefix: the paper's table-to-text prefix length (Li & Liang 2021, sec. 5).
+DEFAULT_PREFIX = {"num_virtual_tokens": 10}
 # PrefixTuningConfig fields the form never shows: set by the library, derived from the model
 # (INFERRED_FIELDS, task_type) or chosen per variant (prefix_projection).
 _HIDDEN_PREFIX_FIELDS = frozenset(
     {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode",
-     "modules_to_save", "auto_mapping", "prefix_projection", *INFERRED_FIELDS}
+     "modules_to_save", "auto_mapping", "peft_version", "prefix_projection", *INFERRED_FIELDS}
 )
 
 
@@ -213,7 +215,7 @@ class ExperimentSpec:
 
     def __post_init__(self):
         if not self.variants:
-            self.variants = default_variants(PrefixTuningConfig(num_virtual_tokens=10))
+            self.variants = default_variants(PrefixTuningConfig(**DEFAULT_PREFIX))
         self.validate()
 
     def validate(self) -> None:
@@ -227,6 +229,11 @@ class ExperimentSpec:
                                 f"{name!r} cannot be a folder name; use letters, digits and _")
             if name == "base":
                 raise SpecError(f"variants[{i}].name", "'base' is the name of the untuned model; rename it")
+        for i, v in enumerate(self.variants):
+            if v.prefix.num_virtual_tokens is None:
+                where = "prefix" if _is_form_shaped(self.variants) else f"variants[{i}].prefix"
+                raise SpecError(f"{where}.num_virtual_tokens",
+                                "is empty; set the prefix length, e.g. 10 (the paper's table-to-text value)")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise SpecError("variants", f"names must be unique, {duplicates} repeat; rename one")
@@ -235,7 +242,7 @@ class ExperimentSpec:
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "description": self.description, "model": dataclasses.asdict(self.model)}
-        out["variants"] = [{"name": v.name, "prefix": v.prefix.to_dict()} for v in self.variants]
+        out["variants"] = [{"name": v.name, "prefix": v.prefix.to_json_dict()} for v in self.variants]
         for section in ("data", "training", "generation"):
             out[section] = dataclasses.asdict(getattr(self, section))
         return out
@@ -295,7 +302,7 @@ class ExperimentSpec:
         Raises SpecError when the variants are not the form's shape (the same config except for
         prefix_projection, named as the default pair or one of it): such specs are edited as JSON.
         """
-        shared = self.variants[0].prefix.to_dict()
+        shared = self.variants[0].prefix.to_json_dict()
         values = {"experiment.name": self.name, "experiment.variants": _variant_choice(self.variants)}
         for f in prefix_form_fields():
             values[f["key"]] = shared.get(f["key"].split(".", 1)[1])
@@ -319,7 +326,7 @@ def default_variants(prefix: PrefixTuningConfig, choice: str = "both") -> list[V
 
 
 def _replace_prefix(prefix: PrefixTuningConfig, **changes) -> PrefixTuningConfig:
-    return _prefix_from_dict({**prefix.to_dict(), **changes}, "prefix")
+    return _prefix_from_dict({**prefix.to_json_dict(), **changes}, "prefix")
 
 
 def _variant_choice(variants: list[VariantSpec]) -> str:
@@ -328,11 +335,19 @@ def _variant_choice(variants: list[VariantSpec]) -> str:
     for choice in VARIANT_CHOICES:
         expected = default_variants(variants[0].prefix, choice)
         if names == tuple(v.name for v in expected) and all(
-            v.prefix.to_dict() == e.prefix.to_dict() for v, e in zip(variants, expected)
+            v.prefix.to_json_dict() == e.prefix.to_json_dict() for v, e in zip(variants, expected)
         ):
             return choice
     raise SpecError("variants", f"variants {list(names)} are not the form's no_projection/projection "
                                 "pair; edit this experiment as JSON instead")
+
+
+def _is_form_shaped(variants: list[VariantSpec]) -> bool:
+    try:
+        _variant_choice(variants)
+    except SpecError:
+        return False
+    return True
 
 
 def _section_from_dict(section: str, d: Any):
@@ -344,8 +359,8 @@ def _section_from_dict(section: str, d: Any):
     if unknown:
         raise SpecError(f"{section}.{unknown[0]}",
                         f"unknown field; {section} has {', '.join(sorted(names))}")
-    hints = typing.get_type_hints(cls)
-    values = {k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in d.items()}
+    types_ = _field_types(cls)
+    values = {k: _coerce(f"{section}.{k}", v, *types_[k]) for k, v in d.items()}
     return cls(**values)
 
 
@@ -372,8 +387,8 @@ def _prefix_from_dict(d: dict, where: str) -> PrefixTuningConfig:
     if unknown:
         raise SpecError(f"{where}.{unknown[0]}", f"unknown PrefixTuningConfig field; "
                                                   f"it has {', '.join(sorted(names))}")
-    hints = typing.get_type_hints(PrefixTuningConfig)
-    d = {k: _coerce(f"{where}.{k}", v, hints.get(k, Any)) for k, v in d.items()}
+    types_ = _field_types(PrefixTuningConfig)
+    d = {k: _coerce(f"{where}.{k}", v, *types_[k]) for k, v in d.items()}
     try:
         return PrefixTuningConfig.from_dict(d)
     except (ValueError, TypeError) as err:
@@ -401,6 +416,7 @@ def prefix_field_names() -> set[str]:
 
 def _field_info(key: str, f: dataclasses.Field, type_: Any) -> dict:
     base, optional = _unwrap_optional(type_)
+    optional = optional or f.default is None
     default = f.default if f.default is not dataclasses.MISSING else (
         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
     if isinstance(default, enum.Enum):
@@ -415,8 +431,13 @@ def _field_info(key: str, f: dataclasses.Field, type_: Any) -> dict:
 def prefix_form_fields() -> list[dict]:
     """Form metadata for the user-editable PrefixTuningConfig fields (keys `prefix.<field>`)."""
     hints = typing.get_type_hints(PrefixTuningConfig)
-    return [_field_info(f"prefix.{f.name}", f, hints[f.name]) for f in dataclasses.fields(PrefixTuningConfig)
-            if f.name not in _HIDDEN_PREFIX_FIELDS]
+    out = [_field_info(f"prefix.{f.name}", f, hints[f.name]) for f in dataclasses.fields(PrefixTuningConfig)
+           if f.name not in _HIDDEN_PREFIX_FIELDS]
+    for info in out:  # the form starts from the default spec's prefix, not PEFT's empty one
+        name = info["key"].split(".", 1)[1]
+        if name in DEFAULT_PREFIX:
+            info["default"], info["optional"] = DEFAULT_PREFIX[name], False
+    return out
 
 
 def form_fields() -> list[dict]:
@@ -491,9 +512,17 @@ def _type_name(type_: Any) -> str:
     return getattr(type_, "__name__", "str")
 
 
-def _coerce(key: str, value: Any, type_: Any) -> Any:
+def _field_types(cls) -> dict[str, tuple[Any, bool]]:
+    """{field: (annotation, nullable)}; PEFT writes `token_dim: int = None`, so a None default makes
+    a field nullable as much as an Optional annotation does."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default is None) for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, value: Any, type_: Any, nullable: bool = False) -> Any:
     """Turn a JSON or widget value into `type_`, or raise SpecError naming `key` and the value."""
     base, optional = _unwrap_optional(type_)
+    optional = optional or nullable
     if value is None or (value == "" and base is not str):
         if optional or base is Any:
             return None
