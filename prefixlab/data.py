@@ -1,0 +1,484 @@
+"""Task data: the built-in task, a user's JSONL/CSV file, or a Hub dataset; tokenisation; collation.
+
+Loading gives plain examples `{"source": str, "target": str}` per split (train / validation / test).
+Encoding follows Li & Liang (2021, section 4): a causal LM sees `source + separator + target + eos`
+and is trained only on the target (labels are -100 on the source and on padding); an
+encoder-decoder reads the source and is trained on the target. Batches are padded to their own
+longest example, not to max_length.
+
+Every problem with the data is a `DataError` whose message names where (file and line, or Hub
+split and row), what is wrong, and what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prefixlab.config import TaskType
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+BUILTIN_TASKS = {"e2e-synth": PRESETS_DIR / "data" / "e2e_synth"}
+SPLITS = ("train", "validation", "test")
+FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+# A user's data without a validation split: every HOLDOUT_EVERY-th training example (the 10th,
+# 20th, ...) becomes validation. Deterministic, and spread over the file so a sorted file still
+# gives a representative validation set.
+HOLDOUT_EVERY = 10
+IGNORE_INDEX = -100  # what torch's cross-entropy skips
+
+
+class DataError(ValueError):
+    """Bad or unreachable task data; the message names the file/line (or split/row) and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the data comes from
+
+
+def resolve_source(source: str) -> tuple[str, str]:
+    """`"e2e-synth"` -> ("builtin", ...); an existing path or a .jsonl/.json/.csv name -> ("file",
+    path); anything else -> ("hub", dataset id)."""
+    if source in BUILTIN_TASKS:
+        return "builtin", source
+    path = Path(source).expanduser()
+    if path.exists() or path.suffix.lower() in FILE_SUFFIXES or source.startswith(("/", "./", "../", "~")):
+        return "file", str(path)
+    return "hub", source
+
+
+def load_task(
+    source,
+    *,
+    source_column: str = "source",
+    target_column: str = "target",
+    hub_config: str | None = None,
+    max_train_examples: int | None = None,
+    max_eval_examples: int | None = None,
+    **_ignored,
+) -> dict[str, list[dict]]:
+    """Examples per split: `{"train": [...], "validation": [...], "test": [...]}`.
+
+    `source` is a built-in task name, a file or folder path, or a Hub dataset id (see
+    `resolve_source`); or a DataSpec-like object whose attributes of these names are used (so
+    `load_task(spec.data)` works without this module importing experiment.py). Keyword
+    arguments this function does not use (e.g. `separator`) are accepted and ignored so a
+    DataSpec's fields can be passed as `**asdict(spec.data)`.
+    A file or folder without a validation split gets one held out of train (see HOLDOUT_EVERY);
+    validation and test may be empty. `max_eval_examples` caps validation and test alike.
+    """
+    if not isinstance(source, str):
+        spec = source
+        source = spec.source
+        source_column = getattr(spec, "source_column", source_column)
+        target_column = getattr(spec, "target_column", target_column)
+        hub_config = getattr(spec, "hub_config", hub_config)
+        max_train_examples = getattr(spec, "max_train_examples", max_train_examples)
+        max_eval_examples = getattr(spec, "max_eval_examples", max_eval_examples)
+    kind, where = resolve_source(source)
+    if kind == "builtin":
+        splits = _load_folder(BUILTIN_TASKS[where], "source", "target")
+    elif kind == "file":
+        path = Path(where)
+        splits = _load_folder(path, source_column, target_column) if path.is_dir() else \
+            _with_validation({"train": read_examples(path, source_column, target_column)}, str(path))
+    else:
+        splits = _load_hub(where, hub_config, source_column, target_column)
+    return _cap(splits, max_train_examples, max_eval_examples)
+
+
+def _cap(splits: dict[str, list[dict]], max_train: int | None, max_eval: int | None) -> dict[str, list[dict]]:
+    """Keep the first N examples of each split (N = max_train for train, max_eval otherwise)."""
+    limits = {"train": max_train, "validation": max_eval, "test": max_eval}
+    return {split: examples[: limits[split]] if limits[split] else examples for split, examples in splits.items()}
+
+
+def hold_out(examples: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Split `examples` into (train, validation): every HOLDOUT_EVERY-th example is validation.
+
+    Fewer than HOLDOUT_EVERY examples give an empty validation split.
+    """
+    is_held = [(i + 1) % HOLDOUT_EVERY == 0 for i in range(len(examples))]
+    train = [ex for ex, held in zip(examples, is_held) if not held]
+    return train, [ex for ex, held in zip(examples, is_held) if held]
+
+
+def _with_validation(splits: dict[str, list[dict]], where: str) -> dict[str, list[dict]]:
+    """Fill in missing splits: validation held out of train, test empty."""
+    if not splits.get("validation"):
+        splits["train"], splits["validation"] = hold_out(splits["train"])
+    splits.setdefault("test", [])
+    if not splits["train"]:
+        raise DataError(f"{where}: the train split has no examples; add examples to it")
+    return {split: splits[split] for split in SPLITS}
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    found = [folder / f"{split}{suffix}" for suffix in FILE_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
+    return found[0] if found else None
+
+
+def _load_folder(folder: Path, source_column: str, target_column: str) -> dict[str, list[dict]]:
+    """A folder of `train.jsonl` (or .json/.csv) plus optional `validation.*` and `test.*`."""
+    if _split_file(folder, "train") is None:
+        names = ", ".join(f"train{suffix}" for suffix in FILE_SUFFIXES)
+        raise DataError(f"{folder}: no training file in this folder; add one of {names}")
+    splits = {}
+    for split in SPLITS:
+        path = _split_file(folder, split)
+        if path is not None:
+            splits[split] = read_examples(path, source_column, target_column)
+            if not splits[split]:
+                raise DataError(f"{path}: the {split} split has no examples; add examples or remove the file")
+    return _with_validation(splits, str(folder))
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from spreadsheet exports
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a data file; give a .jsonl, .json or .csv file") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start}); save the file as UTF-8") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the file ({err.strerror}); check its permissions") from None
+
+
+def _json_lines(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSON Lines text."""
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {number}: bad JSON ({err.msg} at column {err.colno}); "
+                            "each line must be one JSON object like {\"source\": ..., \"target\": ...}") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}; "
+                            "each line must be one JSON object like {\"source\": ..., \"target\": ...}")
+        records.append((number, record))
+    return records
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, row) for every data row of a CSV text with a header line."""
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
+    except csv.Error as err:
+        raise DataError(f"{path}, line {reader.line_num}: bad CSV ({err}); check quoting on that line") from None
+
+
+def read_records(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) pairs of a .jsonl, .json (JSON Lines or one array) or .csv file."""
+    path = Path(path)
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .csv")
+    text = _read_text(path)
+    if path.suffix.lower() == ".csv":
+        return _csv_rows(path, text)
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        return _json_array(path, text)
+    return _json_lines(path, text)
+
+
+def _json_array(path: Path, text: str) -> list[tuple[int, dict]]:
+    """A .json file holding one array of objects; records are numbered by item (1-based)."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}, line {err.lineno}: bad JSON ({err.msg} at column {err.colno}); "
+                        "fix the file or save it as JSON Lines (.jsonl)") from None
+    return [(number, item) for number, item in enumerate(items, start=1) if isinstance(item, dict)]
+
+
+def _text(where: str, record: dict, column: str, role: str) -> str:
+    """The text in `record[column]`, or a DataError naming the columns there are."""
+    if column not in record:
+        found = ", ".join(repr(c) for c in record) or "none"
+        raise DataError(f"{where}: no {role} column {column!r} (columns found: {found}); "
+                        f"set the {role} column to one of them")
+    value = record[column]
+    if isinstance(value, (list, dict)):
+        raise DataError(f"{where}: the {role} column {column!r} holds a {type(value).__name__}, not text; "
+                        "choose a column of plain text")
+    return "" if value is None else str(value)
+
+
+def to_example(where: str, record: dict, source_column: str, target_column: str) -> dict:
+    """`{"source", "target"}` from one record; an empty target is an error."""
+    example = {"source": _text(where, record, source_column, "source"),
+               "target": _text(where, record, target_column, "target")}
+    if not example["target"].strip():
+        raise DataError(f"{where}: empty target in column {target_column!r}; fill it in or remove the line")
+    return example
+
+
+def read_examples(path: str | Path, source_column: str = "source", target_column: str = "target") -> list[dict]:
+    """All examples of one file, validated line by line."""
+    path = Path(path)
+    records = read_records(path)
+    if not records:
+        raise DataError(f"{path}: the file has no examples; add lines with a {source_column!r} and "
+                        f"a {target_column!r} column")
+    return [to_example(f"{path}, line {n}", rec, source_column, target_column) for n, rec in records]
+
+
+def peek_columns(path: str | Path) -> list[str]:
+    """Column names of a data file (CSV header, or the keys of the first JSON records), for pickers."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        header = next(csv.reader(io.StringIO(_read_text(path))), [])
+        return [name for name in header if name]
+    columns: dict[str, None] = {}  # ordered set
+    for _, record in read_records(path)[:20]:
+        columns.update(dict.fromkeys(record))
+    return list(columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub datasets
+
+
+def _hub_message(name: str, hub_config: str | None, err: Exception) -> str:
+    from prefixlab.zoo import hub_offline
+
+    what = f"{name!r}" + (f" (config {hub_config!r})" if hub_config else "")
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    offline = " HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set, so only cached datasets load;" \
+        if hub_offline() else ""
+    return (f"could not load the Hub dataset {what}: {type(err).__name__}: {reason}. Likely causes:{offline} "
+            "no network; the id is misspelt (ids look like 'e2e_nlg' or 'GEM/web_nlg'); the dataset needs "
+            "a config name (set the hub config); or it is gated/private (log in with `hf auth login`). "
+            "If you meant a local file, it does not exist. Offline, use the built-in task 'e2e-synth' "
+            "or a local .jsonl/.csv file.")
+
+
+def _load_hub(name: str, hub_config: str | None, source_column: str, target_column: str) -> dict[str, list[dict]]:
+    """Splits of a Hub dataset through `datasets.load_dataset`, mapped to source/target."""
+    from prefixlab.zoo import hub_offline, hub_unreachable_reason
+
+    # Without this check `datasets` retries a dead connection for half a minute or more.
+    unreachable = None if hub_offline() else hub_unreachable_reason()
+    try:
+        if unreachable:
+            raise ConnectionError(f"the Hub does not answer ({unreachable}); if the dataset is in your cache, "
+                                  "set HF_HUB_OFFLINE=1 to use it")
+        import datasets
+
+        dataset_dict = datasets.load_dataset(name, hub_config)
+    except Exception as err:  # noqa: BLE001 - any failure here means "cannot fetch"; say why once
+        raise DataError(_hub_message(name, hub_config, err)) from err
+    splits = {}
+    for split in SPLITS:
+        if split in dataset_dict:
+            rows = dataset_dict[split].to_list()
+            splits[split] = [to_example(f"Hub dataset {name!r}, {split} split, row {i}", row,
+                                        source_column, target_column) for i, row in enumerate(rows)]
+    if "train" not in splits:
+        found = ", ".join(dataset_dict) or "none"
+        raise DataError(f"Hub dataset {name!r} has no 'train' split (splits found: {found}); "
+                        "choose a dataset with a train split")
+    return _with_validation(splits, f"Hub dataset {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenisation
+
+
+def _is_causal(task_type) -> bool:
+    return TaskType(task_type) == TaskType.CAUSAL_LM
+
+
+def build_prompt(source: str, task_type, separator: str) -> str:
+    """What the model is given at generation time: `source + separator` for causal LMs, else `source`."""
+    return source + separator if _is_causal(task_type) else source
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """(lead, tail): the ids the tokenizer puts before and after one sequence.
+
+    Found by encoding a probe with and without special tokens, so it works for every tokenizer:
+    GPT-2 -> ([], []), Llama -> ([bos], []), T5/ByT5 -> ([], [eos]), BART -> ([bos], [eos]).
+    """
+    plain = _ids(tokenizer, "a")
+    full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    return [], []
+
+
+@dataclass
+class EncodedSplit:
+    """Token ids of one split: `features[i] = {"input_ids": [...], "labels": [...]}`."""
+
+    features: list[dict[str, list[int]]]
+    num_truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def num_target_tokens(self) -> int:
+        """Tokens the loss is computed on (labels other than -100)."""
+        return sum(sum(1 for t in f["labels"] if t != IGNORE_INDEX) for f in self.features)
+
+
+def _truncate_prompt(prompt: list[int], keep_head: int, keep_tail: int, budget: int) -> list[int]:
+    """Cut `prompt` to `budget` ids by dropping the end of the source.
+
+    The first `keep_head` ids (special tokens) and last `keep_tail` ids (the separator, which cues
+    the target) survive while the budget allows; after that the prompt's end is kept.
+    """
+    if len(prompt) <= budget:
+        return prompt
+    middle = budget - keep_head - keep_tail
+    if middle >= 0:
+        return prompt[: keep_head + middle] + prompt[len(prompt) - keep_tail:]
+    return prompt[len(prompt) - budget:] if budget > 0 else []
+
+
+@dataclass
+class _Encoder:
+    """Per-tokenizer constants for encoding one split."""
+
+    tokenizer: object
+    causal: bool
+    max_length: int
+    separator: str
+
+    def __post_init__(self):
+        self.lead, self.tail = special_tokens_around(self.tokenizer)
+        self.eos = self.tokenizer.eos_token_id
+        if self.causal and self.eos is None:
+            raise DataError("the tokenizer has no eos token; a causal LM needs one to learn where the target ends")
+        if self.eos is not None and self.eos not in self.tail:
+            self.tail = self.tail + [self.eos]  # seq2seq targets must end in eos to learn to stop
+        self.sep_len = len(_ids(self.tokenizer, self.separator)) if self.causal else 0
+
+    def full_prompt(self, source: str) -> list[int]:
+        """Untruncated prompt ids: causal `lead + ids(source + separator)`; seq2seq `lead + ids(source) + tail`."""
+        if self.causal:
+            return self.lead + _ids(self.tokenizer, build_prompt(source, TaskType.CAUSAL_LM, self.separator))
+        return self.lead + _ids(self.tokenizer, source) + self.tail
+
+    def prompt(self, source: str, budget: int) -> list[int]:
+        """The prompt cut to `budget` ids, keeping its special tokens and (causal) its separator."""
+        ids = self.full_prompt(source)
+        keep_tail = min(self.sep_len, len(ids) - len(self.lead)) if self.causal else len(self.tail)
+        return _truncate_prompt(ids, len(self.lead), keep_tail, budget)
+
+    def encode(self, example: dict, where: str) -> tuple[dict[str, list[int]], bool]:
+        """One example -> ({"input_ids", "labels"}, was_truncated)."""
+        target = _ids(self.tokenizer, example["target"])
+        full = self.full_prompt(example["source"])
+        if self.causal:
+            # The source gives way first (keeping the separator), then the end of the target.
+            answer = target + [self.eos]
+            truncated = len(full) + len(answer) > self.max_length
+            # The prompt keeps at least its special tokens and separator, even if the target must shrink.
+            minimum = len(self.lead) + min(self.sep_len, len(full) - len(self.lead))
+            prompt = self.prompt(example["source"], max(self.max_length - len(answer), minimum))
+            kept = answer[: max(self.max_length - len(prompt), 0)]
+            feature = {"input_ids": prompt + kept, "labels": [IGNORE_INDEX] * len(prompt) + kept}
+        else:
+            room = self.max_length - len(self.lead) - len(self.tail)
+            truncated = len(full) > self.max_length or len(target) > room
+            kept = target[: max(room, 0)]
+            feature = {"input_ids": self.prompt(example["source"], self.max_length),
+                       "labels": self.lead + kept + self.tail}
+        if target and not [t for t in kept if t != self.eos]:
+            raise DataError(f"{where}: the target is empty after truncation to max_length={self.max_length} "
+                            "(the prompt and special tokens fill it); raise max_length or shorten the source")
+        return feature, truncated
+
+
+def encode_examples(examples: list[dict], tokenizer, task_type, max_length: int, separator: str,
+                    split: str = "train") -> EncodedSplit:
+    """Tokenise a split's examples; see the module docstring for the layout.
+
+    Causal LM:  input_ids = lead + ids(source + separator) + ids(target) + [eos]
+                labels    = [-100] * len(lead + prompt) + ids(target) + [eos]
+    Seq2seq:    input_ids = lead + ids(source) + tail; labels = lead + ids(target) + tail (ends in eos)
+    Longer than max_length: the source is cut first (a causal LM keeps its separator), then the
+    target's end; such examples are counted in `num_truncated`. `split` only names the split in
+    error messages ("train split, example 12" counts from 1, like a file's lines).
+    """
+    if max_length < 1:
+        raise DataError(f"max_length must be a positive number of tokens, got {max_length}")
+    encoder = _Encoder(tokenizer, _is_causal(task_type), max_length, separator)
+    features, num_truncated = [], 0
+    for number, example in enumerate(examples, start=1):
+        feature, truncated = encoder.encode(example, f"{split} split, example {number}")
+        features.append(feature)
+        num_truncated += truncated
+    return EncodedSplit(features, num_truncated)
+
+
+def pad_sequences(sequences: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    """(batch, longest) long tensor of `sequences` padded with `value` on the right (or left)."""
+    longest = max(len(s) for s in sequences)
+    rows = [[value] * (longest - len(s)) + list(s) if left else list(s) + [value] * (longest - len(s))
+            for s in sequences]
+    return torch.tensor(rows, dtype=torch.long)  # (batch, longest)
+
+
+@dataclass
+class Collator:
+    """Features -> a right-padded training batch, padded to the batch's longest example.
+
+    Returns `input_ids` (batch, src_len), `attention_mask` (batch, src_len) and `labels`
+    (batch, tgt_len; tgt_len == src_len for causal LMs), labels padded with -100.
+    """
+
+    pad_token_id: int
+    task_type: object
+
+    def __post_init__(self):
+        if self.pad_token_id is None:
+            raise DataError("pad_token_id is None: the tokenizer has no pad token; set tokenizer.pad_token = "
+                            "tokenizer.eos_token (prefixlab.zoo.load_base does this)")
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        inputs = [f["input_ids"] for f in features]
+        return {
+            "input_ids": pad_sequences(inputs, self.pad_token_id),
+            "attention_mask": pad_sequences([[1] * len(s) for s in inputs], 0),
+            "labels": pad_sequences([f["labels"] for f in features], IGNORE_INDEX),
+        }
+
+
+def encode_prompts(sources: list[str], tokenizer, task_type, separator: str,
+                   max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Generation inputs for `sources`: `input_ids`, `attention_mask`, each (batch, longest).
+
+    Causal LMs are left-padded so every prompt ends where generation starts; encoder-decoders
+    are right-padded. Prompts are built and truncated exactly as in training (`encode_examples`).
+    """
+    if tokenizer.pad_token_id is None:
+        raise DataError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
+    causal = _is_causal(task_type)
+    encoder = _Encoder(tokenizer, causal, max_length or 0, separator)
+    prompts = [encoder.prompt(s, max_length) if max_length else encoder.full_prompt(s) for s in sources]
+    return {
+        "input_ids": pad_sequences(prompts, tokenizer.pad_token_id, left=causal),
+        "attention_mask": pad_sequences([[1] * len(p) for p in prompts], 0, left=causal),
+    }

@@ -1,0 +1,231 @@
+"""Base models: presets of small Hub models, any Hub id or local folder, and tiny offline models.
+
+`load_base(name)` gives `(model, tokenizer, task_type)`. The offline presets (`tiny-gpt2`,
+`tiny-llama`, `tiny-t5`) are built by prefixlab.tiny from config classes with seeded random
+weights and ByT5's file-free tokenizer, so they need no download and are identical in every
+process. Anything else is a local folder or a Hub id; AutoModelForCausalLM or
+AutoModelForSeq2SeqLM is chosen from its config, and trust_remote_code stays off.
+
+A model that cannot be fetched fails fast with one `ModelLoadError`: before touching the Hub we
+check in a few seconds that it answers at all (huggingface_hub otherwise retries a dead connection
+for half a minute per file, minutes when packets are dropped); when it does not, only the local
+cache is tried.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants as hub_constants
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+)
+
+from prefixlab.config import TaskType
+from prefixlab.tiny import tiny_config, tiny_model, tiny_tokenizer
+
+HUB_CHECK_TIMEOUT_S = 3.0
+_HUB_CHECK_TTL_S = 60.0  # re-check reachability at most once a minute
+
+
+class ModelLoadError(ValueError):
+    """A base model that cannot be loaded; the message says why and what to use instead."""
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    task_type: TaskType
+    description: str
+    offline: bool = False
+
+
+_CAUSAL, _SEQ2SEQ = TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM
+_TINY_ARCH = {"tiny-gpt2": "gpt2", "tiny-llama": "llama", "tiny-t5": "t5"}
+MODEL_PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
+    ModelPreset("tiny-gpt2", _CAUSAL, "Tiny GPT-2 (2 layers, width 64), random weights, byte tokenizer; no download", True),
+    ModelPreset("tiny-llama", _CAUSAL, "Tiny Llama with grouped-query attention (8 query / 2 key-value heads), random "
+                                       "weights; no download", True),
+    ModelPreset("tiny-t5", _SEQ2SEQ, "Tiny T5 encoder-decoder, random weights, byte tokenizer; no download", True),
+    ModelPreset("distilgpt2", _CAUSAL, "DistilGPT-2, 82M parameters: 6-layer distilled GPT-2, the quickest real model"),
+    ModelPreset("gpt2", _CAUSAL, "GPT-2 small, 124M parameters"),
+    ModelPreset("gpt2-medium", _CAUSAL, "GPT-2 medium, 355M parameters: Li & Liang's table-to-text model"),
+    ModelPreset("facebook/opt-125m", _CAUSAL, "OPT-125M (Meta), 125M parameters"),
+    ModelPreset("EleutherAI/pythia-160m", _CAUSAL, "Pythia-160M (GPT-NeoX architecture), 162M parameters"),
+    ModelPreset("HuggingFaceTB/SmolLM2-135M", _CAUSAL, "SmolLM2-135M: Llama architecture with grouped-query attention"),
+    ModelPreset("Qwen/Qwen2.5-0.5B", _CAUSAL, "Qwen2.5-0.5B, 494M parameters: grouped-query attention, 151k vocabulary"),
+    ModelPreset("t5-small", _SEQ2SEQ, "T5-small encoder-decoder, 60M parameters"),
+    ModelPreset("google/flan-t5-small", _SEQ2SEQ, "Flan-T5-small, 77M parameters: instruction-tuned T5"),
+    ModelPreset("facebook/bart-base", _SEQ2SEQ, "BART-base encoder-decoder, 140M parameters (Li & Liang summarise "
+                                                "with BART-large)"),
+)}
+OFFLINE_PRESETS = tuple(name for name, preset in MODEL_PRESETS.items() if preset.offline)
+
+
+def describe_presets() -> list[tuple[str, str]]:
+    """`(label, name)` pairs for a dropdown, offline presets first: label = "name: description"."""
+    return [(f"{p.name}: {p.description}", p.name) for p in MODEL_PRESETS.values()]
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: only cached Hub files load."""
+    return bool(hub_constants.HF_HUB_OFFLINE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reaching the Hub
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(endpoint: str, timeout: float, _epoch: int) -> str | None:
+    import httpx  # huggingface_hub's own HTTP client; honours proxy environment variables
+
+    try:
+        httpx.head(endpoint, timeout=timeout)
+    except httpx.HTTPError as err:
+        return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    return None
+
+
+def hub_unreachable_reason(endpoint: str | None = None, timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
+    """None if the Hub answers an HTTP request within `timeout` seconds, else why not.
+
+    Any HTTP answer counts as reachable; the result is cached for a minute.
+    """
+    epoch = int(time.monotonic() // _HUB_CHECK_TTL_S)
+    return _probe(endpoint or hub_constants.ENDPOINT, timeout, epoch)
+
+
+def _local_folder(name: str) -> Path | None:
+    """The folder `name` points at, if it is meant as a path (exists, or starts like one)."""
+    path = Path(name).expanduser()
+    if path.is_dir() or name.startswith(("/", "./", "../", "~", ".\\")):
+        return path
+    return None
+
+
+def _cache_only(name: str) -> tuple[bool, str | None]:
+    """(local_files_only, why): use only the local cache when offline or the Hub does not answer."""
+    if _local_folder(name) is not None:
+        return True, None
+    if hub_offline():
+        return True, "HF_HUB_OFFLINE is set"
+    reason = hub_unreachable_reason()
+    return reason is not None, (f"the Hub at {hub_constants.ENDPOINT} does not answer ({reason})" if reason else None)
+
+
+def _error_message(name: str, err: Exception, why_cache_only: str | None) -> str:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    offline = ", ".join(OFFLINE_PRESETS)
+    folder = _local_folder(name)
+    if folder is not None:
+        if not folder.is_dir():
+            return f"cannot load model {name!r}: no such folder {folder}; check the path, or use a Hub id or an " \
+                   f"offline preset ({offline})"
+        return (f"cannot load model from folder {folder}: {detail}. A model folder needs config.json, the weights "
+                f"and the tokenizer files, as written by save_pretrained(); offline presets: {offline}")
+    cause = f"{why_cache_only} and {name!r} is not in the local cache" if why_cache_only else "no network"
+    return (f"cannot load model {name!r} from the Hugging Face Hub ({type(err).__name__}: {detail}). Likely "
+            f"causes: {cause}; the name is misspelt (Hub ids look like 'gpt2' or 'facebook/opt-125m', and a local "
+            f"folder must exist); or the repository is gated or private (accept its terms on huggingface.co and "
+            f"log in with `hf auth login`). Without network, use an offline preset: {offline}.")
+
+
+def _fetch(name: str, load):
+    """Run `load(local_files_only)` and turn any failure into one ModelLoadError."""
+    local_only, why = _cache_only(name)
+    try:
+        return load(local_only)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - OSError, HTTP errors, ValueError: all mean "cannot load"
+        raise ModelLoadError(_error_message(name, err, why)) from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs, task types, parameter counts
+
+
+def load_model_config(name: str) -> PretrainedConfig:
+    """The model's config (no weights): tiny presets built in code, others via AutoConfig."""
+    if name in _TINY_ARCH:
+        return tiny_config(_TINY_ARCH[name])
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(f"model name must be a preset, Hub id or folder, got {name!r}; "
+                             f"presets: {', '.join(MODEL_PRESETS)}")
+    return _fetch(name, lambda local_only: AutoConfig.from_pretrained(
+        name, trust_remote_code=False, local_files_only=local_only))
+
+
+def task_type_of_config(config: PretrainedConfig) -> TaskType:
+    """SEQ_2_SEQ_LM for encoder-decoders, CAUSAL_LM for decoder-only models transformers knows."""
+    if getattr(config, "is_encoder_decoder", False) or config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return TaskType.SEQ_2_SEQ_LM
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return TaskType.CAUSAL_LM
+    raise ModelLoadError(f"model type {config.model_type!r} is neither a causal LM nor a sequence-to-sequence LM "
+                         "in transformers; prefix tuning here needs one of those (e.g. gpt2, llama, t5, bart)")
+
+
+def task_type_for(name: str) -> TaskType:
+    """The task type of a preset, Hub id or folder (reads only the config)."""
+    if name in MODEL_PRESETS:
+        return MODEL_PRESETS[name].task_type
+    return task_type_of_config(load_model_config(name))
+
+
+def _model_class(task_type: TaskType):
+    return AutoModelForSeq2SeqLM if task_type == TaskType.SEQ_2_SEQ_LM else AutoModelForCausalLM
+
+
+@functools.lru_cache(maxsize=64)
+def count_base_parameters(name: str) -> int:
+    """Parameters of the base model, counted on the meta device: no weights are read or allocated.
+
+    Tied weights (e.g. GPT-2's input and output embeddings) count once, as in `model.parameters()`.
+    """
+    config = load_model_config(name)
+    with torch.device("meta"):
+        model = _model_class(task_type_of_config(config)).from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _ensure_pad_token(tokenizer, model, task_type: TaskType) -> None:
+    """Decoder-only tokenizers often lack a pad token (GPT-2, OPT's is fine); padding then uses eos.
+
+    Padded positions are masked (attention_mask 0, labels -100), so which id fills them is moot.
+    """
+    if tokenizer.pad_token is None and task_type == TaskType.CAUSAL_LM and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_base(name: str, *, dtype: torch.dtype | None = None):
+    """`(model, tokenizer, task_type)` for an offline preset, Hub id or local folder.
+
+    The model is in eval mode with weights in `dtype` (default float32: the base stays frozen and
+    mixed precision is the trainer's autocast). Raises ModelLoadError with one clear message.
+    """
+    dtype = dtype or torch.float32
+    if name in _TINY_ARCH:
+        model = tiny_model(_TINY_ARCH[name]).to(dtype)
+        return model, tiny_tokenizer(), MODEL_PRESETS[name].task_type
+    config = load_model_config(name)
+    task_type = task_type_of_config(config)
+    model = _fetch(name, lambda local_only: _model_class(task_type).from_pretrained(
+        name, config=config, dtype=dtype, trust_remote_code=False, local_files_only=local_only))
+    tokenizer = _fetch(name, lambda local_only: AutoTokenizer.from_pretrained(
+        name, trust_remote_code=False, local_files_only=local_only))
+    _ensure_pad_token(tokenizer, model, task_type)
+    return model.eval(), tokenizer, task_type
