@@ -1,0 +1,192 @@
+"""Tables for the comparison panel, read from a run directory (finished or still running).
+
+Three tables: parameter accounting per variant (before training, from the spec alone: config
+arithmetic and a meta-device count of the base, no weights), the side-by-side comparison of the
+variants of a run (parameters, losses, speed), and the output grid (per prompt: reference, the
+base model's output and each variant's). The pure `*_rows` functions take parsed records so tests
+can feed them directly; `comparison_table(run_dir)` and `output_grid(run_dir)` read the directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import lru_cache
+
+from prefixlab.config import infer_sizes
+from prefixlab.encoder import prefix_parameter_counts
+from prefixlab.runs import RunDir
+from prefixlab.zoo import count_base_parameters, load_model_config, task_type_for
+
+COMPARISON_COLUMNS = (
+    "variant", "trainable", "total", "trainable %", "stored",
+    "train loss", "val loss", "tokens/s", "wall time (s)",
+)
+ACCOUNTING_COLUMNS = ("variant", "trainable", "total", "trainable %", "stored in adapter", "formula")
+
+
+@lru_cache(maxsize=32)
+def _model_config(name: str):
+    # Cached per model name: the page recomputes the accounting on every form change.
+    return load_model_config(name)
+
+
+@lru_cache(maxsize=32)
+def _base_parameters(name: str) -> int:
+    return count_base_parameters(name)
+
+
+def trainable_percent(trainable: int, total: int) -> float:
+    """Share of all parameters that train, in percent (PEFT's print_trainable_parameters)."""
+    return 100.0 * trainable / total if total else 0.0
+
+
+def with_task_type(prefix, model_name: str):
+    """The form never asks for task_type: it follows from the model (CAUSAL_LM or SEQ_2_SEQ_LM)."""
+    if prefix.task_type is not None:
+        return prefix
+    return dataclasses.replace(prefix, task_type=task_type_for(model_name))
+
+
+def variant_accounting(model_name: str, prefix) -> dict:
+    """Exact parameter counts of one variant, without loading weights.
+
+    `prefix` is a PrefixTuningConfig; its inferred fields are filled from the model's config.
+    total = frozen base + trainable prefix parameters (the projection MLP, when on, trains but is
+    not stored: the adapter keeps only the projected prefix, as PEFT does).
+    """
+    filled = infer_sizes(with_task_type(prefix, model_name), _model_config(model_name))
+    counts = prefix_parameter_counts(filled)
+    total = _base_parameters(model_name) + counts["trainable"]
+    return {
+        "trainable": counts["trainable"],
+        "total": total,
+        "trainable %": round(trainable_percent(counts["trainable"], total), 4),
+        "stored": counts["stored"],
+        "formula": counts["formula"],
+    }
+
+
+def accounting_rows(spec) -> list[dict]:
+    """Per variant of an ExperimentSpec: trainable, total, trainable %, stored, formula."""
+    return [{"variant": v.name, **variant_accounting(spec.model.name, v.prefix)} for v in spec.variants]
+
+
+def _last(records: list[dict], variant: str, key: str):
+    values = [r[key] for r in records if r.get("variant") == variant and _number(r.get(key))]
+    return values[-1] if values else None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _mean(records: list[dict], variant: str, key: str):
+    values = [r[key] for r in records if r.get("variant") == variant and _number(r.get(key))]
+    return sum(values) / len(values) if values else None
+
+
+def _wall_time(records: list[dict], variant: str):
+    times = [r["time"] for r in records if r.get("variant") == variant and _number(r.get("time"))]
+    return max(times) - min(times) if len(times) > 1 else None
+
+
+def live_variant_row(variant: str, metrics: list[dict]) -> dict:
+    """What the metrics so far say about a variant of a run that has no summary.json yet."""
+    return {
+        "train loss": _last(metrics, variant, "loss"),
+        "val loss": _last(metrics, variant, "eval_loss"),
+        "tokens/s": _mean(metrics, variant, "tokens_per_s"),
+        "wall time (s)": _wall_time(metrics, variant),
+    }
+
+
+def summary_variant_row(entry: dict, wall_time_s: float | None = None) -> dict:
+    """One variant's entry of summary.json, under the comparison table's column names.
+
+    The variants train in lockstep in one worker, so the run's wall time is every variant's.
+    """
+    return {
+        "trainable": entry.get("trainable"),
+        "total": entry.get("total"),
+        "stored": entry.get("stored"),
+        "train loss": entry.get("final_train_loss"),
+        "val loss": entry.get("final_eval_loss"),
+        "tokens/s": entry.get("tokens_per_s"),
+        "wall time (s)": wall_time_s,
+    }
+
+
+def comparison_rows(variants: list[str], metrics: list[dict], summary: dict | None,
+                    accounting: dict[str, dict] | None = None) -> list[dict]:
+    """The variants side by side, one row each, columns COMPARISON_COLUMNS.
+
+    summary.json (written when a run ends) is the authority; before it exists the losses come from
+    metrics.jsonl and the parameter counts from `accounting` (variant -> variant_accounting()).
+    """
+    per_variant = (summary or {}).get("variants", {})
+    rows = []
+    for name in variants:
+        row = dict.fromkeys(COMPARISON_COLUMNS)
+        row["variant"] = name
+        row.update({k: v for k, v in (accounting or {}).get(name, {}).items() if k in row})
+        row.update(live_variant_row(name, metrics))
+        if name in per_variant:
+            from_summary = summary_variant_row(per_variant[name], summary.get("wall_time_s"))
+            row.update({k: v for k, v in from_summary.items() if v is not None})
+        if row["trainable"] is not None and row["total"]:
+            row["trainable %"] = round(trainable_percent(row["trainable"], row["total"]), 4)
+        rows.append(_rounded(row))
+    return rows
+
+
+def _rounded(row: dict) -> dict:
+    """Losses to 4 decimals, speed and time to 1: the table is read, not computed with."""
+    digits = {"train loss": 4, "val loss": 4, "tokens/s": 1, "wall time (s)": 1}
+    return {k: (round(v, digits[k]) if k in digits and _number(v) else v) for k, v in row.items()}
+
+
+def run_variants(spec, metrics: list[dict], summary: dict | None) -> list[str]:
+    """Variant names in the spec's order, plus any that only the metrics or summary mention."""
+    names = [v.name for v in spec.variants] if spec is not None else []
+    names += [r.get("variant") for r in metrics if r.get("variant")]
+    names += list((summary or {}).get("variants", {}))
+    return list(dict.fromkeys(names))
+
+
+def safe_accounting(spec) -> dict[str, dict]:
+    """accounting_rows keyed by variant, or {} when the model's config cannot be read (offline Hub id)."""
+    if spec is None:
+        return {}
+    try:
+        return {row["variant"]: row for row in accounting_rows(spec)}
+    except (ValueError, OSError):
+        return {}
+
+
+def comparison_table(run_dir) -> list[dict]:
+    """The comparison rows of the run in `run_dir` (see comparison_rows)."""
+    run = RunDir(run_dir)
+    spec, metrics, summary = run.read_spec(), run.read_metrics(), run.read_summary()
+    accounting = safe_accounting(spec) if not summary else {}
+    return comparison_rows(run_variants(spec, metrics, summary), metrics, summary, accounting)
+
+
+def output_grid_rows(samples: list[dict], variants: list[str]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the output grid: prompt, reference (when any), base, then each variant."""
+    has_reference = any(s.get("reference") for s in samples)
+    names = list(dict.fromkeys(list(variants) + [k for s in samples for k in s.get("outputs", {}) if k != "base"]))
+    headers = ["prompt"] + (["reference"] if has_reference else []) + ["base"] + names
+    rows = []
+    for s in samples:
+        outputs = s.get("outputs", {})
+        row = [s.get("prompt", "")] + ([s.get("reference") or ""] if has_reference else [])
+        rows.append(row + [outputs.get(k, "") for k in ["base"] + names])
+    return headers, rows
+
+
+def output_grid(run_dir) -> tuple[list[str], list[list[str]]]:
+    """The output grid of the run in `run_dir` (see output_grid_rows)."""
+    run = RunDir(run_dir)
+    spec = run.read_spec()
+    return output_grid_rows(run.read_samples(), [v.name for v in spec.variants] if spec else [])

@@ -1,0 +1,206 @@
+"""Pure functions from form values and run records to what the page shows (no Gradio).
+
+Handlers (ui/handlers.py) call these and wrap the results in component updates, so everything the
+page decides -- which values go into the spec, which message goes beside which field, what the
+status line and the runs table say -- is testable without a browser.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+
+from prefixlab import compare
+from prefixlab.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
+from prefixlab.experiment import ExperimentSpec, SpecError, spec_from_form
+from prefixlab.ui.fields import FieldSpec
+from prefixlab.zoo import load_model_config
+
+ACCOUNTING_HEADERS = ["variant", "trainable", "total", "trainable %", "stored in adapter", "formula"]
+RUNS_HEADERS = ["run", "name", "model", "state", "step", "started (UTC)", "train loss", "val loss"]
+# Out-of-memory errors across backends; the status line names them as such (and what to try).
+_OOM = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|MPS backend out of memory", re.I)
+
+
+# --- form -> spec ------------------------------------------------------------------------------
+
+
+def collect_form(fields: list[FieldSpec], raw: list, override: bool) -> dict:
+    """Dotted-key form values for spec_from_form, from the components' values in `fields` order.
+
+    Inferred size fields are left out unless "override" is ticked, so the sizes come from the
+    model; when ticked, the shown values are passed on and checked against the model.
+    """
+    values = {}
+    for f, value in zip(fields, raw, strict=True):
+        if f.inferred and not override:
+            continue
+        if isinstance(value, str) and value == "" and f.optional:
+            value = None
+        if f.kind == "lines" and isinstance(value, str):
+            # One item a line; passed as a list because spec_from_form rejects "" for a list field.
+            value = [line.strip() for line in value.splitlines() if line.strip()]
+        values[f.key] = value
+    return values
+
+
+def check_form(values: dict) -> tuple[ExperimentSpec | None, dict[str, str]]:
+    """(spec, {}) for good values, (None, {dotted key: message}) for a bad one. Never raises."""
+    try:
+        spec = spec_from_form(values)
+    except SpecError as err:
+        return None, {err.field: err.message}
+    except ValueError as err:  # a core check not yet mapped to a field; still a message, not a trace
+        return None, {"experiment": str(err)}
+    return spec, {}
+
+
+def errors_markdown(errors: dict[str, str]) -> str:
+    """The message block under the form: the field's key in bold, then what is wrong and what to do."""
+    return "\n".join(f"⚠️ **{key}**: {message}" for key, message in errors.items())
+
+
+# --- model-derived values ----------------------------------------------------------------------
+
+
+def inferred_sizes(model_name: str, num_virtual_tokens: int = 1) -> dict[str, int]:
+    """{"prefix.num_layers": ..., ...}: the sizes the model's config gives (no weights loaded).
+
+    Raises ValueError (ModelLoadError) when the model's config cannot be read, e.g. a Hub id offline.
+    """
+    prefix = compare.with_task_type(PrefixTuningConfig(num_virtual_tokens=num_virtual_tokens), model_name)
+    filled = infer_sizes(prefix, load_model_config(model_name))
+    return {f"prefix.{name}": getattr(filled, name) for name in INFERRED_FIELDS}
+
+
+def accounting(spec: ExperimentSpec) -> tuple[list[list], dict[str, str]]:
+    """(table rows, errors): exact per-variant parameter counts for the spec, without weights.
+
+    A model whose config cannot be read (offline, a typo) or sizes that do not fit it give an error
+    on the field responsible instead of rows.
+    """
+    rows = []
+    for variant in spec.variants:
+        try:
+            counts = compare.variant_accounting(spec.model.name, variant.prefix)
+        except ValueError as err:
+            return [], {_field_for_error(str(err)): str(err)}
+        rows.append([variant.name, counts["trainable"], counts["total"], counts["trainable %"],
+                     counts["stored"], counts["formula"]])
+    return rows, {}
+
+
+def _field_for_error(message: str) -> str:
+    """The form key a core error is about: an inferred size it names, or else the model."""
+    for name in INFERRED_FIELDS + ("encoder_hidden_size", "num_virtual_tokens"):
+        if message.startswith(f"{name}=") or f" {name}=" in message:
+            return f"prefix.{name}"
+    return "model.name"
+
+
+# --- the experiment as a file and a command ------------------------------------------------------
+
+
+def cli_command(spec_path: str) -> str:
+    """The shell command that trains this experiment headless (same spec, same worker)."""
+    return f"python -m prefixlab train {shlex.quote(spec_path)}"
+
+
+def preset_slug(name: str) -> str:
+    """A file name for a saved preset: "My run #2" -> "my-run-2"."""
+    slug = re.sub(r"[^a-zA-Z0-9]+", "-", name).strip("-").lower()
+    if not slug:
+        raise ValueError(f"preset name {name!r} has no letters or digits; type a name such as my-recipe")
+    return slug
+
+
+def form_from_spec(spec: ExperimentSpec) -> tuple[dict, bool]:
+    """(form values, override): spec.to_form() plus the inferred sizes the spec sets explicitly.
+
+    `override` is True when the spec pins any inferred size, so the page unlocks those fields.
+    """
+    values = spec.to_form()
+    prefix = spec.variants[0].prefix
+    pinned = {f"prefix.{n}": getattr(prefix, n) for n in INFERRED_FIELDS if getattr(prefix, n) is not None}
+    values.update(pinned)
+    return values, bool(pinned)
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "–"
+    seconds = int(round(seconds))
+    minutes, s = divmod(seconds, 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}:{m:02d}:{s:02d}" if hours else f"{m}:{s:02d}"
+
+
+def remaining_seconds(step: int, total: int | None, elapsed: float) -> float | None:
+    """Linear estimate from the pace so far; None before the first step or without a total."""
+    if not total or not step or elapsed <= 0:
+        return None
+    return elapsed / step * max(total - step, 0)
+
+
+def is_out_of_memory(text: str) -> bool:
+    return bool(_OOM.search(text or ""))
+
+
+def status_markdown(run_id: str, status: dict, log_tail: str = "", now: float | None = None) -> str:
+    """One status line: state, step / total, elapsed and remaining; on failure the error and log tail."""
+    if not run_id:
+        return "No run selected. Configure an experiment and press **Train**."
+    now = time.time() if now is None else now
+    state = status.get("state", "queued")
+    step, total = status.get("step") or 0, status.get("total_steps")
+    started, finished = status.get("started_at"), status.get("finished_at")
+    elapsed = ((finished or now) - started) if started else None
+    parts = [f"**{run_id}** · **{state}**", f"step {step} / {total if total else '?'}", f"elapsed {_duration(elapsed)}"]
+    if state == "running":
+        parts.append(f"remaining {_duration(remaining_seconds(step, total, elapsed or 0))}")
+    line = " · ".join(parts)
+    if state == "failed":
+        error = status.get("error") or "the worker stopped without a message"
+        if is_out_of_memory(error + "\n" + log_tail):
+            line += ("\n\n**Out of memory.** Lower training.batch_size or training.max_length, "
+                     "or choose a smaller model.")
+        line += f"\n\n**Error:** {error}"
+        if log_tail:
+            line += f"\n\n```\n{log_tail}\n```"
+    return line
+
+
+def final_losses(summary: dict | None, metrics: list[dict]) -> tuple[str, str]:
+    """("v1 1.23, v2 1.10", ...) final train and validation loss per variant, for the runs table."""
+    train, val = {}, {}
+    for variant, entry in ((summary or {}).get("variants") or {}).items():
+        if entry.get("final_train_loss") is not None:
+            train[variant] = entry["final_train_loss"]
+        if entry.get("final_eval_loss") is not None:
+            val[variant] = entry["final_eval_loss"]
+    for record in metrics:  # a run without summary (running, failed): the last logged values
+        if "loss" in record and record.get("variant") not in (summary or {}).get("variants", {}):
+            train[record["variant"]] = record["loss"]
+        if "eval_loss" in record and record.get("variant") not in (summary or {}).get("variants", {}):
+            val[record["variant"]] = record["eval_loss"]
+    fmt = lambda d: ", ".join(f"{k} {v:.3f}" for k, v in d.items())  # noqa: E731
+    return fmt(train), fmt(val)
+
+
+def run_row(info, summary: dict | None, metrics: list[dict]) -> list:
+    """One line of the runs table from a runs.RunInfo and the run's summary / metrics."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.started_at)) if info.started_at is not None else ""
+    step = f"{info.step} / {info.total_steps}" if info.total_steps else str(info.step)
+    return [info.run_id, info.name, info.model, info.state, step, started, *final_losses(summary, metrics)]
+
+
+def default_selection(infos: list) -> str | None:
+    """The run to show on page load: the running one, else the newest (reattach after a refresh)."""
+    for info in infos:
+        if info.state == "running":
+            return info.run_id
+    return infos[0].run_id if infos else None

@@ -1,0 +1,105 @@
+"""compare.py: run directory -> comparison table and output grid; parameter accounting vs real models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefixlab import compare
+from prefixlab.config import PrefixTuningConfig
+from prefixlab.experiment import ExperimentSpec
+from prefixlab.runs import RunDir, append_jsonl, atomic_write_json
+
+
+def _spec(model="tiny-gpt2", n=4):
+    return ExperimentSpec.from_dict({"name": "fixture", "model": {"name": model},
+                                     "prefix": {"num_virtual_tokens": n, "encoder_hidden_size": 16}})
+
+
+def _write_run(path, *, finished: bool, samples=None):
+    run = RunDir(path)
+    run.write_spec(_spec())
+    atomic_write_json(run.status_path, {"state": "done" if finished else "running", "step": 4, "total_steps": 4})
+    for variant, losses in (("no_projection", [5.0, 4.0]), ("projection", [6.0, 3.0])):
+        for step, (loss, speed) in enumerate(zip(losses, [100.0, 300.0]), start=1):
+            append_jsonl(run.metrics_path, {"variant": variant, "step": step, "epoch": 0.5 * step, "loss": loss,
+                                            "lr": 1e-3, "tokens_per_s": speed, "time": 1000.0 + 2 * step})
+        append_jsonl(run.metrics_path, {"variant": variant, "step": 2, "eval_loss": losses[-1] + 0.5, "time": 1005.0})
+    for sample in samples or []:
+        append_jsonl(run.samples_path, sample)
+    if finished:
+        atomic_write_json(run.summary_path, {
+            "variants": {
+                "no_projection": {"trainable": 2048, "stored": 2048, "total": 12048, "formula": "n*out",
+                                  "final_train_loss": 3.9, "final_eval_loss": 4.4, "tokens_per_s": 150.0},
+                "projection": {"trainable": 5000, "stored": 2048, "total": 15000, "formula": "...",
+                               "final_train_loss": 2.9, "final_eval_loss": 3.4, "tokens_per_s": 120.0},
+            },
+            "steps": 4, "total_steps": 4, "wall_time_s": 12.345,
+        })
+    return run
+
+
+def test_finished_run_table_comes_from_summary(tmp_path):
+    _write_run(tmp_path / "run", finished=True)
+    rows = compare.comparison_table(tmp_path / "run")
+    assert [r["variant"] for r in rows] == ["no_projection", "projection"]
+    assert rows[1] == {"variant": "projection", "trainable": 5000, "total": 15000, "trainable %": 33.3333,
+                       "stored": 2048, "train loss": 2.9, "val loss": 3.4, "tokens/s": 120.0,
+                       "wall time (s)": 12.3}
+    assert list(rows[0]) == list(compare.COMPARISON_COLUMNS)
+
+
+def test_running_run_table_comes_from_metrics_and_accounting(tmp_path):
+    _write_run(tmp_path / "run", finished=False)
+    rows = {r["variant"]: r for r in compare.comparison_table(tmp_path / "run")}
+    live = rows["projection"]
+    assert (live["train loss"], live["val loss"], live["tokens/s"], live["wall time (s)"]) == (3.0, 3.5, 200.0, 3.0)
+    expected = compare.accounting_rows(_spec())
+    for row in expected:
+        assert rows[row["variant"]]["trainable"] == row["trainable"]
+        assert rows[row["variant"]]["stored"] == row["stored"]
+        assert rows[row["variant"]]["total"] == row["total"]
+
+
+def test_comparison_rows_without_anything_logged_are_empty_not_errors():
+    rows = compare.comparison_rows(["a"], [], None)
+    assert rows == [dict.fromkeys(compare.COMPARISON_COLUMNS) | {"variant": "a"}]
+
+
+def test_output_grid_columns_prompt_reference_base_then_variants(tmp_path):
+    samples = [
+        {"prompt": "name[A]", "reference": "A is a pub.", "outputs": {"base": "xx", "no_projection": "A pub",
+                                                                     "projection": "A is a pub"}},
+        {"prompt": "name[B]", "reference": None, "outputs": {"base": "yy", "no_projection": "B",
+                                                             "projection": "B is"}},
+    ]
+    _write_run(tmp_path / "run", finished=True, samples=samples)
+    headers, rows = compare.output_grid(tmp_path / "run")
+    assert headers == ["prompt", "reference", "base", "no_projection", "projection"]
+    assert rows == [["name[A]", "A is a pub.", "xx", "A pub", "A is a pub"], ["name[B]", "", "yy", "B", "B is"]]
+    # Typed prompts have no reference: no reference column at all.
+    headers, rows = compare.output_grid_rows([{"prompt": "p", "reference": None, "outputs": {"base": "b", "v": "o"}}],
+                                             ["v"])
+    assert headers == ["prompt", "base", "v"] and rows == [["p", "b", "o"]]
+
+
+@pytest.mark.parametrize("model_name", ["tiny-gpt2", "tiny-llama", "tiny-t5"])
+@pytest.mark.parametrize("projection", [False, True])
+def test_accounting_without_weights_equals_the_built_model(model_name, projection, tmp_path, seed):
+    """First principles: counts from config arithmetic == counting the real model's tensors."""
+    from prefixlab import get_peft_model
+    from prefixlab.zoo import load_base
+
+    prefix = PrefixTuningConfig(num_virtual_tokens=3, prefix_projection=projection, encoder_hidden_size=24)
+    counts = compare.variant_accounting(model_name, prefix)
+    base, _, task_type = load_base(model_name)
+    model = get_peft_model(base, compare.with_task_type(prefix, model_name))
+    trainable, total = model.get_nb_trainable_parameters()
+    assert (counts["trainable"], counts["total"]) == (trainable, total)
+    assert counts["trainable %"] == pytest.approx(100 * trainable / total, abs=1e-4)
+    model.save_pretrained(str(tmp_path))
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert counts["stored"] == sum(t.numel() for t in saved.values())
+    assert counts["stored"] == sum(t.numel() for t in saved.values() if t.dtype == torch.float32)

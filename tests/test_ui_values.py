@@ -1,0 +1,161 @@
+"""ui/values.py: form values -> spec and messages, accounting, status line, runs table (no browser)."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefixlab.experiment import ExperimentSpec
+from prefixlab.runs import RunInfo
+from prefixlab.ui import values
+from prefixlab.ui.fields import page_fields
+from prefixlab.ui.form import to_component_value
+
+FIELDS = page_fields()
+KEYS = [f.key for f in FIELDS]
+
+
+def _raw(**changes):
+    """Component values of a valid tiny form, in page order, with `changes` (dotted key via __)."""
+    spec = ExperimentSpec.from_dict({"name": "t", "model": {"name": "tiny-gpt2"},
+                                     "prefix": {"num_virtual_tokens": 4},
+                                     "training": {"max_steps": 4, "eval_interval": 2}})
+    form, _ = values.form_from_spec(spec)
+    raw = {f.key: to_component_value(f, form.get(f.key)) for f in FIELDS}
+    for key, value in changes.items():
+        raw[key.replace("__", ".")] = value
+    return [raw[k] for k in KEYS]
+
+
+def _check(override=False, **changes):
+    return values.check_form(values.collect_form(FIELDS, _raw(**changes), override))
+
+
+def test_valid_form_gives_the_spec_with_both_variants():
+    spec, errors = _check()
+    assert errors == {}
+    assert [v.name for v in spec.variants] == ["no_projection", "projection"]
+    assert [v.prefix.prefix_projection for v in spec.variants] == [False, True]
+    assert spec.variants[0].prefix.num_virtual_tokens == 4 and spec.training.max_steps == 4
+
+
+def test_inferred_fields_are_ignored_unless_overridden():
+    values_off = values.collect_form(FIELDS, _raw(prefix__num_layers=7), override=False)
+    assert "prefix.num_layers" not in values_off
+    values_on = values.collect_form(FIELDS, _raw(prefix__num_layers=7), override=True)
+    assert values_on["prefix.num_layers"] == 7
+
+
+NUMERIC = [f.key for f in FIELDS if f.kind in ("int", "float") and not f.inferred]
+
+
+@pytest.mark.parametrize("key", NUMERIC)
+def test_every_numeric_field_names_itself_and_the_bad_value(key):
+    spec, errors = _check(**{key.replace(".", "__"): "lots"})
+    assert spec is None
+    assert list(errors) == [key]
+    assert "'lots'" in errors[key]
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("prefix.num_virtual_tokens", 0, "at least 1"),
+    ("prefix.num_virtual_tokens", None, "set the prefix length"),
+    ("prefix.encoder_hidden_size", -3, "at least 1"),
+    ("training.learning_rate", 0, "must be > 0, got 0"),
+    ("training.batch_size", 0, "must be >= 1, got 0"),
+    ("training.eval_interval", 9, "never evaluate"),
+    ("training.max_steps", 0, "must be >= 1, got 0"),
+    ("training.num_epochs", -1, "must be > 0"),
+    ("generation.max_new_tokens", 0, "must be >= 1"),
+    ("experiment.name", "", "must not be empty"),
+    ("data.source", "", "must not be empty"),
+    ("model.name", "", "must name a model"),
+])
+def test_invalid_values_get_a_message_on_their_field(key, value, needle):
+    spec, errors = _check(**{key.replace(".", "__"): value})
+    assert spec is None and list(errors) == [key], errors
+    assert needle in errors[key]
+    assert errors_markdown_names(errors, key)
+
+
+def errors_markdown_names(errors, key):
+    return f"**{key}**" in values.errors_markdown(errors)
+
+
+def test_accounting_rows_and_a_size_that_does_not_fit_the_model():
+    spec, _ = _check()
+    rows, errors = values.accounting(spec)
+    assert errors == {} and [r[0] for r in rows] == ["no_projection", "projection"]
+    # tiny-gpt2: 2 layers, hidden 64 -> out = 2*2*64 = 256; no projection trains n*out = 4*256.
+    assert rows[0][1] == 4 * 256 and rows[0][4] == 4 * 256
+    h = 64  # encoder_hidden_size falls back to token_dim
+    assert rows[1][1] == 4 * 64 + 64 * h + h + h * 256 + 256 and rows[1][4] == 4 * 256
+    assert rows[0][2] - rows[0][1] == rows[1][2] - rows[1][1]  # same frozen base
+    spec, errors = _check(override=True, prefix__num_layers=3)
+    assert errors == {}
+    rows, errors = values.accounting(spec)
+    assert rows == [] and list(errors) == ["prefix.num_layers"] and "num_layers=3" in errors["prefix.num_layers"]
+
+
+def test_a_model_that_cannot_be_read_is_a_message_on_model_name():
+    spec, _ = _check(model__name="/no/such/model/folder")
+    rows, errors = values.accounting(spec)
+    assert rows == [] and list(errors) == ["model.name"]
+    assert "/no/such/model/folder" in errors["model.name"]
+
+
+def test_inferred_sizes_of_tiny_models():
+    assert values.inferred_sizes("tiny-gpt2") == {"prefix.num_layers": 2, "prefix.token_dim": 64,
+                                                  "prefix.num_attention_heads": 4,
+                                                  "prefix.num_transformer_submodules": 1}
+    # Grouped-query attention: the prefix holds the 2 key/value heads of 16 dims.
+    llama = values.inferred_sizes("tiny-llama")
+    assert (llama["prefix.token_dim"], llama["prefix.num_attention_heads"]) == (32, 2)
+    assert values.inferred_sizes("tiny-t5")["prefix.num_transformer_submodules"] == 2
+
+
+def test_form_from_spec_round_trips_and_unlocks_pinned_sizes():
+    spec = ExperimentSpec.from_dict({"model": {"name": "tiny-gpt2"},
+                                     "prefix": {"num_virtual_tokens": 6, "num_layers": 2}})
+    form, override = values.form_from_spec(spec)
+    assert override and form["prefix.num_layers"] == 2 and form["prefix.num_virtual_tokens"] == 6
+    raw = [to_component_value(f, form.get(f.key)) for f in FIELDS]
+    again, errors = values.check_form(values.collect_form(FIELDS, raw, override))
+    assert errors == {} and again.to_dict() == spec.to_dict()
+
+
+def test_status_line_running_failed_and_out_of_memory():
+    running = values.status_markdown("r1", {"state": "running", "step": 10, "total_steps": 40,
+                                            "started_at": 100.0}, now=120.0)
+    assert "**running**" in running and "step 10 / 40" in running
+    assert "elapsed 0:20" in running and "remaining 1:00" in running
+    failed = values.status_markdown("r2", {"state": "failed", "error": "CUDA out of memory. Tried 2 GiB",
+                                           "started_at": 0, "finished_at": 5}, log_tail="Traceback ...")
+    assert "**Out of memory.**" in failed and "CUDA out of memory" in failed and "Traceback ..." in failed
+    other = values.status_markdown("r3", {"state": "failed", "error": "KeyError: 'x'"})
+    assert "Out of memory" not in other and "KeyError" in other
+    assert "Train" in values.status_markdown("", {})
+
+
+def test_remaining_time_estimate():
+    assert values.remaining_seconds(0, 10, 5.0) is None
+    assert values.remaining_seconds(5, None, 5.0) is None
+    assert values.remaining_seconds(5, 10, 5.0) == pytest.approx(5.0)
+
+
+def test_runs_table_row_and_default_selection():
+    info = RunInfo(run_id="20260101-000000-t", path=None, name="t", model="tiny-gpt2", state="done", step=4,
+                   total_steps=4, started_at=0.0, updated_at=1.0, finished_at=2.0, error=None)
+    summary = {"variants": {"a": {"final_train_loss": 1.23456, "final_eval_loss": 2.0}}}
+    row = values.run_row(info, summary, [{"variant": "a", "loss": 9.0}])
+    assert row == ["20260101-000000-t", "t", "tiny-gpt2", "done", "4 / 4", "1970-01-01 00:00:00",
+                   "a 1.235", "a 2.000"]
+    running = RunInfo(**{**info.__dict__, "run_id": "old", "state": "running"})
+    assert values.default_selection([info, running]) == "old"
+    assert values.default_selection([info]) == info.run_id and values.default_selection([]) is None
+
+
+def test_preset_slug_and_command():
+    assert values.preset_slug("My run #2") == "my-run-2"
+    with pytest.raises(ValueError, match="preset name '!!' has no letters"):
+        values.preset_slug("!!")
+    assert values.cli_command("presets/a b.json") == "python -m prefixlab train 'presets/a b.json'"
