@@ -482,7 +482,8 @@ def spec_from_form(values: dict) -> ExperimentSpec:
     if prefix_values.pop("prefix_projection", None) is not None:
         # The variants choice sets prefix_projection; a stray form value is ignored, not an error.
         warnings.warn("prefix.prefix_projection is set by experiment.variants; ignoring the form value")
-    prefix_values = {k: v for k, v in prefix_values.items() if not (v is None or v == "")}
+    # Missing keys take the default spec's values; a cleared box ("") means "not set".
+    prefix_values = {k: v for k, v in {**DEFAULT_PREFIX, **prefix_values}.items() if not (v is None or v == "")}
     prefix = _prefix_from_dict(prefix_values, "prefix")
     sections = {s: _section_from_dict(s, v) for s, v in grouped.items()}
     return ExperimentSpec(name=_coerce("experiment.name", experiment.get("name", "experiment"), str),

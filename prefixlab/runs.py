@@ -9,6 +9,7 @@
     runs/<id>/samples.jsonl   {"prompt", "reference", "outputs": {"base": ..., "<variant>": ...}}
     runs/<id>/summary.json    parameter counts, final losses, tokens/s, wall time
     runs/<id>/log.txt         the worker's log, traceback included on failure
+    runs/<id>/cancel          present when a stop was requested (SIGTERM is sent as well)
 
 JSON files are replaced atomically and JSONL lines appended whole, so a reader (the page, once a
 second) never sees half a record and a killed worker loses nothing it already wrote.
@@ -103,6 +104,10 @@ class RunDir:
         self.summary_path = self.path / "summary.json"
         self.log_path = self.path / "log.txt"
         self.adapters_path = self.path / "adapters"
+        self.cancel_path = self.path / "cancel"  # a stop request, for a worker not yet listening
+
+    def cancel_requested(self) -> bool:
+        return self.cancel_path.exists()
 
     @property
     def run_id(self) -> str:
@@ -165,15 +170,21 @@ def new_status(state: str = QUEUED, **extra) -> dict:
     return status
 
 
+_last_stamp_ms = 0  # ids made by this process strictly increase, even within one millisecond
+
+
 def new_run_id(name: str, runs_dir: Path) -> str:
-    """Sortable id: UTC timestamp + a short slug of the experiment name (+ a counter if taken)."""
+    """Sortable id `YYYYmmdd-HHMMSSmmm-<slug>` (UTC, milliseconds): sorting ids sorts submissions,
+    which is the queue's first-come-first-served order."""
+    global _last_stamp_ms
     slug = re.sub(r"[^a-zA-Z0-9]+", "-", name).strip("-").lower()[:24] or "run"
-    base = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{slug}"
-    run_id, n = base, 1
-    while (runs_dir / run_id).exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    return run_id
+    ms = max(int(time.time() * 1000), _last_stamp_ms + 1)
+    while True:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(ms // 1000)) + f"{ms % 1000:03d}"
+        if not any(runs_dir.glob(f"{stamp}-*")):
+            _last_stamp_ms = ms
+            return f"{stamp}-{slug}"
+        ms += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +265,12 @@ class JobQueue:
             if state == QUEUED:
                 run.update_status(state=CANCELLED, finished_at=time.time())
                 return CANCELLED
-            if state == RUNNING and pid_alive(status.get("pid")):
-                os.kill(status["pid"], signal.SIGTERM)
+            if state == RUNNING:
+                # The file reaches a worker that has not yet installed its SIGTERM handler or
+                # recorded its pid (it checks the file when it starts and with each heartbeat).
+                run.cancel_path.touch()
+                if pid_alive(status.get("pid")):
+                    os.kill(status["pid"], signal.SIGTERM)
             return state
 
     def list_runs(self) -> list[RunInfo]:
@@ -327,32 +342,31 @@ class JobQueue:
         return run.run_id
 
     def _alive(self, run: RunDir) -> bool:
+        return self._why_dead(run) is None
+
+    def _why_dead(self, run: RunDir) -> str | None:
+        """None while the run's worker is alive and beating, else why it is not."""
         status = run.read_status()
         proc = self._children.get(run.run_id)
         if proc is not None:
-            return proc.poll() is None  # also reaps our own zombie children
+            if proc.poll() is not None:  # also reaps our own zombie child
+                return _exit_reason(proc.returncode)
+        elif not pid_alive(status.get("pid")):
+            return f"process {status.get('pid')} is gone"
         heartbeat = status.get("heartbeat") or status.get("updated_at") or 0
-        return pid_alive(status.get("pid")) and time.time() - heartbeat < self.heartbeat_timeout
+        if time.time() - heartbeat > self.heartbeat_timeout:
+            return f"no heartbeat for over {self.heartbeat_timeout:.0f} s"
+        return None
 
     def _mark_dead_workers(self) -> None:
         for info in self.list_runs():
             if info.state != RUNNING:
                 continue
             run = RunDir(info.path)
-            if self._alive(run):
-                if self._heartbeat_stale(run):
-                    self._fail(run, f"no heartbeat for over {self.heartbeat_timeout:.0f} s")
-                continue
-            proc = self._children.get(info.run_id)
+            why = self._why_dead(run)
             # The worker may have written a final state between our two reads.
-            if run.read_status().get("state") in FINAL_STATES:
-                continue
-            self._fail(run, _exit_reason(proc.returncode) if proc is not None else
-                       f"process {run.read_status().get('pid')} is gone")
-
-    def _heartbeat_stale(self, run: RunDir) -> bool:
-        heartbeat = run.read_status().get("heartbeat")
-        return heartbeat is not None and time.time() - heartbeat > self.heartbeat_timeout
+            if why is not None and run.read_status().get("state") not in FINAL_STATES:
+                self._fail(run, why)
 
     def _fail(self, run: RunDir, why: str) -> None:
         proc = self._children.pop(run.run_id, None)

@@ -1,0 +1,518 @@
+"""The training worker: one base model, every variant an adapter on it, trained in lockstep.
+
+Life of a job (torchtune's recipe shape): setup (load the base once, one adapter + AdamW + linear
+warmup schedule per variant, data), train (each batch: variant A forward/backward/step, then variant
+B on the same batch; a stop flag checked every step), save (adapters in PEFT format, samples,
+summary), cleanup (final state in status.json). Everything the page shows is written into the run
+directory (see runs.py); training reports through the small `Logger` interface and never imports
+Gradio.
+
+`accelerate` does device placement (CUDA, else Apple MPS, else CPU), mixed precision and gradient
+accumulation, so the same worker runs on several GPUs under `accelerate launch -m prefixlab train`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader
+
+from prefixlab.experiment import ExperimentSpec, GenerationSpec, TrainingSpec
+from prefixlab.runs import CANCELLED, DONE, FAILED, RUNNING, RunDir, append_jsonl, atomic_write_json
+
+HEARTBEAT_INTERVAL_S = 2.0
+
+
+class TrainingDiverged(RuntimeError):
+    """A variant's loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loggers: the page reads metrics.jsonl, the terminal shows a progress bar.
+# ---------------------------------------------------------------------------------------------
+
+
+class Logger(Protocol):
+    def log(self, step: int, metrics: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlLogger:
+    """One whole, flushed line per record in metrics.jsonl (readable within a second)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def log(self, step: int, metrics: dict) -> None:
+        append_jsonl(self.path, {**metrics, "step": step, "time": time.time()})
+
+    def close(self) -> None:
+        pass
+
+
+class ProgressBarLogger:
+    """A tqdm bar over optimizer steps showing each variant's latest loss."""
+
+    def __init__(self, total: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        self.latest: dict[str, str] = {}
+
+    def log(self, step: int, metrics: dict) -> None:
+        key = "loss" if "loss" in metrics else "eval_loss"
+        self.latest[f"{metrics['variant']}{'' if key == 'loss' else ' eval'}"] = f"{metrics[key]:.3f}"
+        self.bar.set_postfix(self.latest, refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Status: one writer shared by the train loop and a heartbeat thread.
+# ---------------------------------------------------------------------------------------------
+
+
+class StatusWriter:
+    """Serialises status.json updates and refreshes its heartbeat from a daemon thread, so the
+    queue can tell a slow step (model download, a big eval) from a dead worker."""
+
+    def __init__(self, run: RunDir, stop: threading.Event, interval: float = HEARTBEAT_INTERVAL_S):
+        self.run, self.stop = run, stop
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
+
+    def start(self, **changes) -> None:
+        self.update(**changes)
+        self._thread.start()
+
+    def update(self, **changes) -> None:
+        with self._lock:
+            self.run.update_status(**changes, heartbeat=time.time())
+
+    def _beat(self, interval: float) -> None:
+        while not self._done.wait(interval):
+            if self.run.cancel_requested():  # a Stop sent before our SIGTERM handler existed
+                self.stop.set()
+            self.update()
+
+    def finish(self, **changes) -> None:
+        self._done.set()
+        self.update(**changes, finished_at=time.time())
+
+
+def install_stop_handler() -> tuple[threading.Event, dict]:
+    """SIGTERM (the page's Stop) and Ctrl-C set a flag the loop checks every step; returns the flag
+    and the previous handlers, for `restore_handlers`."""
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    return stop, previous
+
+
+def restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def mixed_precision_for(precision: str) -> str:
+    """accelerate's mixed_precision for a spec precision: auto is bf16 on GPUs that support it,
+    fp16 (with a grad scaler) on older GPUs, fp32 on Apple MPS and CPU."""
+    if precision == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "no"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("training.precision: fp16 needs a CUDA GPU and none is available; "
+                         "use auto or fp32 (bf16 also works on CPU)")
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def make_accelerator(training: TrainingSpec):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Under DDP, the variant that is not active in a forward leaves its prefix without gradient.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(mixed_precision=mixed_precision_for(training.precision),
+                       gradient_accumulation_steps=training.gradient_accumulation_steps,
+                       kwargs_handlers=[ddp])
+
+
+def total_steps(training: TrainingSpec, batches_per_epoch: int) -> int:
+    """Optimizer steps: max_steps if set, else epochs x (batches / accumulation), at least 1."""
+    if training.max_steps is not None:
+        return training.max_steps
+    per_epoch = math.ceil(batches_per_epoch / training.gradient_accumulation_steps)
+    return max(1, math.ceil(per_epoch * training.num_epochs))
+
+
+def generation_kwargs(gen: GenerationSpec, tokenizer) -> dict:
+    kwargs = {"max_new_tokens": gen.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+              "eos_token_id": tokenizer.eos_token_id}
+    if gen.strategy == "sampling":
+        return {**kwargs, "do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p}
+    if gen.strategy == "beam":
+        return {**kwargs, "do_sample": False, "num_beams": gen.num_beams}
+    return {**kwargs, "do_sample": False, "num_beams": 1}
+
+
+def describe_error(err: BaseException, spec: ExperimentSpec | None) -> str:
+    """The one-line error for status.json; out-of-memory gets the fix."""
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+        training = spec.training if spec else None
+        hint = (f" (now batch_size={training.batch_size}, max_length={training.max_length})"
+                if training else "")
+        return ("CUDA out of memory: use a smaller training.batch_size or training.max_length"
+                f"{hint}; raise training.gradient_accumulation_steps to keep the effective batch")
+    return f"{type(err).__name__}: {err}"
+
+
+@dataclass
+class VariantState:
+    """One variant's optimizer, schedule and running statistics since the last log line."""
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    last_loss: float | None = None
+    last_eval_loss: float | None = None
+    total_tokens: int = 0
+    total_seconds: float = 0.0
+
+    def record(self, loss: float, tokens: int, seconds: float) -> None:
+        self.losses.append(loss)
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def flush(self) -> tuple[float, float]:
+        """(mean loss, tokens/s) since the last flush, then reset the window."""
+        loss = sum(self.losses) / len(self.losses)
+        speed = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        self.last_loss = loss
+        self.total_tokens += self.tokens
+        self.total_seconds += self.seconds
+        self.losses, self.tokens, self.seconds = [], 0, 0.0
+        return loss, speed
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+
+
+class Job:
+    """setup() -> train() -> save(); the caller (run_worker) does cleanup and status."""
+
+    def __init__(self, spec: ExperimentSpec, run: RunDir, stop: threading.Event,
+                 status: StatusWriter | None = None, loggers: list[Logger] | None = None):
+        self.spec, self.run, self.stop, self.status = spec, run, stop, status
+        self.loggers = loggers if loggers is not None else []
+        self.step = 0
+        self.started = time.time()
+        self.num_truncated = 0
+
+    def say(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            self.run.log(message)
+            if sys.stdout.isatty():
+                print(message, flush=True)
+
+    # --- setup ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_linear_schedule_with_warmup
+
+        from prefixlab import get_peft_model
+        from prefixlab.zoo import load_base
+
+        spec, training = self.spec, self.spec.training
+        self.accelerator = make_accelerator(training)
+        self.say(f"device {self.accelerator.device}, mixed precision {self.accelerator.mixed_precision}")
+        set_seed(training.seed)
+        base, self.tokenizer, self.task_type = load_base(spec.model.name)
+        self.say(f"loaded base model {spec.model.name} ({self.task_type.value if hasattr(self.task_type, 'value') else self.task_type})")
+        configs = [(v.name, self._with_task_type(v.prefix)) for v in spec.variants]
+        # Prefixes initialise from the seed in variant order, so a spec always starts identically.
+        model = get_peft_model(base, configs[0][1], adapter_name=configs[0][0])
+        for name, config in configs[1:]:
+            model.add_adapter(name, config)
+        self.train_loader, self.eval_loader = self._data_loaders()
+        self.total_steps = total_steps(training, len(self.train_loader))
+        states = []
+        for name, _ in configs:
+            params = [p for n, p in model.named_parameters() if n in set(model.trainable_parameter_names(name))]
+            optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
+            scheduler = get_linear_schedule_with_warmup(optimizer, training.warmup_steps, self.total_steps)
+            states.append((name, optimizer, scheduler))
+        prepared = self.accelerator.prepare(model, self.train_loader, self.eval_loader,
+                                            *[o for _, o, _ in states], *[s for _, _, s in states])
+        self.model, self.train_loader, self.eval_loader = prepared[:3]
+        n = len(states)
+        self.variants = [VariantState(name, opt, sched) for (name, _, _), opt, sched
+                         in zip(states, prepared[3:3 + n], prepared[3 + n:])]
+        self.peft = self.accelerator.unwrap_model(self.model)
+        if self.status:
+            self.status.update(total_steps=self.total_steps)
+        self.say(f"{len(self.variants)} variant(s) {[v.name for v in self.variants]}, "
+                 f"{self.total_steps} steps, {len(self.train_loader)} batches per epoch")
+
+    def _with_task_type(self, prefix):
+        """The variant's config with the task type of the loaded model when the spec left it out."""
+        if prefix.task_type is not None:
+            return prefix
+        from prefixlab.config import PrefixTuningConfig
+
+        return PrefixTuningConfig.from_dict({**prefix.to_dict(), "task_type": self.task_type})
+
+    def _data_loaders(self) -> tuple[DataLoader, DataLoader]:
+        from prefixlab.data import Collator, encode_examples, load_task
+
+        spec = self.spec
+        splits = load_task(spec.data)  # capped to data.max_train_examples / max_eval_examples
+        train, validation = splits["train"], splits["validation"]
+        self.test_examples = splits["test"] or validation
+        encode = lambda examples: encode_examples(  # noqa: E731
+            examples, self.tokenizer, self.task_type, spec.training.max_length, spec.data.separator)
+        train_enc, eval_enc = encode(train), encode(validation) if validation else None
+        self.num_truncated = train_enc.num_truncated + (eval_enc.num_truncated if eval_enc else 0)
+        if self.num_truncated:
+            self.say(f"{self.num_truncated} example(s) truncated to max_length={spec.training.max_length}")
+        collate = Collator(self.tokenizer.pad_token_id, self.task_type)
+        # The same generator seed gives the same batch order in every run of this spec.
+        order = torch.Generator().manual_seed(spec.training.seed)
+        train_loader = DataLoader(train_enc.features, batch_size=spec.training.batch_size, shuffle=True,
+                                  generator=order, collate_fn=collate)
+        eval_loader = DataLoader(eval_enc.features if eval_enc else [], batch_size=spec.training.batch_size,
+                                 collate_fn=collate)
+        return train_loader, eval_loader
+
+    # --- train ----------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Lockstep: every batch goes through every variant before the next batch."""
+        self.model.train()
+        batches = len(self.train_loader)
+        micro = 0
+        while self.step < self.total_steps and not self.stop.is_set():
+            for batch in self.train_loader:
+                with self.accelerator.accumulate(self.model):
+                    for variant in self.variants:
+                        self._train_variant(variant, batch)
+                micro += 1
+                if self.accelerator.sync_gradients:
+                    self.step += 1
+                    self._after_step(epoch=micro / batches)
+                if self.step >= self.total_steps or self.stop.is_set():
+                    break
+        if self.stop.is_set():
+            self.say(f"stop requested: finishing at step {self.step}")
+
+    def _train_variant(self, variant: VariantState, batch: dict) -> None:
+        start = time.perf_counter()
+        self.peft.set_adapter(variant.name)
+        loss = self.model(**batch).loss
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"variant {variant.name}: loss is {value} at step {self.step + 1}; lower "
+                f"training.learning_rate (now {self.spec.training.learning_rate}) or use precision fp32")
+        self.accelerator.backward(loss)
+        variant.optimizer.step()
+        variant.scheduler.step()
+        variant.optimizer.zero_grad(set_to_none=True)
+        variant.record(value, int(batch["attention_mask"].sum()), time.perf_counter() - start)
+
+    def _after_step(self, epoch: float) -> None:
+        training = self.spec.training
+        if self.step % training.log_interval == 0 or self.step == self.total_steps:
+            for v in self.variants:
+                loss, speed = v.flush()
+                self._log({"variant": v.name, "epoch": round(epoch, 4), "loss": loss,
+                           "lr": v.scheduler.get_last_lr()[0],
+                           "tokens_per_s": speed * self.accelerator.num_processes})
+        if self.step % training.eval_interval == 0 or self.step == self.total_steps:
+            self.evaluate()
+            self.save_adapters()  # checkpoint: what a crash or kill leaves behind
+        if self.status and self.accelerator.is_main_process:
+            self.status.update(step=self.step)
+
+    def _log(self, metrics: dict) -> None:
+        if self.accelerator.is_main_process:
+            for logger in self.loggers:
+                logger.log(self.step, metrics)
+
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        if len(self.eval_loader) == 0:
+            return
+        self.model.eval()
+        for v in self.variants:
+            self.peft.set_adapter(v.name)
+            losses = [self.model(**batch).loss.float() for batch in self.eval_loader]
+            mean = self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+            v.last_eval_loss = mean
+            self._log({"variant": v.name, "eval_loss": mean})
+        self.model.train()
+
+    # --- save -----------------------------------------------------------------------------------
+
+    def save_adapters(self) -> None:
+        """Each variant into adapters/<variant>/ (PEFT format, fp32), swapped in whole so a crash
+        mid-save keeps the previous checkpoint."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        for v in self.variants:
+            save_adapter(self.peft, v.name, self.run.adapter_path(v.name))
+
+    def write_samples(self) -> None:
+        """samples.jsonl: the base model and every variant on the same prompts."""
+        if not self.accelerator.is_main_process:
+            return
+        from prefixlab.data import encode_prompts
+
+        prompts = self._prompts()
+        gen = self.spec.generation
+        kwargs = generation_kwargs(gen, self.tokenizer)
+        self.model.eval()
+        self.run.samples_path.unlink(missing_ok=True)  # a rerun of the same folder starts over
+        for source, reference in prompts:
+            # One prompt at a time: an output never depends on which other prompts share its batch.
+            encoded = encode_prompts([source], self.tokenizer, self.task_type, self.spec.data.separator,
+                                     max_length=self.spec.training.max_length)
+            encoded = {k: v.to(self.accelerator.device) for k, v in encoded.items()}
+            outputs = {"base": self._generate(self.peft.base_model, encoded, kwargs)}
+            for v in self.variants:
+                self.peft.set_adapter(v.name)
+                outputs[v.name] = self._generate(self.peft, encoded, kwargs)
+            append_jsonl(self.run.samples_path, {"prompt": source, "reference": reference, "outputs": outputs})
+        self.say(f"wrote {len(prompts)} sample(s)")
+
+    @property
+    def _causal(self) -> bool:
+        return str(getattr(self.task_type, "value", self.task_type)) == "CAUSAL_LM"
+
+    def _prompts(self) -> list[tuple[str, str | None]]:
+        gen = self.spec.generation
+        if gen.prompts:
+            return [(p, None) for p in gen.prompts]
+        return [(e["source"], e["target"]) for e in self.test_examples[: gen.num_prompts]]
+
+    @torch.no_grad()
+    def _generate(self, model, encoded: dict, kwargs: dict) -> str:
+        torch.manual_seed(self.spec.training.seed)  # sampling: every variant draws the same stream
+        with self.accelerator.autocast():
+            out = model.generate(**encoded, **kwargs)
+        if self._causal:
+            out = out[:, encoded["input_ids"].shape[1]:]  # keep only the continuation
+        return self.tokenizer.decode(out[0], skip_special_tokens=True)
+
+    def summary(self) -> dict:
+        from prefixlab.encoder import prefix_parameter_counts
+
+        base_total = sum(p.numel() for p in self.peft.base_model.parameters())
+        variants = {}
+        for v in self.variants:
+            counts = prefix_parameter_counts(self.peft.peft_config[v.name])
+            if v.losses:  # a partial log window at a stop request
+                v.flush()
+            variants[v.name] = {
+                "trainable": counts["trainable"], "stored": counts["stored"],
+                "total": base_total + counts["trainable"], "formula": counts["formula"],
+                "final_train_loss": v.last_loss, "final_eval_loss": v.last_eval_loss,
+                "tokens_per_s": v.total_tokens / v.total_seconds if v.total_seconds else None,
+            }
+        return {"variants": variants, "steps": self.step, "total_steps": self.total_steps,
+                "wall_time_s": time.time() - self.started, "num_truncated": self.num_truncated,
+                "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision}
+
+
+def save_adapter(peft_model, name: str, target: Path) -> None:
+    """Save one adapter to `target` through a temp folder and renames (never half-written)."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.save_pretrained(tmp, selected_adapters=[name])
+    saved = tmp / name if (tmp / name / "adapter_config.json").exists() else tmp  # PEFT nests non-default names
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        target.rename(old)
+    saved.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def run_worker(run_dir: str | Path, *, progress: bool | None = None) -> str:
+    """Run the experiment in `run_dir` (spec.json must be there) and return the final state.
+
+    Never raises for a training failure: the state becomes `failed`, the one-line error goes to
+    status.json and the traceback to log.txt. `progress`: a terminal bar (default: when stderr is a
+    terminal).
+    """
+    run = RunDir(run_dir)
+    stop, previous = install_stop_handler()
+    status = StatusWriter(run, stop)
+    if run.cancel_requested():
+        stop.set()
+    status.start(state=RUNNING, pid=os.getpid(), error=None, finished_at=None,
+                 started_at=run.read_status().get("started_at") or time.time())
+    spec, job, bar = None, None, None
+    try:
+        spec = run.read_spec()
+        run.log(f"worker {os.getpid()} starting {spec.name!r} on {spec.model.name}")
+        job = Job(spec, run, stop, status, loggers=[JsonlLogger(run.metrics_path)])
+        job.setup()
+        if progress if progress is not None else sys.stderr.isatty():
+            bar = ProgressBarLogger(job.total_steps)
+            job.loggers.append(bar)
+        job.train()
+        job.save_adapters()
+        job.write_samples()
+        if job.accelerator.is_main_process:
+            atomic_write_json(run.summary_path, job.summary())
+        state = CANCELLED if stop.is_set() else DONE
+        run.log(f"finished: {state} at step {job.step}")
+        status.finish(state=state, step=job.step)
+        return state
+    except BaseException as err:  # noqa: BLE001 - every failure must reach status.json
+        message = describe_error(err, spec)
+        run.log(f"failed: {message}\n{traceback.format_exc()}")
+        status.finish(state=FAILED, error=message, step=job.step if job else 0)
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        return FAILED
+    finally:
+        if bar:
+            bar.close()
+        restore_handlers(previous)

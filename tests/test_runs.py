@@ -1,0 +1,218 @@
+"""The run directory's file primitives and the job queue, with a stand-in worker process.
+
+The stand-in speaks the worker's side of the contract (status.json with its pid; a final state on
+SIGTERM or when released) in plain Python, so these tests exercise the queue's process handling in
+a fraction of a second per run. tests/test_worker_e2e.py does the same with the real worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+
+import pytest
+
+from prefixlab.experiment import ExperimentSpec
+from prefixlab.runs import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    JobQueue,
+    RunDir,
+    append_jsonl,
+    atomic_write_json,
+    read_jsonl,
+)
+
+FAKE_WORKER = textwrap.dedent("""
+    import json, os, signal, sys, time
+    run = sys.argv[sys.argv.index("--run-dir") + 1]
+    status_path = os.path.join(run, "status.json")
+    def update(**changes):
+        with open(status_path) as f:
+            status = json.load(f)
+        status.update(changes, updated_at=time.time(), heartbeat=time.time())
+        with open(status_path + ".tmp", "w") as f:
+            json.dump(status, f)
+        os.replace(status_path + ".tmp", status_path)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    update(state="running", pid=os.getpid())
+    while not stop and not os.path.exists(os.path.join(run, "release")) \
+            and not os.path.exists(os.path.join(run, "cancel")):
+        time.sleep(0.02)
+    cancelled = stop or os.path.exists(os.path.join(run, "cancel"))
+    update(state="cancelled" if cancelled else "done", finished_at=time.time())
+""")
+
+
+@pytest.fixture
+def queue(tmp_path):
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    return JobQueue(tmp_path / "runs", worker_command=[sys.executable, str(script)])
+
+
+def spec(name="exp") -> ExperimentSpec:
+    return ExperimentSpec(name=name)
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def worker_pid(queue, run_id):
+    run = queue.run_dir(run_id)
+    wait_for(lambda: run.read_status().get("pid"))
+    return run.read_status()["pid"]
+
+
+# ---------------------------------------------------------------------------------------------
+# File primitives
+
+
+def test_atomic_write_json_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "status.json"
+    atomic_write_json(path, {"state": "queued"})
+    atomic_write_json(path, {"state": "running", "step": 3})
+    assert json.loads(path.read_text()) == {"state": "running", "step": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_read_jsonl_skips_a_half_written_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"step": 1, "loss": 2.0})
+    append_jsonl(path, {"step": 2, "loss": float("nan")})
+    with open(path, "a") as f:
+        f.write('{"step": 3, "lo')  # a writer caught mid-line
+    records = read_jsonl(path)
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[1]["loss"] != records[1]["loss"]  # NaN survives the round trip
+    assert read_jsonl(tmp_path / "absent.jsonl") == []
+
+
+def test_run_dir_readers_on_a_fresh_run(tmp_path):
+    run = RunDir(tmp_path / "r1")
+    run.write_spec(spec("fresh"))
+    assert run.read_spec().name == "fresh"
+    assert run.read_status() == {} and run.read_metrics() == [] and run.read_samples() == []
+    assert run.read_summary() is None and run.log_tail() == ""
+    for i in range(5):
+        run.log(f"line {i}")
+    assert run.log_tail(2).splitlines()[-1].endswith("line 4") and len(run.log_tail(2).splitlines()) == 2
+    with pytest.raises(FileNotFoundError, match="spec.json does not exist"):
+        RunDir(tmp_path / "nothing").read_spec()
+
+
+# ---------------------------------------------------------------------------------------------
+# Queue
+
+
+def test_submit_writes_spec_and_queued_status(queue):
+    run_id = queue.submit(spec("My Paired Run!"))
+    run = queue.run_dir(run_id)
+    assert run_id.endswith("my-paired-run")
+    assert run.read_spec().to_dict() == spec("My Paired Run!").to_dict()
+    assert run.read_status()["state"] == QUEUED
+    second = queue.submit(spec("My Paired Run!"))
+    assert second != run_id and sorted([run_id, second]) == [run_id, second]  # unique and sortable
+    assert [i.run_id for i in queue.list_runs()] == [second, run_id]  # newest first
+
+
+def test_one_job_at_a_time_first_come_first_served(queue):
+    first, second = queue.submit(spec("a")), queue.submit(spec("b"))
+    assert queue.poll() == first
+    pid = worker_pid(queue, first)
+    assert queue.poll() is None and queue.active_run() == first
+    assert queue.run_dir(second).read_status()["state"] == QUEUED
+    (queue.run_dir(first).path / "release").touch()
+    wait_for(lambda: queue.run_dir(first).read_status()["state"] == DONE)
+    wait_for(lambda: queue.poll() == second)
+    assert worker_pid(queue, second) != pid
+    (queue.run_dir(second).path / "release").touch()
+    wait_for(lambda: queue.run_dir(second).read_status()["state"] == DONE)
+
+
+def test_cancel_queued_and_running(queue):
+    running, queued = queue.submit(spec("a")), queue.submit(spec("b"))
+    queue.poll()
+    worker_pid(queue, running)
+    assert queue.cancel(queued) == CANCELLED
+    queue.cancel(running)  # SIGTERM: the worker saves and reports cancelled itself
+    wait_for(lambda: queue.run_dir(running).read_status()["state"] == CANCELLED)
+    wait_for(lambda: queue.active_run() is None)
+    assert queue.poll() is None  # the cancelled queued run never starts
+    assert queue.run_dir(queued).read_status()["state"] == CANCELLED
+    with pytest.raises(ValueError, match="no run 'nope'"):
+        queue.cancel("nope")
+
+
+def test_killed_child_is_marked_failed_and_next_run_starts(queue):
+    doomed, nxt = queue.submit(spec("a")), queue.submit(spec("b"))
+    queue.poll()
+    os.kill(worker_pid(queue, doomed), signal.SIGKILL)
+    wait_for(lambda: queue.poll() == nxt)
+    status = queue.run_dir(doomed).read_status()
+    assert status["state"] == FAILED
+    assert status["error"] == "worker died without reporting: killed by signal SIGKILL"
+    assert "worker died without reporting" in queue.run_dir(doomed).log_tail()
+    queue.cancel(nxt)
+    wait_for(lambda: queue.run_dir(nxt).read_status()["state"] == CANCELLED)
+
+
+def test_restarted_queue_finds_dead_and_live_workers_on_disk(queue, tmp_path):
+    live, dead = queue.submit(spec("live")), queue.submit(spec("dead"))
+    queue.poll()
+    worker_pid(queue, live)
+    # A run left "running" by a worker that no longer exists, as after a crash of app and worker.
+    gone = queue.run_dir(dead)
+    gone.update_status(state=RUNNING, pid=_dead_pid(), heartbeat=time.time())
+    restarted = JobQueue(queue.runs_dir, worker_command=queue.worker_command)
+    assert restarted.poll() is None  # the live worker (not its child) still holds the device
+    assert gone.read_status()["state"] == FAILED
+    assert gone.read_status()["error"].startswith("worker died without reporting: process ")
+    assert restarted.active_run() == live
+    restarted.cancel(live)
+    wait_for(lambda: restarted.run_dir(live).read_status()["state"] == CANCELLED)
+    queue.poll()  # reap our child
+
+
+def test_stale_heartbeat_marks_a_frozen_worker_failed(tmp_path):
+    queue = JobQueue(tmp_path / "runs", heartbeat_timeout=5)
+    run = queue.run_dir(queue.submit(spec()))
+    # This test process stands in for a worker that is alive but frozen.
+    run.update_status(state=RUNNING, pid=os.getpid(), heartbeat=time.time() - 60)
+    assert queue.poll() is None
+    status = run.read_status()
+    assert status["state"] == FAILED and "no heartbeat for over 5 s" in status["error"]
+
+
+def test_background_thread_starts_queued_runs(queue):
+    run_id = queue.submit(spec())
+    queue.start_background(interval=0.05)
+    try:
+        wait_for(lambda: queue.run_dir(run_id).read_status().get("pid"))
+        (queue.run_dir(run_id).path / "release").touch()
+        wait_for(lambda: queue.run_dir(run_id).read_status()["state"] == DONE)
+    finally:
+        queue.stop_background()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
