@@ -370,7 +370,7 @@ class _Encoder:
         self.eos = self.tokenizer.eos_token_id
         if self.causal and self.eos is None:
             raise DataError("the tokenizer has no eos token; a causal LM needs one to learn where the target ends")
-        if self.eos is not None and self.eos not in self.tail:
+        if not self.causal and self.eos is not None and self.eos not in self.tail:
             self.tail = self.tail + [self.eos]  # seq2seq targets must end in eos to learn to stop
         self.sep_len = len(_ids(self.tokenizer, self.separator)) if self.causal else 0
 
@@ -380,11 +380,10 @@ class _Encoder:
             return self.lead + _ids(self.tokenizer, build_prompt(source, TaskType.CAUSAL_LM, self.separator))
         return self.lead + _ids(self.tokenizer, source) + self.tail
 
-    def prompt(self, source: str, budget: int) -> list[int]:
-        """The prompt cut to `budget` ids, keeping its special tokens and (causal) its separator."""
-        ids = self.full_prompt(source)
-        keep_tail = min(self.sep_len, len(ids) - len(self.lead)) if self.causal else len(self.tail)
-        return _truncate_prompt(ids, len(self.lead), keep_tail, budget)
+    def cut(self, prompt: list[int], budget: int) -> list[int]:
+        """`prompt` cut to `budget` ids, keeping its special tokens and (causal) its separator."""
+        keep_tail = min(self.sep_len, len(prompt) - len(self.lead)) if self.causal else len(self.tail)
+        return _truncate_prompt(prompt, len(self.lead), keep_tail, budget)
 
     def encode(self, example: dict, where: str) -> tuple[dict[str, list[int]], bool]:
         """One example -> ({"input_ids", "labels"}, was_truncated)."""
@@ -396,14 +395,14 @@ class _Encoder:
             truncated = len(full) + len(answer) > self.max_length
             # The prompt keeps at least its special tokens and separator, even if the target must shrink.
             minimum = len(self.lead) + min(self.sep_len, len(full) - len(self.lead))
-            prompt = self.prompt(example["source"], max(self.max_length - len(answer), minimum))
+            prompt = self.cut(full, max(self.max_length - len(answer), minimum))
             kept = answer[: max(self.max_length - len(prompt), 0)]
             feature = {"input_ids": prompt + kept, "labels": [IGNORE_INDEX] * len(prompt) + kept}
         else:
             room = self.max_length - len(self.lead) - len(self.tail)
             truncated = len(full) > self.max_length or len(target) > room
             kept = target[: max(room, 0)]
-            feature = {"input_ids": self.prompt(example["source"], self.max_length),
+            feature = {"input_ids": self.cut(full, self.max_length),
                        "labels": self.lead + kept + self.tail}
         if target and not [t for t in kept if t != self.eos]:
             raise DataError(f"{where}: the target is empty after truncation to max_length={self.max_length} "
@@ -477,7 +476,8 @@ def encode_prompts(sources: list[str], tokenizer, task_type, separator: str,
         raise DataError("the tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
     causal = _is_causal(task_type)
     encoder = _Encoder(tokenizer, causal, max_length or 0, separator)
-    prompts = [encoder.prompt(s, max_length) if max_length else encoder.full_prompt(s) for s in sources]
+    prompts = [encoder.full_prompt(source) for source in sources]
+    prompts = [encoder.cut(prompt, max_length) for prompt in prompts] if max_length else prompts
     return {
         "input_ids": pad_sequences(prompts, tokenizer.pad_token_id, left=causal),
         "attention_mask": pad_sequences([[1] * len(p) for p in prompts], 0, left=causal),

@@ -49,7 +49,8 @@ class ModelPreset:
 _CAUSAL, _SEQ2SEQ = TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM
 _TINY_ARCH = {"tiny-gpt2": "gpt2", "tiny-llama": "llama", "tiny-t5": "t5"}
 MODEL_PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
-    ModelPreset("tiny-gpt2", _CAUSAL, "Tiny GPT-2 (2 layers, width 64), random weights, byte tokenizer; no download", True),
+    ModelPreset("tiny-gpt2", _CAUSAL, "Tiny GPT-2 (2 layers, width 64), random weights, byte tokenizer; "
+                                      "no download", True),
     ModelPreset("tiny-llama", _CAUSAL, "Tiny Llama with grouped-query attention (8 query / 2 key-value heads), random "
                                        "weights; no download", True),
     ModelPreset("tiny-t5", _SEQ2SEQ, "Tiny T5 encoder-decoder, random weights, byte tokenizer; no download", True),
@@ -59,7 +60,8 @@ MODEL_PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
     ModelPreset("facebook/opt-125m", _CAUSAL, "OPT-125M (Meta), 125M parameters"),
     ModelPreset("EleutherAI/pythia-160m", _CAUSAL, "Pythia-160M (GPT-NeoX architecture), 162M parameters"),
     ModelPreset("HuggingFaceTB/SmolLM2-135M", _CAUSAL, "SmolLM2-135M: Llama architecture with grouped-query attention"),
-    ModelPreset("Qwen/Qwen2.5-0.5B", _CAUSAL, "Qwen2.5-0.5B, 494M parameters: grouped-query attention, 151k vocabulary"),
+    ModelPreset("Qwen/Qwen2.5-0.5B", _CAUSAL, "Qwen2.5-0.5B, 494M parameters: grouped-query attention, "
+                                              "151k vocabulary"),
     ModelPreset("t5-small", _SEQ2SEQ, "T5-small encoder-decoder, 60M parameters"),
     ModelPreset("google/flan-t5-small", _SEQ2SEQ, "Flan-T5-small, 77M parameters: instruction-tuned T5"),
     ModelPreset("facebook/bart-base", _SEQ2SEQ, "BART-base encoder-decoder, 140M parameters (Li & Liang summarise "
@@ -165,11 +167,12 @@ def load_model_config(name: str) -> PretrainedConfig:
 
 def task_type_of_config(config: PretrainedConfig) -> TaskType:
     """SEQ_2_SEQ_LM for encoder-decoders, CAUSAL_LM for decoder-only models transformers knows."""
-    if getattr(config, "is_encoder_decoder", False) or config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+    model_type = config.model_type
+    if getattr(config, "is_encoder_decoder", False) or model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
         return TaskType.SEQ_2_SEQ_LM
-    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return TaskType.CAUSAL_LM
-    raise ModelLoadError(f"model type {config.model_type!r} is neither a causal LM nor a sequence-to-sequence LM "
+    raise ModelLoadError(f"model type {model_type!r} is neither a causal LM nor a sequence-to-sequence LM "
                          "in transformers; prefix tuning here needs one of those (e.g. gpt2, llama, t5, bart)")
 
 
@@ -187,6 +190,8 @@ def _model_class(task_type: TaskType):
 @functools.lru_cache(maxsize=64)
 def count_base_parameters(name: str) -> int:
     """Parameters of the base model, counted on the meta device: no weights are read or allocated.
+
+    Cached per name for the page, which asks again on every form change.
 
     Tied weights (e.g. GPT-2's input and output embeddings) count once, as in `model.parameters()`.
     """
