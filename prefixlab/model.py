@@ -122,6 +122,13 @@ def _generation_expand_size(model: nn.Module, kwargs: dict) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _uses_activation_checkpointing(model: nn.Module) -> bool:
+    # transformers 5.x renamed is_gradient_checkpointing (deprecated, warns) to is_activation_checkpointing.
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
 def freeze(model: nn.Module) -> None:
     for param in model.parameters():
         param.requires_grad_(False)
@@ -136,7 +143,7 @@ class PrefixTuningModel(nn.Module):
 
     def __init__(self, model: nn.Module, config: PrefixTuningConfig, adapter_name: str = "default"):
         super().__init__()
-        if getattr(model, "is_gradient_checkpointing", False):
+        if _uses_activation_checkpointing(model):
             raise ValueError(
                 "the base model has gradient checkpointing enabled, which drops the prefix cache in training; "
                 "call model.gradient_checkpointing_disable() before get_peft_model"
