@@ -37,8 +37,10 @@ def test_inferred_fields_are_flagged_optional_ints_and_read_only():
     for name in INFERRED_FIELDS:
         spec = by_key[f"prefix.{name}"]
         assert spec.inferred and spec.kind == "int" and spec.optional and spec.default is None
-        box = component_for(spec)
-        assert isinstance(box, gr.Number) and box.interactive is False and box.precision == 0
+        box = component_for(spec, value=12)
+        # A text box, not a number box: an empty browser number box reads as 0.
+        assert isinstance(box, gr.Textbox) and box.interactive is False and box.value == "12"
+        assert component_for(spec).value == ""
     assert not by_key["prefix.num_virtual_tokens"].inferred
 
 
@@ -60,6 +62,10 @@ def test_control_kinds_follow_the_field_types():
     assert isinstance(model, gr.Dropdown) and model.allow_custom_value
     assert isinstance(component_for(by_key["generation.prompts"]), gr.Textbox)
     assert component_for(by_key["prefix.num_virtual_tokens"]).elem_id == "f-prefix-num_virtual_tokens"
+    # Optional numbers (default None) are text boxes too, so empty stays empty.
+    assert by_key["prefix.encoder_hidden_size"].optional
+    assert isinstance(component_for(by_key["training.max_steps"]), gr.Textbox)
+    assert isinstance(component_for(by_key["training.batch_size"]), gr.Number)
 
 
 def test_a_field_added_to_the_config_appears_with_no_ui_change(monkeypatch):
@@ -87,3 +93,5 @@ def test_component_values_from_spec_values():
     assert to_component_value(by_key["generation.prompts"], ["a", "b"]) == "a\nb"
     assert to_component_value(by_key["prefix.init_weights"], None) == ""
     assert to_component_value(by_key["training.batch_size"], 8) == 8
+    assert to_component_value(by_key["training.max_steps"], 60) == "60"
+    assert to_component_value(by_key["training.max_steps"], None) == ""

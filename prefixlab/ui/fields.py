@@ -71,8 +71,11 @@ def field_from_metadata(meta: dict) -> FieldSpec:
     default = meta["default"]
     if meta["type"] == "list[str]" and isinstance(default, list):
         default = "\n".join(default)
+    # A field whose default is None (num_virtual_tokens, encoder_hidden_size) can be left empty on
+    # the page; spec_from_form then says what is missing or fills it in (encoder_hidden_size).
+    optional = bool(meta.get("optional")) or meta["default"] is None
     return FieldSpec(key=meta["key"], kind=_kind(meta), default=default, help=meta.get("help", ""),
-                     optional=bool(meta.get("optional")), choices=tuple(meta.get("choices") or ()))
+                     optional=optional, choices=tuple(meta.get("choices") or ()))
 
 
 def inferred_fields() -> list[FieldSpec]:

@@ -10,37 +10,46 @@ from prefixlab.ui.fields import FieldSpec
 NONE_CHOICE = ("(none)", "")
 
 
-def component_for(field: FieldSpec, choices: tuple = ()) -> gr.components.Component:
-    """The control for one field: checkbox, whole-number box, number box, dropdown or text box.
+def component_for(field: FieldSpec, choices: tuple = (), value=None) -> gr.components.Component:
+    """The control for one field: checkbox, number box, text box or dropdown, showing `value`
+    (the field's default when None).
 
-    `choices` are suggestions for free-choice keys (model presets, built-in tasks, file columns):
-    the dropdown also takes any typed value, such as a Hub id.
+    Numbers that may be empty (optional, or inferred from the model) are text boxes: a browser
+    number box shows an empty value as 0, which would then be sent as 0. `choices` are suggestions
+    for free-choice keys (model presets, built-in tasks, file columns): the dropdown also takes any
+    typed value, such as a Hub id.
     """
+    value = field.default if value is None else value
     common = dict(label=field.label, info=field.help or None, elem_id=field.elem_id)
     if field.kind == "bool":
-        return gr.Checkbox(value=bool(field.default), **common)
-    if field.kind == "int":
+        return gr.Checkbox(value=bool(value), **common)
+    if field.kind in ("int", "float") and (field.optional or field.inferred):
         # Inferred sizes are read-only until "override" is ticked (ui/handlers.py toggles this).
-        return gr.Number(value=field.default, precision=0, interactive=not field.inferred, **common)
+        return gr.Textbox(value="" if value is None else str(value), interactive=not field.inferred,
+                          placeholder="from the model" if field.inferred else "empty: not set", **common)
+    if field.kind == "int":
+        return gr.Number(value=value, precision=0, **common)
     if field.kind == "float":
-        return gr.Number(value=field.default, **common)
+        return gr.Number(value=value, **common)
     if field.kind == "choice":
         options = [NONE_CHOICE, *field.choices] if field.optional else list(field.choices)
-        value = field.default if field.default is not None else ""
-        return gr.Dropdown(choices=options, value=value, **common)
+        return gr.Dropdown(choices=options, value=value if value is not None else "", **common)
     if choices:
-        return gr.Dropdown(choices=list(choices), value=field.default, allow_custom_value=True, **common)
+        return gr.Dropdown(choices=list(dict.fromkeys([*choices, value])), value=value, allow_custom_value=True,
+                           **common)
     if field.kind == "lines":
-        return gr.Textbox(value=field.default or "", lines=3, **common)
-    return gr.Textbox(value=field.default if field.default is not None else "", **common)
+        return gr.Textbox(value=value or "", lines=3, **common)
+    return gr.Textbox(value=value if value is not None else "", **common)
 
 
 def to_component_value(field: FieldSpec, value):
-    """A spec value as its control shows it: lists one item a line, None choices as ""."""
+    """A spec value as its control shows it: lists one item a line, None as "" in text boxes."""
+    if hasattr(value, "value"):  # enums
+        value = value.value
     if field.kind == "lines" and isinstance(value, list):
         return "\n".join(value)
     if field.kind == "choice" and value is None:
         return ""
-    if hasattr(value, "value"):  # enums
-        return value.value
+    if field.kind in ("int", "float") and (field.optional or field.inferred):
+        return "" if value is None else str(value)
     return value

@@ -1,0 +1,89 @@
+"""build_app: the panels laid out and their events wired to a Lab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from prefixlab.runs import JobQueue
+from prefixlab.ui import panels
+from prefixlab.ui.fields import page_fields
+from prefixlab.ui.handlers import Lab
+from prefixlab.zoo import MODEL_PRESETS
+
+REPO_PRESETS = Path(__file__).resolve().parents[2] / "presets"
+DEFAULT_PRESET = "offline-tiny"  # runs anywhere: a tiny random-weight model, no download
+TIMER_SECONDS = 1.0
+CSS = """
+#status { min-height: 2.5em; }
+.note { font-size: 0.85em; opacity: 0.8; }
+"""
+
+
+def _suggestions() -> dict[str, tuple]:
+    return {"model.name": tuple(MODEL_PRESETS), "data.source": ("e2e-synth",),
+            "data.source_column": ("source",), "data.target_column": ("target",)}
+
+
+def build_app(queue: JobQueue, presets_dir: str | Path = REPO_PRESETS) -> tuple[gr.Blocks, Lab]:
+    """The whole page over `queue`'s runs directory. The caller launches it (and starts the queue)."""
+    fields = page_fields()
+    lab = Lab(queue, fields, Path(presets_dir))
+    names = lab.preset_names()
+    default = DEFAULT_PRESET if DEFAULT_PRESET in names else (names[0] if names else None)
+    initial, override, rows, errors = lab.initial_state(default)
+    with gr.Blocks(title="prefixlab") as demo:
+        gr.Markdown("# prefixlab · prefix tuning, with and without the projection MLP, side by side")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5, min_width=420):
+                c = panels.build_preset_bar(names, default)
+                c |= panels.build_actions(errors)
+                c |= panels.build_form(fields, _suggestions(), initial, override)
+                c |= panels.build_export()
+            with gr.Column(scale=7, min_width=520):
+                c |= panels.build_accounting_panel(rows)
+                c |= panels.build_status_panel()
+                c |= panels.build_chart_panel()
+                c |= panels.build_comparison_panel()
+        c |= panels.build_runs_panel()
+        c["seen"] = gr.State({})
+        c["timer"] = gr.Timer(TIMER_SECONDS)
+        wire(demo, lab, c)
+    return demo, lab
+
+
+def wire(demo: gr.Blocks, lab: Lab, c: dict) -> None:
+    """Connect events to Lab's handlers. The timer reads files only; generation is its own queue."""
+    fields = c["fields"]
+    form_inputs = [c["override"], *fields.values()]
+    inferred = [fields[k] for k in lab.inferred_keys]
+    form_outputs = [*fields.values(), c["override"], c["errors"]]
+    run_outputs = [c["status"], c["chart"], c["points"], c["comparison"], c["bars"], c["grid"], c["variant"],
+                   c["runs"], c["run"], c["overlay"], c["seen"]]
+    run_inputs = [c["run"], c["overlay"], c["smoothing"], c["log_scale"], c["seen"]]
+
+    c["preset"].change(lab.load_preset, c["preset"], form_outputs)
+    gr.on([comp.change for comp in form_inputs], lab.form_changed, form_inputs,
+          [c["accounting"], c["errors"], fields["prefix.encoder_hidden_size"]], trigger_mode="always_last",
+          concurrency_id="form", concurrency_limit=4)
+    fields["model.name"].change(lab.model_changed, [fields["model.name"], c["override"]], inferred)
+    c["override"].change(lab.override_changed, c["override"], inferred)
+    c["upload"].upload(lab.upload_task, c["upload"],
+                       [fields["data.source"], fields["data.source_column"], fields["data.target_column"],
+                        c["errors"]])
+    c["train"].click(lab.train, form_inputs, [c["errors"], c["run"], c["status"]])
+    c["stop"].click(lab.stop, c["run"], c["status"])
+    c["export"].click(lab.export_spec, form_inputs, [c["spec_file"], c["command"], c["errors"]])
+    c["save"].click(lab.save_preset, [c["preset_name"], *form_inputs],
+                    [c["preset"], c["spec_file"], c["command"], c["errors"]])
+
+    # Reading the run directory: on load (reattach), every timer tick, and when the selection changes.
+    demo.load(lab.page_load, None, [c["run"], c["overlay"], c["runs"]])
+    for trigger in (c["timer"].tick, c["run"].change, c["overlay"].change, c["smoothing"].release,
+                    c["log_scale"].change):
+        trigger(lab.tick, run_inputs, run_outputs, concurrency_id="runs", concurrency_limit=None,
+                show_progress="hidden", trigger_mode="always_last")
+    c["generate"].click(lab.generate, [c["run"], c["prompt"]], c["generated"], concurrency_id="generate",
+                        concurrency_limit=1)
+    c["zip"].click(lab.zip_adapter, [c["run"], c["variant"]], c["adapter_file"])
