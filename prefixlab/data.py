@@ -237,15 +237,25 @@ def read_examples(path: str | Path, source_column: str = "source", target_column
     return [to_example(f"{path}, line {n}", rec, source_column, target_column) for n, rec in records]
 
 
-def peek_columns(path: str | Path) -> list[str]:
-    """Column names of a data file (CSV header, or the keys of the first JSON records), for pickers."""
+def peek_columns(path: str | Path, lines: int = 20) -> list[str]:
+    """Column names of a data file, for pickers: the CSV header, or the keys of the first `lines`
+    JSON lines (a bad line further down is reported when the data is loaded, not here)."""
     path = Path(path)
-    if path.suffix.lower() == ".csv":
-        header = next(csv.reader(io.StringIO(_read_text(path))), [])
-        return [name for name in header if name]
-    columns: dict[str, None] = {}  # ordered set
-    for _, record in read_records(path)[:20]:
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .csv")
+    text = _read_text(path)
+    if suffix == ".csv":
+        records = [(1, dict.fromkeys(name for name in next(csv.reader(io.StringIO(text)), []) if name))]
+    elif suffix == ".json" and text.lstrip().startswith("["):
+        records = _json_array(path, text)[:lines]
+    else:
+        records = _json_lines(path, "\n".join(text.splitlines()[:lines]))
+    columns: dict[str, None] = {}  # an ordered set
+    for _, record in records:
         columns.update(dict.fromkeys(record))
+    if not columns:
+        raise DataError(f"{path}: no columns found (the file is empty); add a header line or JSON records")
     return list(columns)
 
 

@@ -104,6 +104,11 @@ def test_peek_columns(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [{"mr": 1, "ref": 2}, {"mr": 1, "ref": 2, "note": 3}])
     assert data.peek_columns(tmp_path / "d.csv") == ["meaning", "reference"]
     assert data.peek_columns(tmp_path / "d.jsonl") == ["mr", "ref", "note"]
+    (tmp_path / "long.jsonl").write_text('{"a": 1}\n' * 30 + "not json\n", encoding="utf-8")
+    assert data.peek_columns(tmp_path / "long.jsonl") == ["a"]  # only the first records are read
+    (tmp_path / "empty.csv").write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match=r"empty\.csv: no columns found \(the file is empty\)"):
+        data.peek_columns(tmp_path / "empty.csv")
 
 
 # ---------------------------------------------------------------------------------------------
