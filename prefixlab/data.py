@@ -88,13 +88,18 @@ def load_task(
         splits = _load_folder(path, source_column, target_column) if path.is_dir() else \
             _with_validation({"train": read_examples(path, source_column, target_column)}, str(path))
     else:
-        splits = _load_hub(where, hub_config, source_column, target_column)
+        limits = _limits(max_train_examples, max_eval_examples)
+        splits = _load_hub(where, hub_config, source_column, target_column, limits)
     return _cap(splits, max_train_examples, max_eval_examples)
+
+
+def _limits(max_train: int | None, max_eval: int | None) -> dict[str, int | None]:
+    return {"train": max_train, "validation": max_eval, "test": max_eval}
 
 
 def _cap(splits: dict[str, list[dict]], max_train: int | None, max_eval: int | None) -> dict[str, list[dict]]:
     """Keep the first N examples of each split (N = max_train for train, max_eval otherwise)."""
-    limits = {"train": max_train, "validation": max_eval, "test": max_eval}
+    limits = _limits(max_train, max_eval)
     return {split: examples[: limits[split]] if limits[split] else examples for split, examples in splits.items()}
 
 
@@ -277,8 +282,17 @@ def _hub_message(name: str, hub_config: str | None, err: Exception) -> str:
             "or a local .jsonl/.csv file.")
 
 
-def _load_hub(name: str, hub_config: str | None, source_column: str, target_column: str) -> dict[str, list[dict]]:
-    """Splits of a Hub dataset through `datasets.load_dataset`, mapped to source/target."""
+def _first_rows(dataset, limit: int | None) -> list[dict]:
+    """The first `limit` rows (all if None) as dicts, without converting the rest (XSum has 200k)."""
+    return dataset.select(range(min(limit, len(dataset)))).to_list() if limit else dataset.to_list()
+
+
+def _load_hub(name: str, hub_config: str | None, source_column: str, target_column: str,
+              limits: dict[str, int | None]) -> dict[str, list[dict]]:
+    """Splits of a Hub dataset through `datasets.load_dataset`, mapped to source/target.
+
+    `limits` caps each split early; train is read whole when validation must be held out of it.
+    """
     from prefixlab.zoo import hub_offline, hub_unreachable_reason
 
     # Without this check `datasets` retries a dead connection for half a minute or more.
@@ -295,7 +309,7 @@ def _load_hub(name: str, hub_config: str | None, source_column: str, target_colu
     splits = {}
     for split in SPLITS:
         if split in dataset_dict:
-            rows = dataset_dict[split].to_list()
+            rows = _first_rows(dataset_dict[split], limits[split] if "validation" in dataset_dict else None)
             splits[split] = [to_example(f"Hub dataset {name!r}, {split} split, row {i}", row,
                                         source_column, target_column) for i, row in enumerate(rows)]
     if "train" not in splits:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -182,13 +181,11 @@ def test_folder_without_train_file_and_unsupported_type(tmp_path):
 
 def test_hub_dataset_offline_fails_fast_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    start = time.monotonic()
     with pytest.raises(DataError) as info:
         data.load_task("e2e_nlg")
     msg = str(info.value)
     assert msg.startswith("could not load the Hub dataset 'e2e_nlg'")
     assert "HF_HUB_OFFLINE" in msg and "misspelt" in msg and "built-in task 'e2e-synth'" in msg
-    assert time.monotonic() - start < 60  # a hang (retries with back-off) would take minutes
 
 
 def test_hub_dataset_columns_are_mapped_and_validation_held_out(monkeypatch):
@@ -207,6 +204,12 @@ def test_hub_dataset_columns_are_mapped_and_validation_held_out(monkeypatch):
     assert splits["validation"] == [{"source": "name[N9]", "target": "N9 is nice."},
                                     {"source": "name[N19]", "target": "N19 is nice."}]
     assert len(splits["train"]) == 18 and splits["test"] == []
+    # With its own validation split, capped splits are cut before conversion: same result.
+    fake["validation"] = datasets.Dataset.from_dict({k: v[:5] for k, v in rows.items()})
+    capped = data.load_task("e2e_nlg", source_column="meaning_representation", target_column="human_reference",
+                            max_train_examples=3, max_eval_examples=2)
+    assert [len(capped[s]) for s in data.SPLITS] == [3, 2, 0]
+    assert capped["validation"][1] == {"source": "name[N1]", "target": "N1 is nice."}
     with pytest.raises(DataError, match=r"Hub dataset 'e2e_nlg', train split, row 0: no source column 'mr' "
                                         r"\(columns found: 'meaning_representation', 'human_reference'\)"):
         data.load_task("e2e_nlg", source_column="mr", target_column="human_reference")
