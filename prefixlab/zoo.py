@@ -132,9 +132,10 @@ def _error_message(name: str, err: Exception, why_cache_only: str | None) -> str
                    f"offline preset ({offline})"
         return (f"cannot load model from folder {folder}: {detail}. A model folder needs config.json, the weights "
                 f"and the tokenizer files, as written by save_pretrained(); offline presets: {offline}")
-    cause = f"{why_cache_only} and {name!r} is not in the local cache" if why_cache_only else "no network"
+    # The Hub answered the reachability probe unless why_cache_only says otherwise: then the network is fine.
+    cause = f"{why_cache_only} and {name!r} is not in the local cache; " if why_cache_only else ""
     return (f"cannot load model {name!r} from the Hugging Face Hub ({type(err).__name__}: {detail}). Likely "
-            f"causes: {cause}; the name is misspelt (Hub ids look like 'gpt2' or 'facebook/opt-125m', and a local "
+            f"causes: {cause}the name is misspelt (Hub ids look like 'gpt2' or 'facebook/opt-125m', and a local "
             f"folder must exist); or the repository is gated or private (accept its terms on huggingface.co and "
             f"log in with `hf auth login`). Without network, use an offline preset: {offline}.")
 
