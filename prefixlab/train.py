@@ -297,9 +297,12 @@ class Job:
         splits = load_task(spec.data)  # capped to data.max_train_examples / max_eval_examples
         train, validation = splits["train"], splits["validation"]
         self.test_examples = splits["test"] or validation
-        encode = lambda examples: encode_examples(  # noqa: E731
-            examples, self.tokenizer, self.task_type, spec.training.max_length, spec.data.separator)
-        train_enc, eval_enc = encode(train), encode(validation) if validation else None
+        def encode(examples: list[dict], split: str):
+            return encode_examples(examples, self.tokenizer, self.task_type, spec.training.max_length,
+                                   spec.data.separator, split=split)
+
+        train_enc = encode(train, "train")
+        eval_enc = encode(validation, "validation") if validation else None
         self.num_truncated = train_enc.num_truncated + (eval_enc.num_truncated if eval_enc else 0)
         if self.num_truncated:
             self.say(f"{self.num_truncated} example(s) truncated to max_length={spec.training.max_length}")
@@ -319,6 +322,7 @@ class Job:
         self.model.train()
         batches = len(self.train_loader)
         micro = 0
+        self.evaluate()  # step 0: where each curve starts, before any training
         while self.step < self.total_steps and not self.stop.is_set():
             for batch in self.train_loader:
                 with self.accelerator.accumulate(self.model):
@@ -395,43 +399,15 @@ class Job:
         """samples.jsonl: the base model and every variant on the same prompts."""
         if not self.accelerator.is_main_process:
             return
-        from prefixlab.data import encode_prompts
-
-        prompts = self._prompts()
-        gen = self.spec.generation
-        kwargs = generation_kwargs(gen, self.tokenizer)
         self.model.eval()
         self.run.samples_path.unlink(missing_ok=True)  # a rerun of the same folder starts over
+        prompts = prompts_for(self.spec, self.test_examples)
         for source, reference in prompts:
-            # One prompt at a time: an output never depends on which other prompts share its batch.
-            encoded = encode_prompts([source], self.tokenizer, self.task_type, self.spec.data.separator,
-                                     max_length=self.spec.training.max_length)
-            encoded = {k: v.to(self.accelerator.device) for k, v in encoded.items()}
-            outputs = {"base": self._generate(self.peft.base_model, encoded, kwargs)}
-            for v in self.variants:
-                self.peft.set_adapter(v.name)
-                outputs[v.name] = self._generate(self.peft, encoded, kwargs)
+            with self.accelerator.autocast():
+                outputs = generate_outputs(self.peft, self.tokenizer, self.task_type, self.spec, source,
+                                           [v.name for v in self.variants], self.accelerator.device)
             append_jsonl(self.run.samples_path, {"prompt": source, "reference": reference, "outputs": outputs})
         self.say(f"wrote {len(prompts)} sample(s)")
-
-    @property
-    def _causal(self) -> bool:
-        return str(getattr(self.task_type, "value", self.task_type)) == "CAUSAL_LM"
-
-    def _prompts(self) -> list[tuple[str, str | None]]:
-        gen = self.spec.generation
-        if gen.prompts:
-            return [(p, None) for p in gen.prompts]
-        return [(e["source"], e["target"]) for e in self.test_examples[: gen.num_prompts]]
-
-    @torch.no_grad()
-    def _generate(self, model, encoded: dict, kwargs: dict) -> str:
-        torch.manual_seed(self.spec.training.seed)  # sampling: every variant draws the same stream
-        with self.accelerator.autocast():
-            out = model.generate(**encoded, **kwargs)
-        if self._causal:
-            out = out[:, encoded["input_ids"].shape[1]:]  # keep only the continuation
-        return self.tokenizer.decode(out[0], skip_special_tokens=True)
 
     def summary(self) -> dict:
         from prefixlab.encoder import prefix_parameter_counts
@@ -451,6 +427,43 @@ class Job:
         return {"variants": variants, "steps": self.step, "total_steps": self.total_steps,
                 "wall_time_s": time.time() - self.started, "num_truncated": self.num_truncated,
                 "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision}
+
+
+def prompts_for(spec: ExperimentSpec, examples: list[dict]) -> list[tuple[str, str | None]]:
+    """(source, reference) pairs: the spec's prompts, else the first test (or validation) examples."""
+    if spec.generation.prompts:
+        return [(p, None) for p in spec.generation.prompts]
+    return [(e["source"], e["target"]) for e in examples[: spec.generation.num_prompts]]
+
+
+@torch.no_grad()
+def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, source: str,
+                     adapter_names: list[str], device) -> dict[str, str]:
+    """{"base": text, <adapter>: text, ...} for one source, the base model without any prefix first.
+
+    One prompt at a time, so an output never depends on which other prompts share its batch; the
+    prompt is built and truncated exactly as in training (data.encode_prompts).
+    """
+    from prefixlab.data import encode_prompts
+
+    encoded = encode_prompts([source], tokenizer, task_type, spec.data.separator,
+                             max_length=spec.training.max_length)
+    encoded = {k: v.to(device) for k, v in encoded.items()}  # (1, prompt_len) each
+    kwargs = generation_kwargs(spec.generation, tokenizer)
+    causal = str(getattr(task_type, "value", task_type)) == "CAUSAL_LM"
+
+    def text(model) -> str:
+        torch.manual_seed(spec.training.seed)  # sampling: every model draws the same stream
+        out = model.generate(**encoded, **kwargs)  # (1, total_len)
+        if causal:
+            out = out[:, encoded["input_ids"].shape[1]:]  # keep only the continuation
+        return tokenizer.decode(out[0], skip_special_tokens=True)
+
+    outputs = {"base": text(peft_model.base_model)}
+    for name in adapter_names:
+        peft_model.set_adapter(name)
+        outputs[name] = text(peft_model)
+    return outputs
 
 
 def save_adapter(peft_model, name: str, target: Path) -> None:
