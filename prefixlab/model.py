@@ -106,6 +106,16 @@ def _prepend_ones(mask: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor
     return torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
 
 
+def _default_attention_mask(input_ids: torch.Tensor, generation_config) -> torch.Tensor:
+    """transformers' rule when no mask is given: pad tokens are masked, unless pad is also EOS."""
+    pad = getattr(generation_config, "pad_token_id", None)
+    eos = getattr(generation_config, "eos_token_id", None)
+    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    if pad is not None and pad not in eos_ids and bool((input_ids == pad).any()):
+        return input_ids.ne(pad).long()
+    return torch.ones_like(input_ids)
+
+
 def _generation_expand_size(model: nn.Module, kwargs: dict) -> int:
     """Rows per prompt in generate: max(num_beams, num_return_sequences), as transformers expands."""
     generation_config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
@@ -264,8 +274,8 @@ class PrefixTuningModel(nn.Module):
     ) -> torch.Tensor:
         """The base model's `generate` with the prefix computed once and handed over as a pre-filled cache.
 
-        input_ids (batch, prompt_len); decoder-only batches must be left-padded with attention_mask
-        given. Greedy, sampling and beam search work (the cache is made for batch*max(num_beams,
+        input_ids (batch, prompt_len); decoder-only batches must be left-padded. Without
+        attention_mask, pad tokens are masked as transformers does. Greedy, sampling and beam search work (the cache is made for batch*max(num_beams,
         num_return_sequences) rows). Returns the base model's output (sequences (rows, total_len)).
         """
         if input_ids is None:
@@ -276,7 +286,8 @@ class PrefixTuningModel(nn.Module):
         if kwargs.get(self._cache_kwarg) is not None:
             raise ValueError(f"do not pass {self._cache_kwarg}= to generate: the prefix is the cache")
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = _default_attention_mask(input_ids, kwargs.get("generation_config") or
+                                                     getattr(self.base_model, "generation_config", None))
         rows = input_ids.shape[0] * _generation_expand_size(self.base_model, kwargs)
         if self._is_seq2seq(name):
             kwargs["decoder_attention_mask"] = _prepend_ones(kwargs.get("decoder_attention_mask"), n)

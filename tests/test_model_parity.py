@@ -108,6 +108,7 @@ def test_left_padded_batch_generates_what_each_row_generates_alone(arch):
     mask = torch.stack([torch.cat([torch.zeros(width - len(r)), torch.ones(len(r))]) for r in rows]).long()
     kwargs = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
     batched = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    assert torch.equal(model.generate(input_ids=ids, **kwargs), batched)  # mask inferred from pad tokens
     for i, row in enumerate(rows):
         alone = model.generate(input_ids=row[None], **kwargs)
         assert torch.equal(batched[i, width:], alone[0, len(row):]), f"row {i}"
