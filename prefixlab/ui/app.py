@@ -66,7 +66,7 @@ def wire(demo: gr.Blocks, lab: Lab, c: dict) -> None:
     c["preset"].change(lab.load_preset, c["preset"], form_outputs)
     gr.on([comp.change for comp in form_inputs], lab.form_changed, form_inputs,
           [c["accounting"], c["errors"], fields["prefix.encoder_hidden_size"]], trigger_mode="always_last",
-          concurrency_id="form", concurrency_limit=4)
+          concurrency_id="form", concurrency_limit=4, show_progress="hidden")
     fields["model.name"].change(lab.model_changed, [fields["model.name"], c["override"]], inferred)
     c["override"].change(lab.override_changed, c["override"], inferred)
     c["upload"].upload(lab.upload_task, c["upload"],

@@ -1,0 +1,253 @@
+"""The lab in a real browser: Playwright driving Debian's Chromium against `python app.py`.
+
+One test walks the issue's stages in order (each needs the previous one's state) and saves a
+screenshot of each to test-artifacts/browser/. Set PREFIXLAB_UPDATE_SCREENSHOT=1 to also copy the
+finished page to docs/screenshot.png (the README's picture).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prefixlab.tiny import tiny_config
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+RUN_TIMEOUT_S = 150  # offline-tiny trains 60 steps of a tiny model: well under a minute on 2 cores
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    """`python app.py` on a free localhost port with an empty runs directory."""
+    runs = tmp_path_factory.mktemp("runs")
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    log_path = tmp_path_factory.mktemp("app") / "app.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while "running at" not in log_path.read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"app.py did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    assert f"http://127.0.0.1:{port}" in log_path.read_text()  # prints the URL, localhost by default
+    yield f"http://127.0.0.1:{port}/"
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+    shutil.copyfile(log_path, ARTIFACTS / "app.log") if ARTIFACTS.is_dir() else None
+
+
+@pytest.fixture(scope="module")
+def page():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not on PATH: install Debian's browser with `apt-get install chromium` "
+                    "(the tests never download one)")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(30_000)
+        yield page
+        browser.close()
+
+
+# --- page helpers ----------------------------------------------------------------------------------
+
+
+def table(page, elem_id: str) -> list[list[str]]:
+    """A Gradio Dataframe's body cells, row by row (its cells carry data-row / data-col)."""
+    cells = page.eval_on_selector_all(
+        f"#{elem_id} [role=gridcell]",
+        "els => els.map(e => [+e.dataset.row, +e.dataset.col, e.innerText.trim()])")
+    rows: dict[int, dict[int, str]] = {}
+    for r, c, text in cells:
+        rows.setdefault(r, {})[c] = text
+    out = [[cols[c] for c in sorted(cols)] for _, cols in sorted(rows.items())]
+    return [row for row in out if any(row)]
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick `option` in a Gradio dropdown."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def set_text(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} textarea")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def status(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def loss_points(page) -> int:
+    match = re.search(r"(\d+) training points", page.locator("#loss-points").inner_text())
+    return int(match.group(1)) if match else 0
+
+
+def shot(page, name: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} stage {name}", flush=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def expected_counts(n: int, h: int) -> dict[str, int]:
+    """Prefix parameters of tiny-gpt2 from first principles: every layer gets n keys and n values."""
+    cfg = tiny_config("gpt2")
+    d, out = cfg.n_embd, cfg.n_layer * 2 * cfg.n_embd
+    return {"no_projection": n * out, "projection": n * d + d * h + h + h * out + out, "stored": n * out}
+
+
+def accounting(page) -> dict[str, list[str]]:
+    return {row[0]: row for row in table(page, "accounting")}
+
+
+# --- the stages ------------------------------------------------------------------------------------
+
+
+def test_the_lab_end_to_end(app_url, page):
+    # 1. The page loads on the offline preset, with its parameter table already computed.
+    started = time.time()
+    page.goto(app_url)
+    page.wait_for_selector("#accounting [role=gridcell]")
+    (ARTIFACTS / "load_seconds.txt").write_text(f"{time.time() - started:.2f}\n")
+    assert page.locator("#preset input").input_value() == "offline-tiny"
+    assert page.locator("#f-model-name input").input_value() == "tiny-gpt2"
+    # Inferred sizes show the model's values, read-only until "override" is ticked.
+    layers = page.locator("#f-prefix-num_layers textarea")
+    assert layers.input_value() == str(tiny_config("gpt2").n_layer) and layers.is_disabled()
+    wait_for(lambda: set(accounting(page)) == {"no_projection", "projection"}, 10, "the parameter table")
+    shot(page, "01-loaded")
+
+    # 2. A Hub preset offline gives the clear message beside model.name; the offline preset comes back.
+    choose(page, "preset", "gpt2-e2e")
+    errors = wait_for(lambda: "model.name" in page.locator("#form-errors").inner_text()
+                      and page.locator("#form-errors").inner_text(), 30, "the offline message")
+    assert "gpt2" in errors
+    shot(page, "02-hub-preset-offline")
+    choose(page, "preset", "offline-tiny")
+    wait_for(lambda: page.locator("#form-errors").inner_text() == "", 20, "the message to clear")
+    wait_for(lambda: page.locator("#f-model-name input").input_value() == "tiny-gpt2", 10, "tiny-gpt2")
+
+    # 3. num_virtual_tokens and prefix_projection change the table to the right numbers.
+    set_number(page, "f-prefix-num_virtual_tokens", 5)
+    want = expected_counts(5, h=64)  # offline-tiny sets encoder_hidden_size 64
+    wait_for(lambda: accounting(page).get("no_projection", [None, ""])[1] == str(want["no_projection"]), 10,
+             f"no_projection trainable = {want['no_projection']}")
+    rows = accounting(page)
+    assert rows["projection"][1] == str(want["projection"])
+    assert rows["projection"][4] == rows["no_projection"][4] == str(want["stored"])
+    base = int(rows["no_projection"][2]) - want["no_projection"]
+    assert int(rows["projection"][2]) == base + want["projection"]
+    choose(page, "f-experiment-variants", "no_projection")
+    wait_for(lambda: set(accounting(page)) == {"no_projection"}, 10, "a single no_projection row")
+    assert page.locator("#f-prefix-encoder_hidden_size textarea").is_disabled()
+    shot(page, "03-no-projection-only")
+    choose(page, "f-experiment-variants", "both")
+    wait_for(lambda: set(accounting(page)) == {"no_projection", "projection"}, 10, "both rows again")
+    assert not page.locator("#f-prefix-encoder_hidden_size textarea").is_disabled()
+
+    # A shorter run than the preset's, through the form, to keep the test to a couple of minutes.
+    set_text(page, "f-training-max_steps", 16)
+    set_number(page, "f-training-eval_interval", 8)
+    set_number(page, "f-training-log_interval", 2)
+    set_number(page, "f-training-max_length", 96)
+    page.locator("#section-generation").get_by_text("Generation", exact=True).click()  # a closed accordion
+    set_number(page, "f-generation-max_new_tokens", 12)
+    wait_for(lambda: page.locator("#form-errors").inner_text() == "", 10, "no form messages")
+
+    # 4. Train returns at once; the chart gains points while the run is going.
+    page.locator("#train").click()
+    wait_for(lambda: re.search(r"\*?\*?(queued|running)", status(page)), 10, "the run to be queued")
+    wait_for(lambda: "running" in status(page) and loss_points(page) > 0, RUN_TIMEOUT_S, "first loss points")
+    first = loss_points(page)
+    shot(page, "04-training")
+    wait_for(lambda: loss_points(page) > first, RUN_TIMEOUT_S, "more loss points while training")
+
+    # 5. When it ends: the comparison table and the output grid are filled.
+    wait_for(lambda: "done" in status(page), RUN_TIMEOUT_S, "the run to finish")
+    comparison = wait_for(lambda: len(table(page, "comparison")) == 2 and table(page, "comparison"), 15,
+                          "the comparison table")
+    by_variant = {row[0]: row for row in comparison}
+    assert by_variant["no_projection"][1] == str(want["no_projection"])
+    assert by_variant["projection"][1] == str(want["projection"])
+    for row in comparison:
+        assert float(row[5]) > 0 and float(row[6]) > 0  # final train and validation loss
+    grid = wait_for(lambda: table(page, "outputs"), 15, "the output grid")
+    headers = page.locator("#outputs [role=columnheader]").all_inner_texts()
+    assert [h.strip() for h in headers][:5] == ["prompt", "reference", "base", "no_projection", "projection"]
+    assert len(grid) == 3 and all(row[0] for row in grid)  # offline-tiny generates for 3 test prompts
+    shot(page, "05-done")
+
+    # 6. A typed prompt is generated by the base and every trained variant (a queued event).
+    page.locator("#prompt textarea").fill("name[The Eagle] | food[French]")
+    page.locator("#generate").click()
+    generated = wait_for(lambda: len(table(page, "generated")) == 3 and table(page, "generated"), 60,
+                         "generations for the typed prompt")
+    assert [row[0] for row in generated] == ["base", "no_projection", "projection"]
+    first_run = page.locator("#run-select input").input_value()
+    assert first_run in status(page)
+    if os.environ.get("PREFIXLAB_UPDATE_SCREENSHOT"):
+        (REPO / "docs").mkdir(exist_ok=True)
+        page.screenshot(path=str(REPO / "docs" / "screenshot.png"), full_page=True)
+    shot(page, "06-generated")
+
+    # 7. A second run, stopped while it trains, ends cancelled.
+    page.locator("#train").click()
+    wait_for(lambda: page.locator("#run-select input").input_value() != first_run, 10,
+             "the second run to be selected")
+    second_run = page.locator("#run-select input").input_value()
+    wait_for(lambda: "running" in status(page), RUN_TIMEOUT_S, "the second run to start")
+    page.locator("#stop").click()
+    wait_for(lambda: "cancelled" in status(page), 60, "the second run to be cancelled")
+    shot(page, "07-cancelled")
+
+    # 8. A reload finds both runs, from the run directory.
+    page.reload()
+    runs = wait_for(lambda: len(table(page, "runs")) >= 2 and table(page, "runs"), 20, "the runs table")
+    states = {row[0]: row[3] for row in runs}
+    assert states == {first_run: "done", second_run: "cancelled"}
+    wait_for(lambda: second_run in status(page), 10, "the newest run to be selected again")
+    shot(page, "08-reloaded")
