@@ -1,0 +1,189 @@
+"""The worker in-process on the tiny GPT-2: lockstep batches, determinism, metrics layout, failures.
+
+Subprocess behaviour (signals, the queue, PEFT loading) is in tests/test_worker_e2e.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from prefixlab import PrefixTuningModel
+from prefixlab.experiment import ExperimentSpec, TrainingSpec
+from prefixlab.runs import CANCELLED, DONE, FAILED, RunDir
+from prefixlab.tiny import tiny_model
+from prefixlab.train import (
+    Job,
+    describe_error,
+    generation_kwargs,
+    mixed_precision_for,
+    run_worker,
+    total_steps,
+)
+
+
+def tiny_spec(**training) -> ExperimentSpec:
+    return ExperimentSpec.from_dict({
+        "name": "unit", "model": {"name": "tiny-gpt2"},
+        "prefix": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
+        "data": {"source": "e2e-synth", "max_train_examples": 24, "max_eval_examples": 4},
+        "training": {"learning_rate": 0.2, "max_steps": 4, "batch_size": 4, "max_length": 64,
+                     "eval_interval": 2, "log_interval": 1, "seed": 7, **training},
+        "generation": {"num_prompts": 2, "max_new_tokens": 3},
+    })
+
+
+def start(tmp_path, spec, name="run") -> RunDir:
+    run = RunDir(tmp_path / name)
+    run.write_spec(spec)
+    return run
+
+
+def train_lines(run: RunDir) -> list[dict]:
+    return [m for m in run.read_metrics() if "loss" in m]
+
+
+def test_paired_run_writes_the_run_directory(tmp_path):
+    run = start(tmp_path, tiny_spec())
+    assert run_worker(run.path, progress=False) == DONE
+    status = run.read_status()
+    assert status["state"] == DONE and status["step"] == status["total_steps"] == 4 and status["error"] is None
+    lines = train_lines(run)
+    assert [(m["variant"], m["step"]) for m in lines] == [
+        (v, s) for s in (1, 2, 3, 4) for v in ("no_projection", "projection")]  # lockstep
+    assert set(lines[0]) == {"variant", "step", "epoch", "loss", "lr", "tokens_per_s", "time"}
+    assert all(math.isfinite(m["loss"]) and m["tokens_per_s"] > 0 for m in lines)
+    evals = [(m["variant"], m["step"]) for m in run.read_metrics() if "eval_loss" in m]
+    assert evals == [(v, s) for s in (0, 2, 4) for v in ("no_projection", "projection")]
+    samples = run.read_samples()
+    assert len(samples) == 2 and all(set(s["outputs"]) == {"base", "no_projection", "projection"} for s in samples)
+    assert all(s["reference"] for s in samples)  # test examples carry their target
+    summary = run.read_summary()
+    assert summary["variants"]["projection"]["trainable"] > summary["variants"]["no_projection"]["trainable"]
+    assert summary["variants"]["projection"]["stored"] == summary["variants"]["no_projection"]["stored"] == 4 * 2 * 2 * 64
+    for name in ("no_projection", "projection"):
+        assert (run.adapter_path(name) / "adapter_model.safetensors").exists()
+
+
+def test_variants_see_the_same_batches_in_the_same_order(tmp_path, monkeypatch):
+    seen: dict[str, list] = {}
+    original = Job._train_variant
+
+    def spy(self, variant, batch):
+        seen.setdefault(variant.name, []).append(batch["input_ids"].clone())
+        return original(self, variant, batch)
+
+    monkeypatch.setattr(Job, "_train_variant", spy)
+    run = start(tmp_path, tiny_spec(max_steps=3, eval_interval=3))
+    assert run_worker(run.path, progress=False) == DONE
+    assert len(seen["no_projection"]) == len(seen["projection"]) == 3
+    for a, b in zip(seen["no_projection"], seen["projection"]):
+        assert torch.equal(a, b)
+
+
+def test_same_spec_and_seed_give_the_same_losses(tmp_path):
+    def losses(name):
+        run = start(tmp_path, tiny_spec(max_steps=3, eval_interval=3), name)
+        assert run_worker(run.path, progress=False) == DONE
+        return [(m["variant"], m["step"], m.get("loss"), m.get("eval_loss")) for m in run.read_metrics()]
+
+    first, second = losses("a"), losses("b")
+    assert first == second
+    other = start(tmp_path, tiny_spec(max_steps=3, eval_interval=3, seed=8), "c")
+    run_worker(other.path, progress=False)
+    assert [m["loss"] for m in train_lines(other)] != [loss for _, _, loss, _ in first if loss is not None]
+
+
+def test_gradient_accumulation_steps_the_optimizer_every_n_batches(tmp_path, monkeypatch):
+    calls = []
+    original = Job._train_variant
+    monkeypatch.setattr(Job, "_train_variant", lambda self, v, b: (calls.append(v.name), original(self, v, b)))
+    run = start(tmp_path, tiny_spec(max_steps=2, gradient_accumulation_steps=2, eval_interval=2))
+    assert run_worker(run.path, progress=False) == DONE
+    assert len(calls) == 2 * 2 * 2  # steps x accumulation x variants
+    assert [m["step"] for m in train_lines(run)] == [1, 1, 2, 2]
+
+
+def test_exploding_loss_fails_naming_variant_and_step(tmp_path):
+    run = start(tmp_path, tiny_spec(learning_rate=1e30, max_steps=4))
+    assert run_worker(run.path, progress=False) == FAILED
+    error = run.read_status()["error"]
+    assert error.startswith("TrainingDiverged: variant no_projection: loss is nan at step 2")
+    assert "lower training.learning_rate (now 1e+30)" in error
+
+
+def test_crash_keeps_last_checkpoint_and_logs_traceback(tmp_path, monkeypatch):
+    original = Job._train_variant
+
+    def crash_at_step_3(self, variant, batch):
+        if self.step == 2:  # after the step-2 checkpoint
+            raise RuntimeError("boom")
+        return original(self, variant, batch)
+
+    monkeypatch.setattr(Job, "_train_variant", crash_at_step_3)
+    run = start(tmp_path, tiny_spec(max_steps=4, eval_interval=2))
+    assert run_worker(run.path, progress=False) == FAILED
+    status = run.read_status()
+    assert status["error"] == "RuntimeError: boom" and status["step"] == 2
+    assert "Traceback (most recent call last)" in run.log_tail(100) and "boom" in run.log_tail(100)
+    for name in ("no_projection", "projection"):  # the step-2 checkpoint loads
+        loaded = PrefixTuningModel.from_pretrained(tiny_model("gpt2"), str(run.adapter_path(name)))
+        assert loaded.peft_config["default"].prefix_projection is (name == "projection")
+
+
+def test_cuda_out_of_memory_is_reported_with_a_fix(tmp_path, monkeypatch):
+    def oom(self, variant, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Job, "_train_variant", oom)
+    run = start(tmp_path, tiny_spec())
+    assert run_worker(run.path, progress=False) == FAILED
+    error = run.read_status()["error"]
+    assert error.startswith("CUDA out of memory: use a smaller training.batch_size or training.max_length")
+    assert "(now batch_size=4, max_length=64)" in error
+
+
+def test_bad_data_fails_the_run_with_the_data_message(tmp_path):
+    bad = tmp_path / "data.jsonl"
+    bad.write_text('{"source": "a", "target": "b"}\n{"source": "c", target}\n')
+    spec = tiny_spec()
+    spec.data.source = str(bad)
+    run = start(tmp_path, spec)
+    assert run_worker(run.path, progress=False) == FAILED
+    error = run.read_status()["error"]
+    assert error.startswith("DataError: ") and "data.jsonl" in error and "line 2" in error
+
+
+def test_unknown_model_fails_the_run_clearly(tmp_path):
+    spec = tiny_spec()
+    spec.model.name = str(tmp_path / "no-such-model-folder")
+    run = start(tmp_path, spec)
+    assert run_worker(run.path, progress=False) == FAILED
+    assert run.read_status()["error"].startswith("ModelLoadError: ")
+
+
+def test_stop_flag_before_training_cancels_and_still_saves(tmp_path):
+    run = start(tmp_path, tiny_spec())
+    run.cancel_path.touch()  # a Stop that arrived before the worker listened for SIGTERM
+    assert run_worker(run.path, progress=False) == CANCELLED
+    assert run.read_status()["step"] == 0 and train_lines(run) == []
+    assert (run.adapter_path("projection") / "adapter_config.json").exists()
+    assert len(run.read_samples()) == 2
+
+
+def test_helpers():
+    assert mixed_precision_for("fp32") == "no" and mixed_precision_for("bf16") == "bf16"
+    if not torch.cuda.is_available():
+        assert mixed_precision_for("auto") == "no"
+        with pytest.raises(ValueError, match="training.precision: fp16 needs a CUDA GPU"):
+            mixed_precision_for("fp16")
+    assert total_steps(TrainingSpec(num_epochs=2, gradient_accumulation_steps=3), batches_per_epoch=10) == 8
+    assert total_steps(TrainingSpec(max_steps=5, eval_interval=5), batches_per_epoch=10) == 5
+    spec = tiny_spec()
+    tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1})()
+    spec.generation.strategy, spec.generation.num_beams = "beam", 3
+    assert generation_kwargs(spec.generation, tok) == {
+        "max_new_tokens": 3, "pad_token_id": 0, "eos_token_id": 1, "do_sample": False, "num_beams": 3}
+    assert describe_error(KeyError("x"), None) == "KeyError: 'x'"
