@@ -433,7 +433,7 @@ def check_run_dir(run_dir: Path, device: str) -> dict:
         problems.append(f"mixed precision {summary.get('mixed_precision')!r}, expected {expected_precision!r}")
     if not str(summary.get("device", "")).startswith(torch.device(device).type):
         problems.append(f"trained on {summary.get('device')!r}, expected {device}")
-    variants = {name: variant_report(run, name, summary) for name in spec.variant_names()}
+    variants = {name: variant_report(run, name, summary) for name in spec.variant_names}
     for name, v in variants.items():
         problems += [f"{name}: {p}" for p in v.pop("problems")]
     return {"problems": problems, "state": status.get("state"), "device": summary.get("device"),

@@ -1,0 +1,319 @@
+"""The GPU check on a machine without a GPU: its refusal, its pure parts, and its sections run on CPU.
+
+The real check needs CUDA (docs/gpu.md). Here: the no-CUDA exit; throughput arithmetic, medians,
+ratios and results.md rendered from a results dict; and every section's code path at tiny sizes on
+CPU via the test-only `--device cpu`, including checks that the parity and run-directory checks can
+fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from prefixlab import gpucheck
+from prefixlab.gpucheck_report import (
+    median,
+    overall_status,
+    ratio,
+    render_markdown,
+    throughput_ratios,
+    timing_summary,
+    tokens_per_second,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cpu_context(tmp_path: Path, seconds: float = 120.0, **kwargs) -> gpucheck.CheckContext:
+    return gpucheck.CheckContext(device="cpu", sizes=gpucheck.tiny_sizes("cpu"), out_dir=tmp_path,
+                                 deadline=time.monotonic() + seconds, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Without CUDA
+
+
+@pytest.mark.parametrize("command", [["-m", "prefixlab.gpucheck"], ["-m", "prefixlab", "gpucheck"]])
+def test_without_cuda_it_exits_2_with_a_clear_message_and_writes_nothing(tmp_path, command):
+    out = tmp_path / "out"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA even where this suite runs on a GPU machine
+    proc = subprocess.run([sys.executable, *command, "--out", str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "no CUDA device:" in proc.stderr
+    assert "torch.cuda.is_available() == False" in proc.stderr
+    assert "docs/gpu.md" in proc.stderr and "python -m pytest" in proc.stderr
+    assert not out.exists()  # no results file that claims anything
+
+
+# ---------------------------------------------------------------------------------------------
+# Arithmetic
+
+
+def test_tokens_per_second_is_tokens_over_seconds_and_rejects_nonsense():
+    assert tokens_per_second(8 * 128, 0.05) == pytest.approx(20480.0)
+    assert tokens_per_second(32 * 128, 2.0) == pytest.approx(2048.0)
+    with pytest.raises(ValueError, match=r"seconds=0: a timed step must take a positive time"):
+        tokens_per_second(1024, 0)
+    with pytest.raises(ValueError, match=r"seconds=-1.0"):
+        tokens_per_second(1024, -1.0)
+    with pytest.raises(ValueError, match=r"tokens=0: a training step processes at least one token"):
+        tokens_per_second(0, 1.0)
+
+
+def test_median_and_ratio():
+    assert median([0.3, 0.1, 0.2]) == 0.2
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    with pytest.raises(ValueError, match="median of no values: the timing loop recorded nothing"):
+        median([])
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(None, 2.0) is None and ratio(1.0, None) is None and ratio(1.0, 0) is None
+
+
+def test_timing_summary_uses_the_median_step():
+    summary = timing_summary([0.2, 0.1, 0.4, 0.25, 0.5], tokens_per_step=1000, peak_bytes=123)
+    assert summary == {"steps": 5, "median_step_s": 0.25, "tokens_per_s": 4000.0, "step_peak_bytes": 123}
+
+
+def test_throughput_ratios_are_prefixlab_over_peft():
+    row = {"prefixlab": {"tokens_per_s": 3000.0, "step_peak_bytes": 100},
+           "peft": {"tokens_per_s": 2000.0, "step_peak_bytes": 400}}
+    assert throughput_ratios(row) == {"speedup": 1.5, "memory_ratio": 0.25}
+    row["peft"]["step_peak_bytes"] = None  # off CUDA there is no memory figure
+    assert throughput_ratios(row)["memory_ratio"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# results.md from a results dict
+
+
+def fixture_results() -> dict:
+    """A results dict shaped like gpucheck's, with numbers chosen so the rendered values are known."""
+    mib = 2**20
+    return {
+        "date": "2026-11-26 15:00 UTC",
+        "device": {"name": "NVIDIA H100 80GB HBM3", "capability": "9.0", "memory_gib": 79.1, "bf16": True},
+        "versions": {"torch": "2.13.0", "peft": "0.21.2"},
+        "budget_s": 330.0, "wall_s": 212.4, "test_run": False,
+        "sections": {
+            "parity": {"status": "failed", "seconds": 12.5, "problems": ["llama projection=True bf16 weights: logits "
+                                                                          "outside tolerance"],
+                       "tolerance": {"fp32_atol": 1e-4, "bf16_factor": 1.5, "bf16_eps": 1e-3},
+                       "rows": [{"arch": "gpt2", "prefix_projection": False, "mode": "fp32", "err_prefixlab": None,
+                                 "err_peft": 3e-7, "ok": True},
+                                {"arch": "llama", "prefix_projection": True, "mode": "bf16 weights",
+                                 "err_prefixlab": 0.125, "err_peft": 0.0625, "ok": False}],
+                       "generation": [{"arch": "gpt2", "prefix_projection": False, "equal": True},
+                                      {"arch": "t5", "prefix_projection": True, "equal": False}]},
+            "e2e": {"status": "error", "seconds": 3.0, "error": "RuntimeError: the worker wrote no run directory"},
+            "throughput": {
+                "status": "ok", "seconds": 40.0, "autocast_dtype": "bf16", "resident_model_bytes": 1354 * mib,
+                "shape": {"n_embd": 1024, "n_layer": 24, "n_head": 16, "vocab_size": 50257, "seq_len": 128,
+                          "num_virtual_tokens": 10, "repeats": 15},
+                "rows": [{"prefix_projection": False, "batch_size": 8, "speedup": 99.0,  # stale: must be recomputed
+                          "prefixlab": timing_summary([0.025, 0.025, 0.03], 8 * 128, 512 * mib),
+                          "peft": timing_summary([0.05, 0.04, 0.05], 8 * 128, 1024 * mib)},
+                         {"prefix_projection": True, "batch_size": 32,
+                          "prefixlab": timing_summary([0.1], 32 * 128, 3 * mib),
+                          "peft": timing_summary([0.2], 32 * 128, 2 * mib)}]},
+            "generation": {"status": "ok", "seconds": 9.0, "new_tokens": 32, "prompt_len": 32,
+                           "autocast_dtype": "bf16",
+                           "rows": [{"batch_size": 1, "base_ms": 200.0, "prefix_ms": 250.0}]},
+        },
+    }
+
+
+def test_results_md_renders_each_section_from_the_numbers():
+    md = render_markdown(fixture_results())
+    lines = md.splitlines()
+    assert lines[0] == "# prefixlab GPU check, 2026-11-26 15:00 UTC, NVIDIA H100 80GB HBM3"
+    assert "- status: failed (wall 212 s, budget 330 s)" in lines
+    assert "- device: capability 9.0, memory_gib 79.1, bf16 True" in lines
+    # parity
+    assert "| gpt2 | False | fp32 | n/a | 3.00e-07 | yes |" in lines
+    assert "| llama | True | bf16 weights | 1.25e-01 | 6.25e-02 | **NO** |" in lines
+    assert "Greedy generation (fp32) equal to decoding with PEFT's forward: 1/2; differs: t5 projection=True" in lines
+    assert "- problem: llama projection=True bf16 weights: logits outside tolerance" in lines
+    # an errored section shows its error, not a table
+    assert "## 2. Offline preset end to end: error (3.0 s)" in lines
+    assert "error: RuntimeError: the worker wrote no run directory" in lines
+    # throughput: 1024 tokens / 0.025 s = 40,960 tok/s; 1024 / 0.05 = 20,480; speedup recomputed (not the stale 99)
+    assert "| False | 8 | 40,960 | 20,480 | 2.00x | 512 MiB | 1,024 MiB | 0.50x |" in lines
+    assert "| True | 32 | 40,960 | 20,480 | 2.00x | 3 MiB | 2 MiB | 1.50x |" in lines
+    assert "99" not in md.split("## 3.")[1].split("## 4.")[0]
+    assert "the shared base model is 1,354 MiB" in md
+    # generation: 250 / 200 = 1.25x
+    assert "| 1 | 200.0 | 250.0 | 1.25x |" in lines
+
+
+def test_results_md_marks_a_test_run_and_a_skipped_section():
+    results = fixture_results()
+    results["test_run"] = True
+    results["sections"] = {"generation": {"status": "skipped", "reason": "the time budget was used up"}}
+    md = render_markdown(results)
+    assert "these numbers are not a GPU result" in md
+    assert "skipped: the time budget was used up" in md
+
+
+def test_overall_status_is_ok_only_when_every_section_is():
+    results = fixture_results()
+    assert overall_status(results) == "failed"
+    for section in results["sections"].values():
+        section["status"] = "ok"
+    assert overall_status(results) == "ok"
+    assert overall_status({"sections": {}}) == "failed"
+
+
+def test_write_results_writes_json_and_the_markdown_it_returns(tmp_path):
+    results = fixture_results()
+    md = gpucheck.write_results(tmp_path / "out", results)
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
+    assert (tmp_path / "out" / "results.md").read_text() == md == render_markdown(results)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments and the section runner
+
+
+def test_sections_run_in_the_checks_order_and_unknown_ones_are_named():
+    args = gpucheck.parse_args(["--out", "x", "--sections", "generation,parity"])
+    assert args.sections == ["parity", "generation"]
+    assert gpucheck.parse_args([]).sections == ["parity", "e2e", "throughput", "generation"]
+    assert gpucheck.parse_args([]).out == Path("gpucheck-results")
+    with pytest.raises(argparse.ArgumentTypeError) as err:
+        gpucheck.parse_sections("parity,speed")
+    assert "unknown section(s) ['speed']; choose from parity, e2e, throughput, generation" in str(err.value)
+
+
+def test_a_failing_section_is_recorded_and_a_late_one_skipped(tmp_path, monkeypatch):
+    def broken(ctx):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setitem(gpucheck.SECTIONS, "parity", (broken, 0.2))
+    ctx = cpu_context(tmp_path)
+    result = gpucheck.run_section("parity", ctx, 10.0, time.monotonic() + 10)
+    assert result["status"] == "error" and result["error"] == "ZeroDivisionError: division by zero"
+    assert any("broken" in line for line in result["traceback"])
+    skipped = gpucheck.run_section("parity", ctx, 10.0, time.monotonic() - 1)
+    assert skipped["status"] == "skipped" and "time budget" in skipped["reason"]
+
+
+def test_memory_probes_report_nothing_off_cuda():
+    assert gpucheck.step_peak_bytes(lambda: None, "cpu") is None
+    with gpucheck.DeviceMemoryPoller("cpu") as poller:
+        pass
+    assert poller.peak_above_baseline is None and poller.released() is None
+    assert gpucheck.autocast_dtype("cpu") == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------------
+# The sections' code on CPU at tiny sizes
+
+
+@pytest.mark.parametrize("arch, projection", [("llama", True), ("t5", False)])
+def test_parity_case_passes_for_prefixlab(tmp_path, arch, projection):
+    rows, generation = gpucheck.parity_case(arch, projection, cpu_context(tmp_path))
+    assert [r["mode"] for r in rows] == ["fp32", "bf16 autocast", "bf16 weights"]
+    assert all(r["ok"] for r in rows), rows
+    assert rows[0]["err_peft"] <= gpucheck.FP32_ATOL and rows[0]["encoder_device"] == "cpu"
+    assert rows[0]["prefix_effect"] > 0.01  # the random prefix moves the logits, so a lost prefix would show
+    assert 0 < rows[1]["err_prefixlab"] < 1 and 0 < rows[2]["err_peft"] < 1  # bf16 differs from fp32, a little
+    assert generation == {"arch": arch, "prefix_projection": projection, "equal": True}
+
+
+def test_parity_case_catches_a_wrong_prefix_layout(tmp_path, monkeypatch):
+    import prefixlab.model
+
+    original = prefixlab.model.prefix_key_values
+
+    def keys_and_values_swapped(states, config):  # a plausible bug that shapes and dtypes cannot reveal
+        kv = original(states, config)  # (2L, heads, n, head_dim), rows key, value, key, value, ...
+        return kv.view(config.num_layers, 2, *kv.shape[1:]).flip(1).reshape(kv.shape)
+
+    monkeypatch.setattr(prefixlab.model, "prefix_key_values", keys_and_values_swapped)
+    rows, generation = gpucheck.parity_case("gpt2", False, cpu_context(tmp_path))
+    assert not rows[0]["ok"] and rows[0]["err_peft"] > 100 * gpucheck.FP32_ATOL
+
+
+def test_parity_stops_at_its_deadline(tmp_path):
+    result = gpucheck.run_parity(cpu_context(tmp_path, seconds=-1))
+    assert result["status"] == "failed" and result["rows"] == []
+    assert result["problems"][0] == "time budget ran out before gpt2 projection=False"
+
+
+def test_main_on_cpu_runs_throughput_and_generation_and_writes_both_files(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = gpucheck.main(["--out", str(out), "--device", "cpu", "--sections", "throughput,generation"])
+    results = json.loads((out / "results.json").read_text())
+    assert code == 0, results
+    assert results["test_run"] is True and list(results["sections"]) == ["throughput", "generation"]
+    rows = results["sections"]["throughput"]["rows"]
+    assert [(r["prefix_projection"], r["batch_size"]) for r in rows] == [(False, 2), (False, 4), (True, 2), (True, 4)]
+    for r in rows:
+        for impl in ("prefixlab", "peft"):
+            assert r[impl]["tokens_per_s"] == pytest.approx(r["tokens_per_step"] / r[impl]["median_step_s"])
+            assert r[impl]["steps"] == gpucheck.tiny_sizes("cpu").model.repeats
+        assert r["tokens_per_step"] == r["batch_size"] * gpucheck.tiny_sizes("cpu").model.seq_len
+        assert r["speedup"] == pytest.approx(r["prefixlab"]["tokens_per_s"] / r["peft"]["tokens_per_s"])
+    gen_rows = results["sections"]["generation"]["rows"]
+    assert [r["batch_size"] for r in gen_rows] == [1, 2] and all(r["prefix_ms"] > 0 for r in gen_rows)
+    printed = capsys.readouterr().out
+    assert printed == (out / "results.md").read_text() + "\n"
+    assert "these numbers are not a GPU result" in printed
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 2 on CPU: the worker in a subprocess, then the run-directory checks
+
+
+@pytest.fixture(scope="module")
+def e2e_result(tmp_path_factory):
+    """Section 2 on CPU with a shortened offline preset (8 steps): a real worker run."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    spec = json.loads((REPO / "presets" / "offline-tiny.json").read_text())
+    spec["data"].update(max_train_examples=64, max_eval_examples=8)
+    spec["training"].update(max_steps=8, log_interval=2, eval_interval=8, max_length=64)
+    spec["generation"].update(max_new_tokens=2, num_prompts=1)
+    spec_path = tmp / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    ctx = cpu_context(tmp, seconds=240, spec_path=spec_path)
+    return gpucheck.run_e2e(ctx), tmp / "e2e-run"
+
+
+def test_e2e_section_trains_both_variants_and_checks_the_run(e2e_result):
+    result, run_dir = e2e_result
+    assert result["status"] == "ok", result["problems"]
+    assert result["state"] == "done" and result["returncode"] == 0
+    assert result["device"] == "cpu" and result["mixed_precision"] == "no"  # what precision auto picks on CPU
+    assert set(result["variants"]) == {"no_projection", "projection"}
+    for v in result["variants"].values():
+        assert v["adapter_dtype"] == "float32" and v["last_loss"] < v["first_loss"]
+    assert result["memory_released"] is None  # device memory is a CUDA-only measurement
+
+
+def test_run_dir_checks_fail_on_a_half_precision_adapter_and_a_rising_loss(e2e_result, tmp_path):
+    _, run_dir = e2e_result
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    weights = copy / "adapters" / "projection" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, weights)
+    metrics = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    losses = [m for m in metrics if m.get("variant") == "no_projection" and "loss" in m]
+    losses[-1]["loss"] = losses[0]["loss"] + 1.0
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    result = gpucheck.check_run_dir(copy, "cpu")
+    assert "projection: adapter saved as bfloat16, expected float32 (PEFT's format)" in result["problems"]
+    assert any(p.startswith("no_projection: training loss did not fall") for p in result["problems"])
+    assert gpucheck.check_run_dir(run_dir, "cuda")["problems"] == ["trained on 'cpu', expected cuda"]
