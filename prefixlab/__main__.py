@@ -163,7 +163,7 @@ def _import(module: str, attr: str, what: str):
 
 def cmd_bench(args) -> int:
     if args.which in ("core", "all"):
-        _import("prefixlab.bench", "run_core_bench", "the core benchmark")(quick=args.quick)
+        _import("prefixlab.bench", "main", "the core benchmark")(["--quick"] if args.quick else [])
     if args.which in ("engine", "all"):
         from prefixlab.bench_engine import run_engine_bench
 
@@ -172,9 +172,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_gpucheck(args) -> int:
-    main = _import("prefixlab.gpucheck", "main", "the GPU check")
-    result = main(args.rest) if args.rest else main()
-    return result if isinstance(result, int) else EXIT_OK
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    return _import("prefixlab.gpucheck", "main", "the GPU check")(rest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes, seconds not minutes")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("gpucheck", help="check the GPU setup (CUDA, bf16, memory)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("gpucheck", help="check the GPU path (parity, worker, throughput); options: "
+                                        "python -m prefixlab gpucheck -- --help")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="passed on to prefixlab.gpucheck")
     p.set_defaults(func=cmd_gpucheck)
     return parser
 

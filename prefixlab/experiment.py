@@ -524,6 +524,8 @@ def _coerce(key: str, value: Any, type_: Any, nullable: bool = False) -> Any:
     """Turn a JSON or widget value into `type_`, or raise SpecError naming `key` and the value."""
     base, optional = _unwrap_optional(type_)
     optional = optional or nullable
+    if typing.get_origin(base) is list and value in (None, ""):
+        return []  # an empty multi-line box: no items
     if value is None or (value == "" and base is not str):
         if optional or base is Any:
             return None

@@ -31,6 +31,7 @@ def test_default_spec_is_the_paired_projection_comparison():
 
 
 def test_json_round_trip_keeps_every_field():
+    assert spec_from_form({"generation.prompts": ""}).generation.prompts == []
     spec = spec_from_form({"prefix.num_virtual_tokens": "7", "prefix.encoder_hidden_size": "32",
                            "training.max_steps": "20", "training.eval_interval": "5",
                            "generation.prompts": "name[A] | food[B]\n\nname[C]"})
