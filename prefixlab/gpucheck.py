@@ -226,9 +226,19 @@ def step_peak_bytes(step: Callable[[], object], device: str) -> Optional[int]:
 PARITY_ARCHS = {"gpt2": "CAUSAL_LM", "llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM", "bart": "SEQ_2_SEQ_LM"}
 
 
+def require_peft():
+    """PEFT, the reference; a section that needs it fails with the install command when it is missing."""
+    try:
+        import peft
+    except ImportError as err:
+        raise RuntimeError("peft is not installed; this section compares with it: "
+                           "pip install -r tests/requirements.txt") from err
+    return peft
+
+
 def _prefix_configs(task_type: str, projection: bool, **extra):
     """The same prefix as a prefixlab config and as a PEFT config."""
-    import peft
+    peft = require_peft()
 
     import prefixlab
 
@@ -239,9 +249,9 @@ def _prefix_configs(task_type: str, projection: bool, **extra):
 def wrap_pair(base_ours, base_peft, task_type: str, projection: bool, source=None):
     """(prefixlab, PEFT) wrappers with identical prefixes: random N(0, 1) (large, so that a dropped or
     misplaced prefix shows in the logits), or copied from `source` (a prefixlab wrapper)."""
-    import peft
-
     import prefixlab
+
+    peft = require_peft()
 
     ours_cfg, peft_cfg = _prefix_configs(task_type, projection)
     with warnings.catch_warnings():
@@ -495,7 +505,7 @@ def autocast_forward(model, device_type: str, dtype: torch.dtype) -> Callable:
     return forward
 
 
-def wrap_for_training(library, base, args: BenchArgs, projection: bool):
+def wrap_prefix(library, base, args: BenchArgs, projection: bool):
     """`library` (prefixlab or peft) get_peft_model on the shared base, with the core benchmark's config."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -508,16 +518,16 @@ def throughput_case(base, projection: bool, batch_size: int, ctx: CheckContext) 
     Neither library changes the base's modules for prefix tuning, so sharing it is fair and the
     resident model is the same for both; each step's peak above it is that implementation's own.
     """
-    import peft
-
     import prefixlab
+
+    peft = require_peft()
 
     args = dataclasses.replace(ctx.sizes.model, batch_size=batch_size)
     batch = make_batch(args)  # (batch, seq) random ids, labels = ids, no padding
     dtype = autocast_dtype(ctx.device)
     steps = {}
     for name, library in zip(IMPLS, (prefixlab, peft)):
-        model = wrap_for_training(library, base, args, projection)
+        model = wrap_prefix(library, base, args, projection)
         params = [p for p in model.parameters() if p.requires_grad]
         steps[name] = _training_step(autocast_forward(model, ctx.device_type, dtype), params, batch)
     seconds = time_interleaved(steps, args.repeats, args.warmup, torch.device(ctx.device))
@@ -560,7 +570,7 @@ def run_generation(ctx: CheckContext) -> dict:
 
     sizes, args = ctx.sizes, ctx.sizes.model
     base = medium_model(args)
-    wrapped = wrap_for_training(prefixlab, base, args, projection=True).eval()
+    wrapped = wrap_prefix(prefixlab, base, args, projection=True).eval()
     rows, problems = [], []
     for batch_size in sizes.gen_batch_sizes:
         if ctx.time_left() <= 0:

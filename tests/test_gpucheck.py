@@ -291,6 +291,7 @@ def e2e_result(tmp_path_factory):
     return gpucheck.run_e2e(ctx), tmp / "e2e-run"
 
 
+@pytest.mark.slow
 def test_e2e_section_trains_both_variants_and_checks_the_run(e2e_result):
     result, run_dir = e2e_result
     assert result["status"] == "ok", result["problems"]
@@ -302,6 +303,7 @@ def test_e2e_section_trains_both_variants_and_checks_the_run(e2e_result):
     assert result["memory_released"] is None  # device memory is a CUDA-only measurement
 
 
+@pytest.mark.slow
 def test_run_dir_checks_fail_on_a_half_precision_adapter_and_a_rising_loss(e2e_result, tmp_path):
     _, run_dir = e2e_result
     copy = tmp_path / "run"
