@@ -90,17 +90,21 @@ class StatusWriter:
     """Serialises status.json updates and refreshes its heartbeat from a daemon thread, so the
     queue can tell a slow step (model download, a big eval) from a dead worker."""
 
-    def __init__(self, run: RunDir, stop: threading.Event, interval: float = HEARTBEAT_INTERVAL_S):
-        self.run, self.stop = run, stop
+    def __init__(self, run: RunDir, stop: threading.Event, interval: float = HEARTBEAT_INTERVAL_S,
+                 enabled: bool = True):
+        self.run, self.stop, self.enabled = run, stop, enabled  # disabled: a non-main process
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
 
     def start(self, **changes) -> None:
         self.update(**changes)
-        self._thread.start()
+        if self.enabled:
+            self._thread.start()
 
     def update(self, **changes) -> None:
+        if not self.enabled:
+            return
         with self._lock:
             self.run.update_status(**changes, heartbeat=time.time())
 
@@ -119,11 +123,23 @@ def install_stop_handler() -> tuple[threading.Event, dict]:
     """SIGTERM (the page's Stop) and Ctrl-C set a flag the loop checks every step; returns the flag
     and the previous handlers, for `restore_handlers`."""
     stop = threading.Event()
+
+    def on_interrupt(*_):
+        if stop.is_set():  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        stop.set()
+
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_interrupt)
     return stop, previous
+
+
+def is_main_process() -> bool:
+    """Rank 0, or the only process. Read from the launcher's environment because status.json is
+    written before the Accelerator exists."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def restore_handlers(previous: dict) -> None:
@@ -263,6 +279,9 @@ class Job:
         for name, config in configs[1:]:
             model.add_adapter(name, config)
         self.train_loader, self.eval_loader = self._data_loaders()
+        if len(self.train_loader) == 0:
+            raise ValueError(f"data.source {spec.data.source!r}: the train split has no examples; add some "
+                             "or check data.max_train_examples")
         self.total_steps = total_steps(training, len(self.train_loader))
         states = []
         for name, _ in configs:
@@ -323,7 +342,7 @@ class Job:
         batches = len(self.train_loader)
         micro = 0
         self.evaluate()  # step 0: where each curve starts, before any training
-        while self.step < self.total_steps and not self.stop.is_set():
+        while self.step < self.total_steps and not self._stop_requested():
             for batch in self.train_loader:
                 with self.accelerator.accumulate(self.model):
                     for variant in self.variants:
@@ -332,10 +351,21 @@ class Job:
                 if self.accelerator.sync_gradients:
                     self.step += 1
                     self._after_step(epoch=micro / batches)
-                if self.step >= self.total_steps or self.stop.is_set():
+                # A stop waits for the optimizer step in progress (all its accumulated batches).
+                if self.step >= self.total_steps or (self.accelerator.sync_gradients and self._stop_requested()):
                     break
         if self.stop.is_set():
             self.say(f"stop requested: finishing at step {self.step}")
+
+    def _stop_requested(self) -> bool:
+        """The stop flag, agreed by all processes under `accelerate launch` (one rank may get the
+        signal or see the cancel file first; a rank that stopped alone would hang the others)."""
+        if self.accelerator.num_processes == 1:
+            return self.stop.is_set()
+        flag = torch.tensor(float(self.stop.is_set()), device=self.accelerator.device)
+        if self.accelerator.reduce(flag, reduction="sum").item() > 0:
+            self.stop.set()
+        return self.stop.is_set()
 
     def _train_variant(self, variant: VariantState, batch: dict) -> None:
         start = time.perf_counter()
@@ -494,8 +524,10 @@ def run_worker(run_dir: str | Path, *, progress: bool | None = None) -> str:
     terminal).
     """
     run = RunDir(run_dir)
+    main = is_main_process()
+    log = run.log if main else (lambda message: None)
     stop, previous = install_stop_handler()
-    status = StatusWriter(run, stop)
+    status = StatusWriter(run, stop, enabled=main)
     if run.cancel_requested():
         stop.set()
     status.start(state=RUNNING, pid=os.getpid(), error=None, finished_at=None,
@@ -503,7 +535,7 @@ def run_worker(run_dir: str | Path, *, progress: bool | None = None) -> str:
     spec, job, bar = None, None, None
     try:
         spec = run.read_spec()
-        run.log(f"worker {os.getpid()} starting {spec.name!r} on {spec.model.name}")
+        log(f"worker {os.getpid()} starting {spec.name!r} on {spec.model.name}")
         job = Job(spec, run, stop, status, loggers=[JsonlLogger(run.metrics_path)])
         job.setup()
         if progress if progress is not None else sys.stderr.isatty():
@@ -515,12 +547,12 @@ def run_worker(run_dir: str | Path, *, progress: bool | None = None) -> str:
         if job.accelerator.is_main_process:
             atomic_write_json(run.summary_path, job.summary())
         state = CANCELLED if stop.is_set() else DONE
-        run.log(f"finished: {state} at step {job.step}")
+        log(f"finished: {state} at step {job.step}")
         status.finish(state=state, step=job.step)
         return state
     except BaseException as err:  # noqa: BLE001 - every failure must reach status.json
         message = describe_error(err, spec)
-        run.log(f"failed: {message}\n{traceback.format_exc()}")
+        log(f"failed: {message}\n{traceback.format_exc()}")
         status.finish(state=FAILED, error=message, step=job.step if job else 0)
         if isinstance(err, KeyboardInterrupt):
             raise
