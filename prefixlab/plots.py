@@ -162,5 +162,6 @@ def parameter_figure(rows: list[dict]) -> Figure:
         ax.set_yscale("log")
         ax.legend(fontsize="small")
     else:
+        ax.set_axis_off()
         ax.text(0.5, 0.5, "no run selected", ha="center", va="center", transform=ax.transAxes, color="grey")
     return fig

@@ -17,7 +17,7 @@ def _spec(model="tiny-gpt2", n=4):
                                      "prefix": {"num_virtual_tokens": n, "encoder_hidden_size": 16}})
 
 
-def _write_run(path, *, finished: bool, samples=None):
+def write_run(path, *, finished: bool, samples=None):
     run = RunDir(path)
     run.write_spec(_spec())
     atomic_write_json(run.status_path, {"state": "done" if finished else "running", "step": 4, "total_steps": 4})
@@ -42,7 +42,7 @@ def _write_run(path, *, finished: bool, samples=None):
 
 
 def test_finished_run_table_comes_from_summary(tmp_path):
-    _write_run(tmp_path / "run", finished=True)
+    write_run(tmp_path / "run", finished=True)
     rows = compare.comparison_table(tmp_path / "run")
     assert [r["variant"] for r in rows] == ["no_projection", "projection"]
     assert rows[1] == {"variant": "projection", "trainable": 5000, "total": 15000, "trainable %": 33.3333,
@@ -52,7 +52,7 @@ def test_finished_run_table_comes_from_summary(tmp_path):
 
 
 def test_running_run_table_comes_from_metrics_and_accounting(tmp_path):
-    _write_run(tmp_path / "run", finished=False)
+    write_run(tmp_path / "run", finished=False)
     rows = {r["variant"]: r for r in compare.comparison_table(tmp_path / "run")}
     live = rows["projection"]
     assert (live["train loss"], live["val loss"], live["tokens/s"], live["wall time (s)"]) == (3.0, 3.5, 200.0, 3.0)
@@ -75,7 +75,7 @@ def test_output_grid_columns_prompt_reference_base_then_variants(tmp_path):
         {"prompt": "name[B]", "reference": None, "outputs": {"base": "yy", "no_projection": "B",
                                                              "projection": "B is"}},
     ]
-    _write_run(tmp_path / "run", finished=True, samples=samples)
+    write_run(tmp_path / "run", finished=True, samples=samples)
     headers, rows = compare.output_grid(tmp_path / "run")
     assert headers == ["prompt", "reference", "base", "no_projection", "projection"]
     assert rows == [["name[A]", "A is a pub.", "xx", "A pub", "A is a pub"], ["name[B]", "", "yy", "B", "B is"]]

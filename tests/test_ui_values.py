@@ -159,3 +159,11 @@ def test_preset_slug_and_command():
     with pytest.raises(ValueError, match="preset name '!!' has no letters"):
         values.preset_slug("!!")
     assert values.cli_command("presets/a b.json") == "python -m prefixlab train 'presets/a b.json'"
+
+
+def test_grid_html_escapes_and_marks_empty_outputs():
+    out = values.grid_html(["prompt", "base", "v", "w"], [["<b>x</b>", "", "a & b", "   "]])
+    assert "<th>prompt</th><th>base</th><th>v</th><th>w</th>" in out
+    assert ("<td>&lt;b&gt;x&lt;/b&gt;</td><td><em>(empty)</em></td><td>a &amp; b</td>"
+            "<td><em>(only whitespace, 3 characters)</em></td>") in out
+    assert values.grid_html(["prompt"], []) == '<p class="grid-empty">no outputs yet</p>'

@@ -18,6 +18,10 @@ TIMER_SECONDS = 1.0
 CSS = """
 #status { min-height: 2.5em; }
 .note { font-size: 0.85em; opacity: 0.8; }
+table.grid { width: 100%; border-collapse: collapse; font-size: 0.9em; table-layout: fixed; }
+table.grid th, table.grid td { border: 1px solid var(--border-color-primary); padding: 4px 6px;
+  vertical-align: top; text-align: left; overflow-wrap: anywhere; white-space: pre-wrap; }
+table.grid th { background: var(--background-fill-secondary); }
 """
 
 

@@ -233,7 +233,7 @@ class Lab:
             plots.loss_figure(runs_metrics, smoothing, log_scale), points,
             pd.DataFrame(rows, columns=list(compare.COMPARISON_COLUMNS)),
             plots.parameter_figure([r for r in rows if r["trainable"] is not None]),
-            pd.DataFrame(grid, columns=headers),
+            values.grid_html(headers, grid),
             gr.update(choices=adapters, value=adapters[0] if adapters else None),
         ]
 
@@ -244,10 +244,11 @@ class Lab:
         if not run_id:
             raise gr.Error("select a run first (the runs list), then generate")
         try:
-            return generate_all(self.queue.run_dir(run_id).path, prompt,
+            rows = generate_all(self.queue.run_dir(run_id).path, prompt,
                                 on_progress=lambda fraction, text: progress(fraction, desc=text))
         except ValueError as err:
             raise gr.Error(str(err)) from None
+        return values.grid_html(["prompt", *[name for name, _ in rows]], [[prompt, *[out for _, out in rows]]])
 
     def zip_adapter(self, run_id, variant):
         """-> a zip of runs/<id>/adapters/<variant> (adapter_config.json + adapter_model.safetensors)."""

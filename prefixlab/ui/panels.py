@@ -103,12 +103,12 @@ def build_comparison_panel() -> dict:
     table = gr.Dataframe(headers=list(compare.COMPARISON_COLUMNS), interactive=False, elem_id="comparison")
     bars = gr.Plot(plots.parameter_figure([]), label="parameters", elem_id="parameter-chart", format="png")
     gr.Markdown("### Outputs (base model and every variant on the same prompts)")
-    grid = gr.Dataframe(headers=["prompt", "base"], interactive=False, wrap=True, elem_id="outputs")
+    grid = gr.HTML(values.grid_html([], []), elem_id="outputs")
     with gr.Row():
         prompt = gr.Textbox(label="new prompt", placeholder="name[The Eagle] | food[French] | ...",
                             elem_id="prompt", scale=4)
         generate = gr.Button("Generate with base + every variant", elem_id="generate", scale=1)
-    generated = gr.Dataframe(headers=["model", "output"], interactive=False, wrap=True, elem_id="generated")
+    generated = gr.HTML("", elem_id="generated")
     with gr.Row():
         variant = gr.Dropdown([], label="adapter", elem_id="adapter-select", scale=2)
         zip_button = gr.Button("Download adapter (PEFT folder, zipped)", elem_id="zip-adapter", scale=2)

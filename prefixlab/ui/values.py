@@ -7,6 +7,7 @@ status line and the runs table say -- is testable without a browser.
 
 from __future__ import annotations
 
+import html
 import re
 import shlex
 import time
@@ -204,3 +205,27 @@ def default_selection(infos: list) -> str | None:
         if info.state == "running":
             return info.run_id
     return infos[0].run_id if infos else None
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+
+def grid_html(headers: list[str], rows: list[list[str]], empty: str = "no outputs yet") -> str:
+    """An HTML table for side-by-side outputs (columns: prompt, reference, base, variants...).
+
+    Text is escaped (model output is arbitrary); an empty or whitespace-only output is named as
+    such, so a model that generated only spaces is told apart from a missing column.
+    """
+    if not rows:
+        return f'<p class="grid-empty">{html.escape(empty)}</p>'
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(_grid_cell(cell) for cell in row) + "</tr>" for row in rows)
+    return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _grid_cell(text: str) -> str:
+    if not text:
+        return "<td><em>(empty)</em></td>"
+    if not text.strip():
+        return f"<td><em>(only whitespace, {len(text)} characters)</em></td>"
+    return f"<td>{html.escape(text)}</td>"
