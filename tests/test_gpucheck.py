@@ -217,6 +217,43 @@ def test_memory_probes_report_nothing_off_cuda():
     assert gpucheck.autocast_dtype("cpu") == torch.bfloat16
 
 
+def test_device_memory_poller_arithmetic_with_a_fake_device(monkeypatch):
+    """The CUDA-only logic, with cudaMemGetInfo replaced by a script of readings (bytes used)."""
+    readings = iter([1000, 1000, 5000, 3000] + [1000] * 1000)
+    monkeypatch.setattr(gpucheck, "device_used_bytes", lambda device: next(readings))
+    with gpucheck.DeviceMemoryPoller("cuda", interval_s=0.001) as poller:
+        while poller.peak < 5000:
+            time.sleep(0.001)
+    assert poller.baseline == 1000 and poller.peak_above_baseline == 4000
+    assert poller.released(wait_s=1.0) is True
+    monkeypatch.setattr(gpucheck, "device_used_bytes", lambda device: 1000 + poller.SLACK_BYTES + 1)
+    assert poller.released(wait_s=0.3) is False
+
+
+def test_step_peak_bytes_is_the_peak_above_the_start(monkeypatch):
+    monkeypatch.setattr(gpucheck, "_sync", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 100)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 350)
+    calls = []
+    assert gpucheck.step_peak_bytes(lambda: calls.append(1), "cuda") == 250
+    assert calls == [1]
+
+
+def test_environment_describes_a_cuda_device(monkeypatch):
+    from types import SimpleNamespace
+
+    props = SimpleNamespace(name="Fake GPU 80GB", major=9, minor=0, total_memory=80 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    device, versions = gpucheck.environment("cuda")
+    assert device == {"name": "Fake GPU 80GB", "capability": "9.0", "memory_gib": 80.0, "bf16": True}
+    assert versions["torch"] == torch.__version__ and versions["peft"] is not None
+    assert gpucheck.autocast_dtype("cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert gpucheck.autocast_dtype("cuda") == torch.float16  # pre-Ampere GPUs: fp16, as the worker picks
+
+
 # ---------------------------------------------------------------------------------------------
 # The sections' code on CPU at tiny sizes
 
