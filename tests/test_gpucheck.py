@@ -194,6 +194,10 @@ def test_sections_run_in_the_checks_order_and_unknown_ones_are_named():
     with pytest.raises(argparse.ArgumentTypeError) as err:
         gpucheck.parse_sections("parity,speed")
     assert "unknown section(s) ['speed']; choose from parity, e2e, throughput, generation" in str(err.value)
+    assert gpucheck.parse_args(["--budget-s", "120"]).budget_s == 120.0
+    for bad in ("0", "-5", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"--budget-s '{bad}': give a positive number"):
+            gpucheck.positive_seconds(bad)
 
 
 def test_a_failing_section_is_recorded_and_a_late_one_skipped(tmp_path, monkeypatch):
