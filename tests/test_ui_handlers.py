@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import gradio as gr
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
 from test_compare import write_run
 
+from prefixlab.experiment import ExperimentSpec
 from prefixlab.runs import JobQueue, append_jsonl
 from prefixlab.ui.fields import page_fields
 from prefixlab.ui.handlers import Lab, files_signature
@@ -70,3 +74,52 @@ def test_initial_state_is_the_offline_preset_with_model_sizes(tmp_path):
     assert errors == "" and not override
     assert initial["model.name"] == "tiny-gpt2" and initial["prefix.num_layers"] == "2"
     assert [r[0] for r in rows] == ["no_projection", "projection"]
+
+
+def test_upload_copies_the_file_and_offers_its_columns(tmp_path):
+    lab = _lab(tmp_path)
+    upload = tmp_path / "mine.csv"
+    upload.write_text("question,answer,id\nwhat?,that,1\n")
+    source, source_column, target_column, message = lab.upload_task(str(upload))
+    assert source == str(tmp_path / "runs" / "uploads" / "mine.csv") and message == ""
+    assert (tmp_path / "runs" / "uploads" / "mine.csv").read_text() == upload.read_text()
+    assert source_column["choices"] == ["question", "answer", "id"] and source_column["value"] == "question"
+    assert target_column["value"] == "answer"
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    _, _, _, message = lab.upload_task(str(bad))
+    assert "**data.source**" in message and "unsupported file type '.txt'" in message
+
+
+def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path):
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "offline-tiny.json").write_text((REPO_PRESETS / "offline-tiny.json").read_text())
+    lab = Lab(JobQueue(tmp_path / "runs"), page_fields(), presets)
+    initial, override, _, _ = lab.initial_state("offline-tiny")
+    raw = [initial[f.key] for f in lab.fields]
+    path, command, message = lab.export_spec(override, *raw)
+    assert message == "" and command == "python -m prefixlab train offline-tiny.json"
+    exported = ExperimentSpec.load(path).to_dict()
+    preset = ExperimentSpec.load(presets / "offline-tiny.json").to_dict()
+    # The form has no description field; everything else survives form -> spec.
+    assert {**exported, "description": ""} == {**preset, "description": ""}
+    dropdown, saved, command, message = lab.save_preset("My Recipe", override, *raw)
+    assert saved == str(presets / "my-recipe.json") and dropdown["value"] == "my-recipe"
+    assert dropdown["choices"] == ["my-recipe", "offline-tiny"]
+    assert command == "python -m prefixlab train presets/my-recipe.json" and "my-recipe" in message
+    # A saved preset loads back into the same form values.
+    assert lab.preset_values("my-recipe") == lab.preset_values("offline-tiny")
+
+
+def test_zip_adapter_holds_the_peft_folder(tmp_path):
+    lab = _lab(tmp_path)
+    run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=True)
+    folder = run.adapter_path("projection")
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"x")
+    with zipfile.ZipFile(lab.zip_adapter(run.run_id, "projection")) as archive:
+        assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+    with pytest.raises(gr.Error, match="no saved adapter 'no_projection'"):
+        lab.zip_adapter(run.run_id, "no_projection")
