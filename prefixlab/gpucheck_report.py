@@ -92,6 +92,10 @@ def fmt_ratio(value: Optional[float]) -> str:
     return fmt_number(value, ".2f", "x")
 
 
+def fmt_yes_no(value: Optional[bool]) -> str:
+    return "n/a" if value is None else ("yes" if value else "**NO**")
+
+
 def fmt_err(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.2e}"
 
@@ -164,7 +168,7 @@ def _e2e(section: dict) -> list[str]:
              f"{section.get('mixed_precision')}, wall {fmt_number(section.get('wall_time_s'), '.1f', ' s')}",
              f"- peak GPU memory: worker {fmt_mib(section.get('worker_peak_gpu_bytes'))}, device-wide while it ran "
              f"{fmt_mib(section.get('device_peak_above_baseline_bytes'))} above the idle baseline; released after "
-             f"exit: {section.get('memory_released', 'n/a')}", ""]
+             f"exit: {fmt_yes_no(section.get('memory_released'))}", ""]
     rows = [[name, fmt_number(v.get("first_loss"), ".3f"), fmt_number(v.get("last_loss"), ".3f"),
              fmt_number(v.get("tokens_per_s")), v.get("adapter_dtype", "n/a")]
             for name, v in section.get("variants", {}).items()]

@@ -157,6 +157,22 @@ def test_results_md_renders_each_section_from_the_numbers():
     assert "| 1 | 200.0 | 250.0 | 1.25x |" in lines
 
 
+def test_results_md_renders_a_finished_e2e_run():
+    results = fixture_results()
+    results["sections"] = {"e2e": {
+        "status": "failed", "seconds": 41.0, "state": "done", "device": "cuda:0", "mixed_precision": "bf16",
+        "wall_time_s": 30.25, "worker_peak_gpu_bytes": None, "device_peak_above_baseline_bytes": 900 * 2**20,
+        "memory_released": False, "problems": ["device memory did not return to its baseline after the worker exited"],
+        "variants": {"projection": {"first_loss": 5.9, "last_loss": 5.25, "tokens_per_s": 12345.6,
+                                    "adapter_dtype": "float32"}}}}
+    lines = render_markdown(results).splitlines()
+    assert "- run: state done, device cuda:0, mixed precision bf16, wall 30.2 s" in lines
+    assert ("- peak GPU memory: worker n/a, device-wide while it ran 900 MiB above the idle baseline; released "
+            "after exit: **NO**") in lines
+    assert "| projection | 5.900 | 5.250 | 12,346 | float32 |" in lines
+    assert "- problem: device memory did not return to its baseline after the worker exited" in lines
+
+
 def test_results_md_marks_a_test_run_and_a_skipped_section():
     results = fixture_results()
     results["test_run"] = True
