@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -11,18 +12,22 @@ from prefixlab.bench import BenchArgs, format_report, main, parse_args, probe_pe
 CONTENDERS = {"floor", "prefixlab/no_projection", "peft/no_projection", "prefixlab/projection", "peft/projection"}
 
 
-def test_quick_run_reports_every_contender_ratio_and_memory(capsys):
-    result = main(["--quick", "--no-peak-memory", "--repeats", "2"])
-    assert set(result["median_s"]) == CONTENDERS
-    assert all(len(times) == 2 for times in result["times_s"].values())
-    assert set(result["ratios"]) == {
-        "prefixlab/peft no_projection", "prefixlab/floor no_projection",
-        "prefixlab/peft projection", "prefixlab/floor projection",
-    }
-    assert all(math.isfinite(r) and r > 0 for r in result["ratios"].values())
+def test_quick_run_reports_every_contender_ratio_and_memory(capsys, tmp_path):
+    result = main(["--quick", "--no-peak-memory", "--repeats", "2", "--json", str(tmp_path / "bench.json")])
+    clocks = ("wall", "cpu") if result["device"] == "cpu" else ("wall",)
+    assert tuple(result["median_s"]) == clocks
+    for clock in clocks:
+        assert set(result["median_s"][clock]) == CONTENDERS
+        assert set(result["ratios"][clock]) == {
+            "prefixlab/peft no_projection", "prefixlab/floor no_projection",
+            "prefixlab/peft projection", "prefixlab/floor projection",
+        }
+        assert all(math.isfinite(r) and r > 0 for r in result["ratios"][clock].values())
+    assert all(len(t["wall"]) == len(t["cpu"]) == 2 for t in result["times_s"].values())
     held = result["memory"]["weights_held_mib"]
     # one base plus two adapters holds less than two bases with one adapter each
     assert held["prefixlab_two_adapters_one_base"] < held["peft_two_models"]
+    assert json.loads((tmp_path / "bench.json").read_text())["median_s"] == result["median_s"]
     printed = capsys.readouterr().out
     for name in CONTENDERS:
         assert name in printed
@@ -39,7 +44,7 @@ def test_peak_memory_probe_and_report_line():
         assert math.isfinite(probe["peak_mib"])
     with pytest.raises(ValueError, match="setup='both'"):
         probe_peak_memory("both", args)
-    result = {"args": vars(args), "device": "cpu", "median_s": {"floor": 0.001}, "ratios": {},
+    result = {"args": vars(args), "device": "cpu", "median_s": {"wall": {"floor": 0.001}}, "ratios": {"wall": {}},
               "memory": {"weights_held_mib": {"prefixlab_two_adapters_one_base": 1.0, "peft_two_models": 2.0},
                          "peak": {"prefixlab_two_adapters_one_base": probe, "peft_two_models": probe},
                          "peak_ratio_prefixlab/peft": 1.0}}

@@ -96,6 +96,11 @@ def test_trainable_names_per_adapter_and_errors():
         model.set_adapter("missing")
     with pytest.raises(ValueError, match=r"adapter_name='mlp' already exists"):
         model.add_adapter("mlp", ours_config("llama", True))
+    model.set_adapter("mlp")
+    model.delete_adapter("mlp")
+    assert (model.active_adapter, list(model.prompt_encoder)) == ("flat", ["flat"])
+    with pytest.raises(ValueError, match=r"cannot delete 'flat': it is the only adapter"):
+        model.delete_adapter("flat")
 
 
 def test_gradient_checkpointing_is_refused():
