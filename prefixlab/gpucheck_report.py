@@ -180,8 +180,8 @@ def _throughput(section: dict) -> list[str]:
     lines = [f"Random GPT-2 (n_embd {shape.get('n_embd')}, n_layer {shape.get('n_layer')}, n_head "
              f"{shape.get('n_head')}, vocab {shape.get('vocab_size')}), seq {shape.get('seq_len')}, "
              f"{shape.get('num_virtual_tokens')} virtual tokens, {section.get('autocast_dtype')} autocast, "
-             f"AdamW; median of {shape.get('repeats')} interleaved steps each. Memory: a step's peak above what is resident "
-             f"(the shared base model is {fmt_mib(section.get('resident_model_bytes'))}).", ""]
+             f"AdamW; median of {shape.get('repeats')} interleaved steps each. Memory: a step's peak above what "
+             f"is resident (the shared base model is {fmt_mib(section.get('resident_model_bytes'))}).", ""]
     rows = []
     for r in section.get("rows", []):
         ours, theirs, derived = r.get("prefixlab", {}), r.get("peft", {}), throughput_ratios(r)
