@@ -266,10 +266,16 @@ class JobQueue:
                 run.update_status(state=CANCELLED, finished_at=time.time())
                 return CANCELLED
             if state == RUNNING:
-                # The file reaches a worker that has not yet installed its SIGTERM handler or
-                # recorded its pid (it checks the file when it starts and with each heartbeat).
+                # The file reaches a worker that has not yet installed its SIGTERM handler and
+                # recorded its pid (it checks the file when it starts and with each heartbeat);
+                # a SIGTERM before that would kill it without saving.
                 run.cancel_path.touch()
-                if pid_alive(status.get("pid")):
+                proc = self._children.get(run_id)
+                if proc is not None and proc.poll() is None and status.get("pid") == proc.pid:
+                    proc.send_signal(signal.SIGTERM)  # the worker recorded its pid: it listens
+                elif proc is None and status.get("pid") and self._why_dead(run) is None:
+                    # Not our child (the app restarted): signal the pid only while it still beats,
+                    # so a pid reused by an unrelated process is left alone.
                     os.kill(status["pid"], signal.SIGTERM)
             return state
 
