@@ -45,3 +45,15 @@ def test_build_app_has_the_panels_and_a_one_second_timer(tmp_path):
     assert [t.value for t in timers] == [1.0]
     assert {f.key for f in lab.fields} <= {f"{b.elem_id[2:].replace('-', '.', 1)}" for b in demo.blocks.values()
                                           if (b.elem_id or "").startswith("f-")}
+
+
+def test_model_choices_put_real_models_first_only_where_the_hub_answers():
+    from prefixlab.ui.app import model_choices
+    from prefixlab.zoo import MODEL_PRESETS
+
+    offline_first = [name for _, name in model_choices(False)]
+    online_first = [name for _, name in model_choices(True)]
+    assert sorted(offline_first) == sorted(online_first) == sorted(MODEL_PRESETS)
+    assert MODEL_PRESETS[offline_first[0]].offline and not MODEL_PRESETS[online_first[0]].offline
+    label, name = model_choices(False)[0]
+    assert label.startswith(f"{name}: ") and "no download" in label

@@ -69,6 +69,15 @@ def test_train_with_a_bad_value_names_the_field_and_submits_nothing(tmp_path):
     assert lab.queue.list_runs() == []
 
 
+def test_train_with_a_model_that_cannot_load_says_so_and_submits_nothing(tmp_path):
+    lab = _lab(tmp_path)
+    initial, override, _, _ = lab.initial_state("offline-tiny")
+    initial["model.name"] = str(tmp_path / "no-such-model")
+    messages, _, _ = lab.train(override, *[initial[f.key] for f in lab.fields])
+    assert "**model.name**" in messages and "no-such-model" in messages
+    assert lab.queue.list_runs() == []
+
+
 def test_initial_state_is_the_offline_preset_with_model_sizes(tmp_path):
     initial, override, rows, errors = _lab(tmp_path).initial_state("offline-tiny")
     assert errors == "" and not override

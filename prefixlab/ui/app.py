@@ -10,7 +10,7 @@ from prefixlab.runs import JobQueue
 from prefixlab.ui import panels
 from prefixlab.ui.fields import page_fields
 from prefixlab.ui.handlers import Lab
-from prefixlab.zoo import MODEL_PRESETS
+from prefixlab.zoo import MODEL_PRESETS, describe_presets, hub_offline, hub_unreachable_reason
 
 REPO_PRESETS = Path(__file__).resolve().parents[2] / "presets"
 DEFAULT_PRESET = "offline-tiny"  # runs anywhere: a tiny random-weight model, no download
@@ -25,8 +25,19 @@ table.grid th { background: var(--background-fill-secondary); }
 """
 
 
+def model_choices(hub_reachable: bool) -> tuple[tuple[str, str], ...]:
+    """(label, name) for the model dropdown: small real models first where the Hub answers,
+    the offline presets first where it does not (choosing a Hub model then says why it cannot load)."""
+    presets = describe_presets()
+    real = [c for c in presets if not MODEL_PRESETS[c[1]].offline]
+    offline = [c for c in presets if MODEL_PRESETS[c[1]].offline]
+    return tuple(real + offline if hub_reachable else offline + real)
+
+
 def _suggestions() -> dict[str, tuple]:
-    return {"model.name": tuple(MODEL_PRESETS), "data.source": ("e2e-synth",),
+    # One HEAD request at start-up (3 s at most, cached), skipped when HF_HUB_OFFLINE is set.
+    reachable = not hub_offline() and hub_unreachable_reason() is None
+    return {"model.name": model_choices(reachable), "data.source": ("e2e-synth",),
             "data.source_column": ("source",), "data.target_column": ("target",)}
 
 

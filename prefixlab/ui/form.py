@@ -35,8 +35,10 @@ def component_for(field: FieldSpec, choices: tuple = (), value=None) -> gr.compo
         options = [NONE_CHOICE, *field.choices] if field.optional else list(field.choices)
         return gr.Dropdown(choices=options, value=value if value is not None else "", **common)
     if choices:
-        return gr.Dropdown(choices=list(dict.fromkeys([*choices, value])), value=value, allow_custom_value=True,
-                           **common)
+        # Choices are names or (label, name) pairs; the current value is offered even if not listed.
+        names = {c[1] if isinstance(c, tuple) else c for c in choices}
+        options = list(choices) + ([] if value in names or value is None else [value])
+        return gr.Dropdown(choices=options, value=value, allow_custom_value=True, **common)
     if field.kind == "lines":
         return gr.Textbox(value=value or "", lines=3, **common)
     return gr.Textbox(value=value if value is not None else "", **common)

@@ -155,7 +155,11 @@ class Lab:
     def train(self, override: bool, *raw):
         """Train -> submit to the queue and return at once: (messages, run dropdown, status)."""
         spec, errors = self._spec(override, list(raw))
-        if spec is None:
+        if spec is not None:
+            # A model whose config cannot be read, or sizes that do not fit it, would only fail in
+            # the worker: say so beside the field instead of queueing a run that cannot start.
+            _, errors = values.accounting(spec)
+        if errors:
             return values.errors_markdown(errors), gr.skip(), gr.skip()
         run_id = self.queue.submit(spec)
         status = values.status_markdown(run_id, self.queue.run_dir(run_id).read_status())
@@ -202,9 +206,12 @@ class Lab:
         listing = tuple((i.run_id, i.state, i.step) for i in infos)
         out_runs = [gr.skip()] * 3
         if listing != seen.get("listing"):
-            ids = [i.run_id for i in infos]
-            out_runs = [self.runs_rows(infos), gr.update(choices=ids), gr.update(choices=[""] + ids)]
+            out_runs[0] = self.runs_rows(infos)
             seen["listing"] = listing
+        ids = [i.run_id for i in infos]
+        if ids != seen.get("ids"):  # the dropdowns change only when a run appears (not every step)
+            out_runs[1:] = [gr.update(choices=ids), gr.update(choices=[""] + ids)]
+            seen["ids"] = ids
         if not run_id:
             return [values.status_markdown("", {}), *[gr.skip()] * 6, *out_runs, seen]
         run = self.queue.run_dir(run_id)
