@@ -207,6 +207,12 @@ class DeviceMemoryPoller:
         return True
 
 
+def wall_seconds(times: dict[str, dict[str, list[float]]]) -> dict[str, list[float]]:
+    """bench.time_interleaved's {name: {"wall": [...], "cpu": [...]}} -> {name: wall seconds}: on a GPU
+    only synchronised wall time measures the work (CPU time is the launching thread's)."""
+    return {name: t["wall"] for name, t in times.items()}
+
+
 def step_peak_bytes(step: Callable[[], object], device: str) -> Optional[int]:
     """Peak memory one call of `step` allocates above what is resident when it starts (None off CUDA):
     activations, gradients and the prefix's working memory, not the shared frozen model."""
@@ -548,7 +554,7 @@ def throughput_case(base, projection: bool, batch_size: int, ctx: CheckContext) 
         model = wrap_prefix(library, base, args, projection)
         params = [p for p in model.parameters() if p.requires_grad]
         steps[name] = _training_step(autocast_forward(model, ctx.device_type, dtype), params, batch)
-    seconds = time_interleaved(steps, args.repeats, args.warmup, torch.device(ctx.device))
+    seconds = wall_seconds(time_interleaved(steps, args.repeats, args.warmup, torch.device(ctx.device)))
     tokens = batch_size * args.seq_len
     row = {"prefix_projection": projection, "batch_size": batch_size, "tokens_per_step": tokens}
     row.update({name: timing_summary(seconds[name], tokens, step_peak_bytes(steps[name], ctx.device))
@@ -600,7 +606,7 @@ def run_generation(ctx: CheckContext) -> dict:
         kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=sizes.gen_new_tokens,
                       min_new_tokens=sizes.gen_new_tokens, do_sample=False, pad_token_id=base.config.eos_token_id)
         calls = {"base": generation_call(base, kwargs, ctx), "prefix": generation_call(wrapped, kwargs, ctx)}
-        seconds = time_interleaved(calls, sizes.gen_repeats, 1, torch.device(ctx.device))
+        seconds = wall_seconds(time_interleaved(calls, sizes.gen_repeats, 1, torch.device(ctx.device)))
         rows.append({"batch_size": batch_size, "base_ms": 1000 * median(seconds["base"]),
                      "prefix_ms": 1000 * median(seconds["prefix"]), "calls": len(seconds["base"])})
     return {"status": FAILED if problems else OK, "problems": problems, "rows": rows,
