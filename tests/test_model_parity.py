@@ -27,7 +27,7 @@ from core_helpers import (
     printed_counts,
     randomize_prefix,
 )
-from prefixlab import PrefixTuningModel, get_peft_model
+from prefixlab import PrefixTuningConfig, PrefixTuningModel, get_peft_model
 from prefixlab.encoder import PrefixEncoder
 from prefixlab.tiny import EOS_ID, tiny_model
 
@@ -235,3 +235,45 @@ def test_wrapper_forwards_base_attributes():
     model = get_peft_model(tiny_model("gpt2"), ours_config("gpt2", False))
     assert isinstance(model, PrefixTuningModel)
     assert model.config is model.base_model.config
+
+
+def _other_architecture(name: str):
+    """Tiny random models of further architectures PEFT can prefix-tune (config class, model class, task)."""
+    import transformers as tf
+
+    small = dict(vocab_size=384, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4)
+    return {
+        "opt": (tf.OPTConfig(vocab_size=384, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                             word_embed_proj_dim=32), tf.OPTForCausalLM, "CAUSAL_LM"),
+        "qwen2": (tf.Qwen2Config(hidden_size=32, num_key_value_heads=2, **small), tf.Qwen2ForCausalLM, "CAUSAL_LM"),
+        "gpt_neox": (tf.GPTNeoXConfig(hidden_size=32, **small), tf.GPTNeoXForCausalLM, "CAUSAL_LM"),
+        "mt5": (tf.MT5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                             decoder_start_token_id=0), tf.MT5ForConditionalGeneration, "SEQ_2_SEQ_LM"),
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["opt", "qwen2", "gpt_neox", "mt5"])
+def test_other_architectures_match_peft(name):
+    import peft
+
+    config, model_class, task = _other_architecture(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        base = model_class(config).eval()
+    reference_base = model_class(config).eval()
+    reference_base.load_state_dict(base.state_dict())
+    ours = get_peft_model(base, PrefixTuningConfig(task_type=task, num_virtual_tokens=NUM_VIRTUAL_TOKENS,
+                                                   prefix_projection=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = peft.get_peft_model(reference_base, peft.PrefixTuningConfig(
+            task_type=task, num_virtual_tokens=NUM_VIRTUAL_TOKENS, prefix_projection=True))
+    copy_prefix(ours, ref)
+    ids = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if task == "SEQ_2_SEQ_LM":
+        batch["decoder_input_ids"] = ids[:, :3]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).logits, ref(**batch).logits, rtol=1e-4, atol=1e-5)
+    assert printed_counts(ours) == printed_counts(ref)
+
