@@ -28,6 +28,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader
 
+from prefixlab.config import TaskType
 from prefixlab.experiment import ExperimentSpec, GenerationSpec, TrainingSpec
 from prefixlab.runs import CANCELLED, DONE, FAILED, RUNNING, RunDir, append_jsonl, atomic_write_json
 
@@ -261,53 +262,60 @@ class Job:
     # --- setup ----------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Accelerator, base model (loaded once) with one adapter per variant, data, optimizers."""
         from accelerate.utils import set_seed
-        from transformers import get_linear_schedule_with_warmup
+
+        training = self.spec.training
+        self.accelerator = make_accelerator(training)
+        self.say(f"device {self.accelerator.device}, mixed precision {self.accelerator.mixed_precision}")
+        set_seed(training.seed)
+        model = self._build_model()
+        self.train_loader, self.eval_loader = self._data_loaders()
+        if len(self.train_loader) == 0:
+            raise ValueError(f"data.source {self.spec.data.source!r}: the train split has no examples; "
+                             "add some or check data.max_train_examples")
+        self.total_steps = total_steps(training, len(self.train_loader))
+        optimizers, schedulers = zip(*(self._optimizer(model, name) for name in self.spec.variant_names))
+        prepared = self.accelerator.prepare(model, self.train_loader, self.eval_loader, *optimizers, *schedulers)
+        self.model, self.train_loader, self.eval_loader = prepared[:3]
+        n = len(optimizers)
+        self.variants = [VariantState(name, opt, sched) for name, opt, sched
+                         in zip(self.spec.variant_names, prepared[3:3 + n], prepared[3 + n:])]
+        self.peft = self.accelerator.unwrap_model(self.model)
+        if self.status:
+            self.status.update(total_steps=self.total_steps)
+        self.say(f"{n} variant(s) {self.spec.variant_names}, {self.total_steps} steps, "
+                 f"{len(self.train_loader)} batches per epoch")
+
+    def _build_model(self):
+        """The frozen base with every variant's prefix; prefixes initialise from the seed in variant
+        order, so a spec always starts from the same weights."""
+        import dataclasses
 
         from prefixlab import get_peft_model
         from prefixlab.zoo import load_base
 
-        spec, training = self.spec, self.spec.training
-        self.accelerator = make_accelerator(training)
-        self.say(f"device {self.accelerator.device}, mixed precision {self.accelerator.mixed_precision}")
-        set_seed(training.seed)
-        base, self.tokenizer, self.task_type = load_base(spec.model.name)
-        self.say(f"loaded base model {spec.model.name} ({self.task_type.value if hasattr(self.task_type, 'value') else self.task_type})")
-        configs = [(v.name, self._with_task_type(v.prefix)) for v in spec.variants]
-        # Prefixes initialise from the seed in variant order, so a spec always starts identically.
-        model = get_peft_model(base, configs[0][1], adapter_name=configs[0][0])
-        for name, config in configs[1:]:
-            model.add_adapter(name, config)
-        self.train_loader, self.eval_loader = self._data_loaders()
-        if len(self.train_loader) == 0:
-            raise ValueError(f"data.source {spec.data.source!r}: the train split has no examples; add some "
-                             "or check data.max_train_examples")
-        self.total_steps = total_steps(training, len(self.train_loader))
-        states = []
-        for name, _ in configs:
-            params = [p for n, p in model.named_parameters() if n in set(model.trainable_parameter_names(name))]
-            optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
-            scheduler = get_linear_schedule_with_warmup(optimizer, training.warmup_steps, self.total_steps)
-            states.append((name, optimizer, scheduler))
-        prepared = self.accelerator.prepare(model, self.train_loader, self.eval_loader,
-                                            *[o for _, o, _ in states], *[s for _, _, s in states])
-        self.model, self.train_loader, self.eval_loader = prepared[:3]
-        n = len(states)
-        self.variants = [VariantState(name, opt, sched) for (name, _, _), opt, sched
-                         in zip(states, prepared[3:3 + n], prepared[3 + n:])]
-        self.peft = self.accelerator.unwrap_model(self.model)
-        if self.status:
-            self.status.update(total_steps=self.total_steps)
-        self.say(f"{len(self.variants)} variant(s) {[v.name for v in self.variants]}, "
-                 f"{self.total_steps} steps, {len(self.train_loader)} batches per epoch")
+        base, self.tokenizer, self.task_type = load_base(self.spec.model.name)
+        self.say(f"loaded base model {self.spec.model.name} ({TaskType(self.task_type).value})")
+        model = None
+        for v in self.spec.variants:
+            # The spec may leave task_type out: it is the loaded model's.
+            config = v.prefix if v.prefix.task_type else dataclasses.replace(v.prefix, task_type=self.task_type)
+            if model is None:
+                model = get_peft_model(base, config, adapter_name=v.name)
+            else:
+                model.add_adapter(v.name, config)
+        return model
 
-    def _with_task_type(self, prefix):
-        """The variant's config with the task type of the loaded model when the spec left it out."""
-        if prefix.task_type is not None:
-            return prefix
-        from prefixlab.config import PrefixTuningConfig
+    def _optimizer(self, model, name: str):
+        """AdamW over one adapter's parameters, with linear warmup then linear decay to 0."""
+        from transformers import get_linear_schedule_with_warmup
 
-        return PrefixTuningConfig.from_dict({**prefix.to_dict(), "task_type": self.task_type})
+        training = self.spec.training
+        names = set(model.trainable_parameter_names(name))
+        params = [p for n, p in model.named_parameters() if n in names]
+        optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
+        return optimizer, get_linear_schedule_with_warmup(optimizer, training.warmup_steps, self.total_steps)
 
     def _data_loaders(self) -> tuple[DataLoader, DataLoader]:
         from prefixlab.data import Collator, encode_examples, load_task
@@ -316,6 +324,7 @@ class Job:
         splits = load_task(spec.data)  # capped to data.max_train_examples / max_eval_examples
         train, validation = splits["train"], splits["validation"]
         self.test_examples = splits["test"] or validation
+
         def encode(examples: list[dict], split: str):
             return encode_examples(examples, self.tokenizer, self.task_type, spec.training.max_length,
                                    spec.data.separator, split=split)
@@ -480,7 +489,7 @@ def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, sou
                              max_length=spec.training.max_length)
     encoded = {k: v.to(device) for k, v in encoded.items()}  # (1, prompt_len) each
     kwargs = generation_kwargs(spec.generation, tokenizer)
-    causal = str(getattr(task_type, "value", task_type)) == "CAUSAL_LM"
+    causal = TaskType(task_type) == TaskType.CAUSAL_LM
 
     def text(model) -> str:
         torch.manual_seed(spec.training.seed)  # sampling: every model draws the same stream
