@@ -187,3 +187,18 @@ def test_helpers():
     assert generation_kwargs(spec.generation, tok) == {
         "max_new_tokens": 3, "pad_token_id": 0, "eos_token_id": 1, "do_sample": False, "num_beams": 3}
     assert describe_error(KeyError("x"), None) == "KeyError: 'x'"
+
+
+@pytest.mark.parametrize("model", ["tiny-t5", "tiny-llama"])
+def test_seq2seq_and_grouped_query_bases_train_in_lockstep(tmp_path, model):
+    spec = tiny_spec(max_steps=2, eval_interval=2)
+    spec.model.name = model
+    run = start(tmp_path, spec)
+    assert run_worker(run.path, progress=False) == DONE, run.read_status()["error"]
+    assert [(m["variant"], m["step"]) for m in train_lines(run)] == [
+        ("no_projection", 1), ("projection", 1), ("no_projection", 2), ("projection", 2)]
+    arch = model.removeprefix("tiny-")
+    for name in ("no_projection", "projection"):
+        loaded = PrefixTuningModel.from_pretrained(tiny_model(arch), str(run.adapter_path(name)))
+        assert loaded.peft_config["default"].task_type.value == ("SEQ_2_SEQ_LM" if arch == "t5" else "CAUSAL_LM")
+    assert set(run.read_samples()[0]["outputs"]) == {"base", "no_projection", "projection"}
