@@ -357,8 +357,10 @@ class JobQueue:
         if proc is not None:
             if proc.poll() is not None:  # also reaps our own zombie child
                 return _exit_reason(proc.returncode)
-        elif not pid_alive(status.get("pid")):
-            return f"process {status.get('pid')} is gone"
+        elif status.get("pid") is None:
+            return "the worker never recorded its pid (the app stopped while starting it?)"
+        elif not pid_alive(status["pid"]):
+            return f"process {status['pid']} is gone"
         heartbeat = status.get("heartbeat") or status.get("updated_at") or 0
         if time.time() - heartbeat > self.heartbeat_timeout:
             return f"no heartbeat for over {self.heartbeat_timeout:.0f} s"

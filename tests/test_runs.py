@@ -188,6 +188,15 @@ def test_restarted_queue_finds_dead_and_live_workers_on_disk(queue, tmp_path):
     queue.poll()  # reap our child
 
 
+def test_run_left_starting_by_a_stopped_app_is_marked_failed(tmp_path):
+    queue = JobQueue(tmp_path / "runs")
+    run = queue.run_dir(queue.submit(spec()))
+    run.update_status(state=RUNNING, pid=None, heartbeat=time.time())  # as _launch leaves it
+    assert JobQueue(queue.runs_dir).poll() is None
+    assert run.read_status()["error"] == ("worker died without reporting: the worker never recorded its pid "
+                                          "(the app stopped while starting it?)")
+
+
 def test_stale_heartbeat_marks_a_frozen_worker_failed(tmp_path):
     queue = JobQueue(tmp_path / "runs", heartbeat_timeout=5)
     run = queue.run_dir(queue.submit(spec()))
