@@ -323,7 +323,7 @@ class Job:
         spec = self.spec
         splits = load_task(spec.data)  # capped to data.max_train_examples / max_eval_examples
         train, validation = splits["train"], splits["validation"]
-        self.test_examples = splits["test"] or validation
+        self.test_examples = splits["test"] or validation or train  # samples' prompts, held-out first
 
         def encode(examples: list[dict], split: str):
             return encode_examples(examples, self.tokenizer, self.task_type, spec.training.max_length,
