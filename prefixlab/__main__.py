@@ -172,6 +172,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_gpucheck(args) -> int:
+    """Every argument after `gpucheck` goes to prefixlab.gpucheck (its own --help lists them)."""
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     return _import("prefixlab.gpucheck", "main", "the GPU check")(rest)
 
@@ -211,15 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes, seconds not minutes")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("gpucheck", help="check the GPU path (parity, worker, throughput); options: "
-                                        "python -m prefixlab gpucheck -- --help")
+    p = sub.add_parser("gpucheck", add_help=False,
+                       help="check the GPU path (parity, worker, throughput); python -m prefixlab gpucheck --help")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="passed on to prefixlab.gpucheck")
     p.set_defaults(func=cmd_gpucheck)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gpucheck"]:  # its options are gpucheck's own; argparse would reject them here
+        args = argparse.Namespace(func=cmd_gpucheck, rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (CliError, ValueError, FileNotFoundError) as err:

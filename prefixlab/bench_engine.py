@@ -44,7 +44,14 @@ def bench_spec(model: str, steps: int, batch_size: int, max_length: int, variant
 def _peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child would report its
+    # parent's peak if that were larger.
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB on most
+
 
 
 def measure_one(spec: ExperimentSpec) -> dict:

@@ -127,3 +127,13 @@ def test_engine_bench_pieces():
     ratios = compare({"paired": both, "no_projection": one, "projection": one})
     assert ratios == {"throughput_ratio": 1.0, "wall_time_ratio": 0.75, "memory_ratio_vs_both": 0.6,
                       "memory_ratio_vs_larger": 1.2}
+
+
+def test_gpucheck_arguments_pass_through(monkeypatch):
+    import prefixlab.gpucheck
+
+    seen = []
+    monkeypatch.setattr(prefixlab.gpucheck, "main", lambda argv: seen.append(argv) or 7)
+    assert main(["gpucheck", "--out", "results", "--sections", "parity"]) == 7
+    assert main(["gpucheck", "--", "--help"]) == 7
+    assert seen == [["--out", "results", "--sections", "parity"], ["--help"]]
