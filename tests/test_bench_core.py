@@ -17,7 +17,8 @@ def test_quick_run_reports_every_contender_ratio_and_memory(capsys, tmp_path):
     clocks = ("wall", "cpu") if result["device"] == "cpu" else ("wall",)
     assert tuple(result["median_s"]) == clocks
     for clock in clocks:
-        assert set(result["median_s"][clock]) == CONTENDERS
+        assert set(result["median_s"][clock]) == set(result["min_s"][clock]) == CONTENDERS
+        assert set(result["ratios_of_min"][clock]) == set(result["ratios"][clock])
         assert set(result["ratios"][clock]) == {
             "prefixlab/peft no_projection", "prefixlab/floor no_projection",
             "prefixlab/peft projection", "prefixlab/floor projection",
