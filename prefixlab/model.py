@@ -47,7 +47,8 @@ def layer_rows(config: PrefixTuningConfig) -> list[tuple[int, int]]:
     Decoder-only: layer i uses rows (2i, 2i+1). Seq2seq: PEFT duplicates the rows, splits them in
     groups of four (self key, self value, cross key, cross value) and then discards the cross part,
     so layer i uses rows (4i mod 2L, 4i+1 mod 2L). We reproduce that so PEFT's adapters give the
-    same logits here (half of a seq2seq prefix is never used, in PEFT as here).
+    same logits here. With an even number of layers, layers L/2..L-1 reuse the rows of layers
+    0..L/2-1 and half of the rows are never used (no gradient), in PEFT as here.
     """
     rows = 2 * config.num_layers
     stride = 2 * config.num_transformer_submodules
