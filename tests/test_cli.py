@@ -122,11 +122,13 @@ def test_engine_bench_pieces():
     assert single.variant_names == ["projection"] and single.variants[0].prefix.prefix_projection
     result = measure_one(bench_spec("tiny-gpt2", 2, 2, 64, "paired"))
     assert result["steps"] == 2 and result["variants"] == 2 and result["tokens"] > 0 and result["peak_mb"] > 0
-    one = {"tokens": 100, "setup_s": 1.0, "train_s": 1.0, "tokens_per_s": 100.0, "peak_mb": 10.0}
-    both = {"tokens": 200, "setup_s": 1.0, "train_s": 2.0, "tokens_per_s": 100.0, "peak_mb": 12.0}
+    one = {"tokens": 100, "setup_s": 1.0, "train_s": 1.0, "tokens_per_s": 100.0, "train_cpu_s": 2.0,
+           "tokens_per_cpu_s": 50.0, "peak_mb": 10.0}
+    both = {"tokens": 200, "setup_s": 1.0, "train_s": 2.0, "tokens_per_s": 100.0, "train_cpu_s": 2.0,
+            "tokens_per_cpu_s": 100.0, "peak_mb": 12.0}
     ratios = compare({"paired": both, "no_projection": one, "projection": one})
-    assert ratios == {"throughput_ratio": 1.0, "wall_time_ratio": 0.75, "memory_ratio_vs_both": 0.6,
-                      "memory_ratio_vs_larger": 1.2}
+    assert ratios == {"throughput_ratio": 1.0, "cpu_throughput_ratio": 2.0, "wall_time_ratio": 0.75,
+                      "memory_ratio_vs_both": 0.6, "memory_ratio_vs_larger": 1.2}
 
 
 def test_gpucheck_arguments_pass_through(monkeypatch):
