@@ -118,19 +118,27 @@ def _prefix_config(library, args: BenchArgs, projection: bool):
                                       prefix_projection=projection)
 
 
-def prefixlab_step(base, args: BenchArgs, projection: bool, batch: dict) -> Callable[[], None]:
+def prefixlab_model(base, args: BenchArgs, projection: bool):
     import prefixlab
 
-    model = prefixlab.get_peft_model(base, _prefix_config(prefixlab, args, projection))
-    return _training_step(model, list(model.prompt_encoder.parameters()), batch)
+    return prefixlab.get_peft_model(base, _prefix_config(prefixlab, args, projection))
 
 
-def peft_step(base, args: BenchArgs, projection: bool, batch: dict) -> Callable[[], None]:
+def peft_model(base, args: BenchArgs, projection: bool):
     import peft
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = peft.get_peft_model(base, _prefix_config(peft, args, projection))
+        return peft.get_peft_model(base, _prefix_config(peft, args, projection))
+
+
+def prefixlab_step(base, args: BenchArgs, projection: bool, batch: dict) -> Callable[[], None]:
+    model = prefixlab_model(base, args, projection)
+    return _training_step(model, list(model.prompt_encoder.parameters()), batch)
+
+
+def peft_step(base, args: BenchArgs, projection: bool, batch: dict) -> Callable[[], None]:
+    model = peft_model(base, args, projection)
     return _training_step(model, list(model.prompt_encoder.parameters()), batch)
 
 
@@ -150,6 +158,19 @@ def floor_step(base, args: BenchArgs, batch: dict) -> Callable[[], None]:
         return base(input_ids=input_ids, attention_mask=mask, labels=labels, cache=cache)
 
     return _training_step(forward, leaves, batch)
+
+
+def prefix_path_step(model, batch_size: int) -> Callable[[], None]:
+    """Only the prefix's share of a step: build the cache for the batch, backward through it.
+
+    Works for our wrapper and PEFT's (both have get_prompt(batch_size) -> DynamicCache); the sum of
+    the cache tensors stands in for the attention layers that consume them.
+    """
+    def step() -> None:
+        cache = model.get_prompt(batch_size)
+        sum(layer.keys.sum() + layer.values.sum() for layer in cache.layers).backward()
+
+    return step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +299,13 @@ def run_core_bench(argv_or_args=None) -> dict:
     minima = {clock: {name: min(t[clock]) for name, t in times.items()} for clock in clocks}
     ratios = {clock: _ratios(medians[clock]) for clock in clocks}
     ratios_min = {clock: _ratios(minima[clock]) for clock in clocks}
+    prefix_steps = {}
+    for projection in (False, True):
+        suffix = "projection" if projection else "no_projection"
+        prefix_steps[f"prefixlab/{suffix}"] = prefix_path_step(prefixlab_model(base, args, projection), args.batch_size)
+        prefix_steps[f"peft/{suffix}"] = prefix_path_step(peft_model(base, args, projection), args.batch_size)
+    prefix_times = time_interleaved(prefix_steps, max(4 * args.repeats, 20), args.warmup, device)
+    prefix_path = {name: min(t["wall"]) for name, t in prefix_times.items()}
     memory = {"weights_held_mib": _weights_held(args)}
     if args.peak_memory:
         memory["peak"] = measure_peak_memory(args)
@@ -292,6 +320,7 @@ def run_core_bench(argv_or_args=None) -> dict:
         "min_s": minima,
         "ratios": ratios,
         "ratios_of_min": ratios_min,
+        "prefix_path_min_s": prefix_path,
         "targets": {"prefixlab/peft": "<= 1.0", "prefixlab/floor": "<= 1.10"},
         "memory": memory,
     }
@@ -355,6 +384,13 @@ def format_report(result: dict) -> str:
             of_min = result.get("ratios_of_min", {}).get(clock, {}).get(name)
             fastest = f"{of_min:10.3f}" if of_min is not None else ""
             lines.append(f"  ratio {name:<30} {ratio:6.3f} {fastest}  (target <= {target})")
+    if "prefix_path_min_s" in result:
+        path = result["prefix_path_min_s"]
+        lines.append(" the prefix's share alone (cache for the batch + backward through it, fastest of many):")
+        for suffix in ("no_projection", "projection"):
+            ours, theirs = path[f"prefixlab/{suffix}"], path[f"peft/{suffix}"]
+            lines.append(f"  {suffix:<14} prefixlab {ours * 1000:9.2f} ms  PEFT {theirs * 1000:9.2f} ms"
+                         f"  ratio {ours / theirs:6.3f}")
     held = result["memory"]["weights_held_mib"]
     lines.append("memory, projection + no-projection variants:")
     lines.append(f"  weights held: prefixlab two adapters on one base {held['prefixlab_two_adapters_one_base']:.1f} MiB"

@@ -25,6 +25,7 @@ def test_quick_run_reports_every_contender_ratio_and_memory(capsys, tmp_path):
         }
         assert all(math.isfinite(r) and r > 0 for r in result["ratios"][clock].values())
     assert all(len(t["wall"]) == len(t["cpu"]) == 2 for t in result["times_s"].values())
+    assert set(result["prefix_path_min_s"]) == CONTENDERS - {"floor"}
     held = result["memory"]["weights_held_mib"]
     # one base plus two adapters holds less than two bases with one adapter each
     assert held["prefixlab_two_adapters_one_base"] < held["peft_two_models"]
@@ -33,6 +34,7 @@ def test_quick_run_reports_every_contender_ratio_and_memory(capsys, tmp_path):
     for name in CONTENDERS:
         assert name in printed
     assert "ratio prefixlab/peft projection" in printed and "target <= 1.10" in printed
+    assert "the prefix's share alone" in printed
 
 
 def test_peak_memory_probe_and_report_line():
