@@ -102,6 +102,17 @@ def test_generate_from_saved_adapters_matches_the_workers_samples(finished_run, 
         assert f"{name:>16}: {text}\n" in out, (name, text, out)
 
 
+def test_page_generation_matches_the_workers_samples(finished_run):
+    from prefixlab.ui.generate import generate_all
+
+    sample = finished_run.read_samples()[0]
+    seen = []
+    rows = generate_all(finished_run.path, sample["prompt"], on_progress=lambda f, t: seen.append(t))
+    # The page's "generate with every variant" box shows what the worker wrote for the same prompt.
+    assert dict(rows) == sample["outputs"]
+    assert [name for name, _ in rows][0] == "base" and len(seen) == 2
+
+
 def test_generate_before_any_checkpoint_says_so(tmp_path, capsys):
     run = RunDir(tmp_path / "run")
     run.write_spec(ExperimentSpec.from_dict(tiny_spec_dict()))

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 
-from prefixlab.data import build_prompt
 from prefixlab.model import PrefixTuningModel
 from prefixlab.runs import RunDir
-from prefixlab.train import generation_kwargs
+from prefixlab.train import generate_outputs
 from prefixlab.zoo import load_base
 
 _lock = threading.Lock()  # one generation at a time: the cached model is shared
@@ -45,16 +44,12 @@ def _load(run: RunDir, variants: list[str]):
     return _cache
 
 
-def _causal(task_type) -> bool:
-    return str(getattr(task_type, "value", task_type)) == "CAUSAL_LM"
-
-
 @torch.no_grad()
 def generate_all(run_path: str | Path, prompt: str, on_progress=None) -> list[list[str]]:
     """[[model, output], ...] for the base model and every trained variant of the run at `run_path`.
 
     Raises ValueError with a message for the page when the run has no trained adapter yet or the
-    prompt is empty. `on_progress(fraction, text)` reports loading and each generation.
+    prompt is empty. `on_progress(fraction, text)` reports loading and generating.
     """
     prompt = (prompt or "").strip()
     if not prompt:
@@ -69,21 +64,9 @@ def generate_all(run_path: str | Path, prompt: str, on_progress=None) -> list[li
         report(0.0, "loading base model and adapters")
         loaded = _load(run, variants)
         model, tokenizer, task_type, spec = loaded["model"], loaded["tokenizer"], loaded["task_type"], loaded["spec"]
-        text = build_prompt(prompt, task_type, spec.data.separator)
-        # Same tokenisation as the worker's samples: a causal prompt must not end in eos.
-        encoded = tokenizer(text, return_tensors="pt", add_special_tokens=not _causal(task_type))
-        kwargs = generation_kwargs(spec.generation, tokenizer)
-        rows = []
-        names = ["base", *variants]
-        for i, name in enumerate(names):
-            report((i + 1) / (len(names) + 1), f"generating with {name}")
-            torch.manual_seed(spec.training.seed)  # sampling: every model draws the same stream
-            if name == "base":
-                out = model.base_model.generate(**encoded, **kwargs)
-            else:
-                model.set_adapter(name)
-                out = model.generate(**encoded, **kwargs)
-            if _causal(task_type):
-                out = out[:, encoded["input_ids"].shape[1]:]  # (1, new_tokens): only the continuation
-            rows.append([name, tokenizer.decode(out[0], skip_special_tokens=True)])
+        report(0.5, f"generating with base and {len(variants)} variant(s)")
+        # The worker's own function: prompts built, truncated and decoded exactly as in its samples.
+        outputs = generate_outputs(model, tokenizer, task_type, spec, prompt, variants,
+                                   next(model.parameters()).device)
+        rows = [[name, text] for name, text in outputs.items()]
     return rows
