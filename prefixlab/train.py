@@ -13,6 +13,7 @@ accumulation, so the same worker runs on several GPUs under `accelerate launch -
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shutil
@@ -155,15 +156,25 @@ def restore_handlers(previous: dict) -> None:
 
 def mixed_precision_for(precision: str) -> str:
     """accelerate's mixed_precision for a spec precision: auto is bf16 on GPUs that support it,
-    fp16 (with a grad scaler) on older GPUs, fp32 on Apple MPS and CPU."""
+    fp16 (with a grad scaler) on older CUDA GPUs, bf16 on Apple MPS where torch supports it there,
+    fp32 on CPU."""
+    cuda, mps = torch.cuda.is_available(), _mps_available()
     if precision == "auto":
-        if torch.cuda.is_available():
+        if cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if mps:
+            from accelerate.utils import is_bf16_available
+
+            return "bf16" if is_bf16_available() else "no"
         return "no"
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("training.precision: fp16 needs a CUDA GPU and none is available; "
+    if precision == "fp16" and not (cuda or mps):
+        raise ValueError("training.precision: fp16 needs a CUDA or Apple MPS GPU and none is available; "
                          "use auto or fp32 (bf16 also works on CPU)")
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def make_accelerator(training: TrainingSpec):
@@ -465,7 +476,22 @@ class Job:
             }
         return {"variants": variants, "steps": self.step, "total_steps": self.total_steps,
                 "wall_time_s": time.time() - self.started, "num_truncated": self.num_truncated,
-                "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision}
+                "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
+                "peak_gpu_memory_bytes": peak_gpu_memory(self.accelerator.device)}
+
+
+def peak_gpu_memory(device: torch.device) -> int | None:
+    """Bytes torch allocated at the peak on a CUDA device during this process; None elsewhere."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def release_gpu_memory() -> None:
+    """Collect what the finished job referenced and return torch's cached GPU memory. A worker
+    process frees everything when it exits; this matters when run_worker runs inside another
+    process (tests, the engine benchmark, the GPU check)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def prompts_for(spec: ExperimentSpec, examples: list[dict]) -> list[tuple[str, str | None]]:
@@ -570,3 +596,5 @@ def run_worker(run_dir: str | Path, *, progress: bool | None = None) -> str:
         if bar:
             bar.close()
         restore_handlers(previous)
+        job = None  # the model, adapters and optimizers, before their memory is returned
+        release_gpu_memory()

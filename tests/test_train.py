@@ -63,6 +63,8 @@ def test_paired_run_writes_the_run_directory(tmp_path):
     summary = run.read_summary()
     assert summary["variants"]["projection"]["trainable"] > summary["variants"]["no_projection"]["trainable"]
     assert summary["variants"]["projection"]["stored"] == summary["variants"]["no_projection"]["stored"] == 4 * 2 * 2 * 64
+    # CPU run: no GPU peak to report, and the device is named so the page and the GPU check can tell.
+    assert summary["peak_gpu_memory_bytes"] is None and summary["device"] == "cpu"
     for name in ("no_projection", "projection"):
         assert (run.adapter_path(name) / "adapter_model.safetensors").exists()
 
@@ -177,7 +179,7 @@ def test_helpers():
     assert mixed_precision_for("fp32") == "no" and mixed_precision_for("bf16") == "bf16"
     if not torch.cuda.is_available():
         assert mixed_precision_for("auto") == "no"
-        with pytest.raises(ValueError, match="training.precision: fp16 needs a CUDA GPU"):
+        with pytest.raises(ValueError, match="training.precision: fp16 needs a CUDA or Apple MPS GPU"):
             mixed_precision_for("fp16")
     assert total_steps(TrainingSpec(num_epochs=2, gradient_accumulation_steps=3), batches_per_epoch=10) == 8
     assert total_steps(TrainingSpec(max_steps=5, eval_interval=5), batches_per_epoch=10) == 5
