@@ -1,9 +1,11 @@
 """Base models: presets of small Hub models, any Hub id or local folder, and tiny offline models.
 
-`load_base(name)` gives `(model, tokenizer, task_type)`. The offline presets (`tiny-gpt2`,
-`tiny-llama`, `tiny-t5`) are built by prefixlab.tiny from config classes with seeded random
+`load_base(name)` gives `(model, tokenizer, task_type)`. The offline presets `tiny-gpt2`,
+`tiny-llama` and `tiny-t5` are built by prefixlab.tiny from config classes with seeded random
 weights and ByT5's file-free tokenizer, so they need no download and are identical in every
-process. Anything else is a local folder or a Hub id; AutoModelForCausalLM or
+process. The offline preset `tiny-gpt2-e2e` is a slightly larger tiny GPT-2 whose weights ship in
+presets/models/ (made by prefixlab.pretrain from e2e-synth's train targets), so prefix tuning it
+gives readable sentences. Anything else is a local folder or a Hub id; AutoModelForCausalLM or
 AutoModelForSeq2SeqLM is chosen from its config, and trust_remote_code stays off.
 
 A model that cannot be fetched fails fast with one `ModelLoadError`: before touching the Hub we
@@ -28,6 +30,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from prefixlab.config import TaskType
+from prefixlab.data import PRESETS_DIR
 from prefixlab.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 HUB_CHECK_TIMEOUT_S = 3.0
@@ -48,12 +51,21 @@ class ModelPreset:
 
 _CAUSAL, _SEQ2SEQ = TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM
 _TINY_ARCH = {"tiny-gpt2": "gpt2", "tiny-llama": "llama", "tiny-t5": "t5"}
+MODELS_DIR = PRESETS_DIR / "models"
+# Offline presets with shipped weights: name -> folder written by save_pretrained (no tokenizer needed:
+# they use tiny_tokenizer()), and the command that regenerates it.
+SHIPPED_MODELS = {"tiny-gpt2-e2e": MODELS_DIR / "tiny-gpt2-e2e"}
+_REGENERATE = "python -m prefixlab.pretrain --out presets/models/{name}"
 MODEL_PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
     ModelPreset("tiny-gpt2", _CAUSAL, "Tiny GPT-2 (2 layers, width 64), random weights, byte tokenizer; "
                                       "no download", True),
     ModelPreset("tiny-llama", _CAUSAL, "Tiny Llama with grouped-query attention (8 query / 2 key-value heads), random "
                                        "weights; no download", True),
     ModelPreset("tiny-t5", _SEQ2SEQ, "Tiny T5 encoder-decoder, random weights, byte tokenizer; no download", True),
+    ModelPreset("tiny-gpt2-e2e", _CAUSAL, "Tiny GPT-2 (4 layers, width 128, 0.9M parameters) pretrained on the "
+                                          "e2e-synth train split's target sentences only (never its tables): it "
+                                          "writes restaurant sentences, the prefix must teach it to follow the "
+                                          "table; byte tokenizer; no download", True),
     ModelPreset("distilgpt2", _CAUSAL, "DistilGPT-2, 82M parameters: 6-layer distilled GPT-2, the quickest real model"),
     ModelPreset("gpt2", _CAUSAL, "GPT-2 small, 124M parameters"),
     ModelPreset("gpt2-medium", _CAUSAL, "GPT-2 medium, 355M parameters: Li & Liang's table-to-text model"),
@@ -155,10 +167,21 @@ def _fetch(name: str, load):
 # Configs, task types, parameter counts
 
 
+def shipped_folder(name: str) -> Path:
+    """The folder of an offline preset with shipped weights; ModelLoadError if it is missing."""
+    folder = SHIPPED_MODELS[name]
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise ModelLoadError(f"offline preset {name!r}: config.json or model.safetensors is missing from {folder}; "
+                             f"restore them from git or regenerate them with `{_REGENERATE.format(name=name)}`")
+    return folder
+
+
 def load_model_config(name: str) -> PretrainedConfig:
     """The model's config (no weights): tiny presets built in code, others via AutoConfig."""
     if name in _TINY_ARCH:
         return tiny_config(_TINY_ARCH[name])
+    if name in SHIPPED_MODELS:
+        return AutoConfig.from_pretrained(shipped_folder(name), local_files_only=True)
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError(f"model name must be a preset, Hub id or folder, got {name!r}; "
                              f"presets: {', '.join(MODEL_PRESETS)}")
@@ -227,6 +250,9 @@ def load_base(name: str, *, dtype: torch.dtype | None = None):
     if name in _TINY_ARCH:
         model = tiny_model(_TINY_ARCH[name]).to(dtype)
         return model, tiny_tokenizer(), MODEL_PRESETS[name].task_type
+    if name in SHIPPED_MODELS:
+        model = AutoModelForCausalLM.from_pretrained(shipped_folder(name), dtype=dtype, local_files_only=True)
+        return model.eval(), tiny_tokenizer(), MODEL_PRESETS[name].task_type
     config = load_model_config(name)
     task_type = task_type_of_config(config)
     model = _fetch(name, lambda local_only: _model_class(task_type).from_pretrained(
