@@ -46,6 +46,8 @@ FAKE_WORKER = textwrap.dedent("""
     update(state="running", pid=os.getpid())
     while not stop and not os.path.exists(os.path.join(run, "release")) \
             and not os.path.exists(os.path.join(run, "cancel")):
+        if not os.path.isdir(run):  # the test's tmp dir is gone: never outlive the test session
+            sys.exit(1)
         time.sleep(0.02)
     cancelled = stop or os.path.exists(os.path.join(run, "cancel"))
     update(state="cancelled" if cancelled else "done", finished_at=time.time())
