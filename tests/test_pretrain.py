@@ -125,7 +125,7 @@ def test_model_card_states_how_it_was_made():
     card = (FOLDER / "README.md").read_text(encoding="utf-8")
     losses = json.loads((FOLDER / "losses.json").read_text())
     assert "python -m prefixlab.pretrain --out presets/models/tiny-gpt2-e2e" in card
-    assert f"torch {torch.__version__}" in card.replace("+cpu", "") or "torch 2." in card
+    assert re.search(r"torch \d+\.\d+\.\d+\S*, transformers \d+\.\d+\.\d+, CPU, one thread, seed 0", card)
     assert f"- steps: {len(losses)} " in card
     assert f"final training loss (mean of the last 20 steps): {pretrain.final_loss(losses):.4f}" in card
     assert "train.jsonl" in card and "validation" in card
