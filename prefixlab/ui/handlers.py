@@ -46,7 +46,9 @@ class Lab:
         self.fields = fields
         self.presets_dir = Path(presets_dir)
         self.inferred_keys = [f.key for f in fields if f.inferred]
-        self.exports = Path(tempfile.mkdtemp(prefix="prefixlab-exports-"))
+        # Downloads (spec JSON, zipped adapters) live here until the app exits, then go.
+        self._exports = tempfile.TemporaryDirectory(prefix="prefixlab-exports-")
+        self.exports = Path(self._exports.name)
 
     # --- presets ----------------------------------------------------------------------------------
 
