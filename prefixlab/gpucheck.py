@@ -301,7 +301,8 @@ def parity_batch(task_type: str, device: str) -> dict:
 
 
 @torch.no_grad()
-def greedy_by_recompute(forward, input_ids: torch.Tensor, steps: int, decoder_start: Optional[int]) -> torch.Tensor:
+def greedy_by_recompute(forward, input_ids: torch.Tensor, steps: int,
+                        decoder_start: Optional[int] = None) -> torch.Tensor:
     """Greedy decoding by full recomputation (no cache), EOS banned, from `forward(**inputs) -> logits`.
 
     PEFT's own generate cannot be the reference: with transformers 5.x it passes the prefix as

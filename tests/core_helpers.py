@@ -9,7 +9,9 @@ import warnings
 import torch
 
 import prefixlab
-from prefixlab.tiny import EOS_ID, tiny_model
+from prefixlab.gpucheck import copy_prefix  # noqa: F401 (shared with the GPU check)
+from prefixlab.gpucheck import greedy_by_recompute as manual_greedy  # noqa: F401 (re-exported for the tests)
+from prefixlab.tiny import tiny_model
 
 ARCH_TASK = {"gpt2": "CAUSAL_LM", "llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM", "bart": "SEQ_2_SEQ_LM"}
 ARCHS = tuple(ARCH_TASK)
@@ -40,14 +42,6 @@ def randomize_prefix(model, adapter: str = "default", seed: int = 0, std: float 
     with torch.no_grad():
         for param in model.prompt_encoder[adapter].parameters():
             param.copy_(torch.randn(param.shape, generator=gen) * std)
-
-
-def copy_prefix(src, dst, adapter: str = "default") -> None:
-    """Copy prompt-encoder weights by name (ours and PEFT's use the same names)."""
-    dst_params = dict(dst.prompt_encoder[adapter].named_parameters())
-    with torch.no_grad():
-        for name, param in src.prompt_encoder[adapter].named_parameters():
-            dst_params[name].copy_(param)
 
 
 def peft_pair(arch: str, projection: bool):
@@ -84,26 +78,6 @@ def printed_counts(model) -> str:
     with contextlib.redirect_stdout(out):
         model.print_trainable_parameters()
     return out.getvalue()
-
-
-@torch.no_grad()
-def manual_greedy(forward, input_ids: torch.Tensor, steps: int, decoder_start: int | None = None) -> torch.Tensor:
-    """Greedy decoding by full re-computation (no cache) with EOS banned, from a `forward(**inputs)`.
-
-    Returns the prompt plus `steps` tokens (decoder-only) or the decoder start plus `steps` tokens.
-    """
-    def next_token(logits):
-        return logits[:, -1].index_fill(-1, torch.tensor([EOS_ID]), float("-inf")).argmax(-1, keepdim=True)
-
-    if decoder_start is not None:
-        dec = torch.full((input_ids.shape[0], 1), decoder_start)
-        for _ in range(steps):
-            dec = torch.cat([dec, next_token(forward(input_ids=input_ids, decoder_input_ids=dec).logits)], 1)
-        return dec
-    ids = input_ids
-    for _ in range(steps):
-        ids = torch.cat([ids, next_token(forward(input_ids=ids).logits)], 1)
-    return ids
 
 
 def decoder_start(model) -> int | None:
