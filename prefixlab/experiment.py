@@ -61,7 +61,7 @@ def _positive(section: str, obj: Any, name: str, minimum: float = 1, hint: str =
 class ModelSpec:
     name: str = field(
         default="tiny-gpt2",
-        metadata={"help": "Base model: an offline preset (tiny-gpt2, tiny-llama, tiny-t5), a Hub "
+        metadata={"help": "Base model: an offline preset (tiny-gpt2, tiny-llama, tiny-t5, tiny-gpt2-e2e), a Hub "
                           "model id such as gpt2 or t5-small, or a local folder."},
     )
 
