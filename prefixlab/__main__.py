@@ -31,6 +31,15 @@ class CliError(ValueError):
 # train
 
 
+def quiet_transformers() -> None:
+    """Keep the worker's terminal and log to its own lines: no weight-loading bars or config notices
+    from transformers (its errors still show)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def cmd_train(args) -> int:
     from prefixlab.runs import FAILED, RunDir, atomic_write_json, new_run_id, new_status
     from prefixlab.train import run_worker
@@ -53,6 +62,7 @@ def cmd_train(args) -> int:
             raise CliError(f"{run.spec_path} does not exist; pass SPEC.json as well, or submit from the page")
         run.read_spec()  # a bad spec.json: one clear line now, not a failed run
     print(f"run directory: {run.path}", file=sys.stderr)
+    quiet_transformers()
     state = run_worker(run.path, progress=None if args.progress is None else args.progress)
     status = run.read_status()
     print(f"{state}: {run.path}" + (f" ({status.get('error')})" if state == FAILED else ""), file=sys.stderr)
