@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prefixlab import gpucheck
-from prefixlab.gpucheck_report import (
+from prefixlab.gpucheck.report import (
     median,
     overall_status,
     ratio,
@@ -240,18 +240,18 @@ def test_memory_probes_report_nothing_off_cuda():
 def test_device_memory_poller_arithmetic_with_a_fake_device(monkeypatch):
     """The CUDA-only logic, with cudaMemGetInfo replaced by a script of readings (bytes used)."""
     readings = iter([1000, 1000, 5000, 3000] + [1000] * 1000)
-    monkeypatch.setattr(gpucheck, "device_used_bytes", lambda device: next(readings))
+    monkeypatch.setattr("prefixlab.gpucheck.common.device_used_bytes", lambda device: next(readings))
     with gpucheck.DeviceMemoryPoller("cuda", interval_s=0.001) as poller:
         while poller.peak < 5000:
             time.sleep(0.001)
     assert poller.baseline == 1000 and poller.peak_above_baseline == 4000
     assert poller.released(wait_s=1.0) is True
-    monkeypatch.setattr(gpucheck, "device_used_bytes", lambda device: 1000 + poller.SLACK_BYTES + 1)
+    monkeypatch.setattr("prefixlab.gpucheck.common.device_used_bytes", lambda device: 1000 + poller.SLACK_BYTES + 1)
     assert poller.released(wait_s=0.3) is False
 
 
 def test_step_peak_bytes_is_the_peak_above_the_start(monkeypatch):
-    monkeypatch.setattr(gpucheck, "_sync", lambda device: None)
+    monkeypatch.setattr("prefixlab.gpucheck.common._sync", lambda device: None)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: None)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 100)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 350)

@@ -1,14 +1,16 @@
-"""The pure half of the GPU check: throughput arithmetic, medians and ratios, and results.md.
+"""The pure half of the GPU check: throughput arithmetic, medians and ratios, results.md and results.json.
 
 Nothing here touches a device, so all of it is tested on a CPU-only machine (tests/test_gpucheck.py).
-`prefixlab.gpucheck` measures and fills a results dict (the layout is results.json's, documented in
+The section modules measure and fill a results dict (the layout is results.json's, documented in
 docs/gpu.md); `render_markdown(results)` turns that dict into the short tables of results.md, deriving
-every ratio from the raw numbers stored in it.
+every ratio from the raw numbers stored in it, and `write_results` writes both files.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 from typing import Iterable, Optional
 
 OK, FAILED, ERROR, SKIPPED = "ok", "failed", "error", "skipped"
@@ -199,3 +201,14 @@ def _generation(section: dict) -> list[str]:
     rows = [[r["batch_size"], fmt_number(r.get("base_ms"), ".1f"), fmt_number(r.get("prefix_ms"), ".1f"),
              fmt_ratio(ratio(r.get("prefix_ms"), r.get("base_ms")))] for r in section.get("rows", [])]
     return lines + table(["batch", "base model ms", "with prefix ms", "prefix / base"], rows)
+
+
+def write_results(out_dir: Path, results: dict) -> str:
+    """DIR/results.json (atomic) and DIR/results.md; returns the markdown."""
+    from prefixlab.runs import atomic_write_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "results.json", json.loads(json.dumps(results, default=str)))
+    markdown = render_markdown(results)
+    (out_dir / "results.md").write_text(markdown, encoding="utf-8")
+    return markdown
