@@ -303,7 +303,8 @@ class ExperimentSpec:
         prefix_projection, named as the default pair or one of it): such specs are edited as JSON.
         """
         shared = self.variants[0].prefix.to_json_dict()
-        values = {"experiment.name": self.name, "experiment.variants": _variant_choice(self.variants)}
+        values = {"experiment.name": self.name, "experiment.description": self.description,
+                  "experiment.variants": _variant_choice(self.variants)}
         for f in prefix_form_fields():
             values[f["key"]] = shared.get(f["key"].split(".", 1)[1])
         for section in SECTIONS:
@@ -449,6 +450,9 @@ def form_fields() -> list[dict]:
     out = [
         {"key": "experiment.name", "type": "str", "optional": False, "default": "experiment",
          "help": "A short name for the run.", "choices": None},
+        {"key": "experiment.description", "type": "str", "optional": False, "default": "",
+         "help": "Free text kept with the run and in a saved preset; presets say how to run them.",
+         "choices": None},
         {"key": "experiment.variants", "type": "str", "optional": False, "default": "both",
          "help": "Train both variants side by side (the paper's comparison) or only one.",
          "choices": VARIANT_CHOICES},
@@ -476,8 +480,8 @@ def spec_from_form(values: dict) -> ExperimentSpec:
     choice = experiment.pop("variants", "both")
     if choice not in VARIANT_CHOICES:
         raise SpecError("experiment.variants", f"must be one of {', '.join(VARIANT_CHOICES)}, got {choice!r}")
-    if experiment.keys() - {"name"}:
-        raise SpecError(f"experiment.{sorted(experiment.keys() - {'name'})[0]}", "unknown form field")
+    if experiment.keys() - {"name", "description"}:
+        raise SpecError(f"experiment.{sorted(experiment.keys() - {'name', 'description'})[0]}", "unknown form field")
     prefix_values = grouped.pop("prefix")
     if prefix_values.pop("prefix_projection", None) is not None:
         # The variants choice sets prefix_projection; a stray form value is ignored, not an error.
@@ -487,6 +491,7 @@ def spec_from_form(values: dict) -> ExperimentSpec:
     prefix = _prefix_from_dict(prefix_values, "prefix")
     sections = {s: _section_from_dict(s, v) for s, v in grouped.items()}
     return ExperimentSpec(name=_coerce("experiment.name", experiment.get("name", "experiment"), str),
+                          description=_coerce("experiment.description", experiment.get("description") or "", str),
                           variants=default_variants(prefix, choice), **sections)
 
 

@@ -99,14 +99,18 @@ def html_table(page, elem_id: str) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.3):
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.3, page=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    seen = ""
+    if page is not None:  # what the page showed instead, for the failure message and artifacts
+        page.screenshot(path=str(ARTIFACTS / "timeout.png"), full_page=True)
+        seen = f"; the status line read {status(page)!r}, the chart {loss_points(page)} training points"
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
 
 
 def choose(page, elem_id: str, option: str) -> None:
@@ -197,9 +201,11 @@ def test_the_lab_end_to_end(app_url, page):
     wait_for(lambda: set(accounting(page)) == {"no_projection", "projection"}, 10, "both rows again")
     assert not page.locator("#f-prefix-encoder_hidden_size textarea").is_disabled()
 
-    # A shorter run than the preset's, through the form, to keep the test to a couple of minutes.
-    set_text(page, "f-training-max_steps", 16)
-    set_number(page, "f-training-eval_interval", 8)
+    # Shorter sequences than the preset's keep the test to a couple of minutes; enough steps (about
+    # 20 s on two idle cores) that the page is seen while the run trains, and Stop lands mid-run,
+    # even when the machine is busy. 16 steps once finished between two looks of a loaded test.
+    set_text(page, "f-training-max_steps", 80)
+    set_number(page, "f-training-eval_interval", 20)
     set_number(page, "f-training-log_interval", 2)
     set_number(page, "f-training-max_length", 96)
     page.locator("#section-generation").get_by_text("Generation", exact=True).click()  # a closed accordion
@@ -209,13 +215,15 @@ def test_the_lab_end_to_end(app_url, page):
     # 4. Train returns at once; the chart gains points while the run is going.
     page.locator("#train").click()
     wait_for(lambda: re.search(r"\*?\*?(queued|running)", status(page)), 10, "the run to be queued")
-    wait_for(lambda: "running" in status(page) and loss_points(page) > 0, RUN_TIMEOUT_S, "first loss points")
+    wait_for(lambda: "running" in status(page) and loss_points(page) > 0, RUN_TIMEOUT_S, "first loss points",
+             page=page)
     first = loss_points(page)
     shot(page, "04-training")
-    wait_for(lambda: loss_points(page) > first, RUN_TIMEOUT_S, "more loss points while training")
+    wait_for(lambda: loss_points(page) > first, RUN_TIMEOUT_S, "more loss points while training",
+             page=page)
 
     # 5. When it ends: the comparison table and the output grid are filled.
-    wait_for(lambda: "done" in status(page), RUN_TIMEOUT_S, "the run to finish")
+    wait_for(lambda: "done" in status(page), RUN_TIMEOUT_S, "the run to finish", page=page)
     comparison = wait_for(lambda: len(table(page, "comparison")) == 2 and table(page, "comparison"), 15,
                           "the comparison table")
     by_variant = {row[0]: row for row in comparison}
@@ -251,7 +259,7 @@ def test_the_lab_end_to_end(app_url, page):
     wait_for(lambda: page.locator("#run-select input").input_value() != first_run, 10,
              "the second run to be selected")
     second_run = page.locator("#run-select input").input_value()
-    wait_for(lambda: "running" in status(page), RUN_TIMEOUT_S, "the second run to start")
+    wait_for(lambda: "running" in status(page), RUN_TIMEOUT_S, "the second run to start", page=page)
     page.locator("#stop").click()
     wait_for(lambda: "cancelled" in status(page), 60, "the second run to be cancelled")
     shot(page, "07-cancelled")

@@ -53,6 +53,13 @@ def test_form_round_trip_and_coercion():
     assert spec_from_form(spec.to_form()).to_dict() == spec.to_dict()
 
 
+def test_a_preset_keeps_its_description_through_the_form():
+    preset = ExperimentSpec.load(next(p for p in PRESETS if p.stem == "offline-tiny"))
+    assert preset.description  # presets say what they do and how to run them
+    # Load a preset on the page, save it back: the description is a form field, not lost.
+    assert spec_from_form(preset.to_form()).description == preset.description
+
+
 def test_form_fields_cover_every_form_key_with_help():
     fields = {f["key"]: f for f in form_fields()}
     assert set(fields) == set(ExperimentSpec().to_form())
