@@ -108,29 +108,20 @@ def cmd_generate(args) -> int:
 
 
 def inspect_rows(spec: ExperimentSpec) -> list[dict]:
-    """Per variant: the filled prefix sizes and parameter counts, from the model config only."""
-    import dataclasses
+    """Per variant: the filled prefix sizes and parameter counts, from the model config only (the
+    page's accounting, compare.variant_accounting)."""
+    from prefixlab.compare import filled_prefix, variant_accounting
 
-    from prefixlab.config import infer_sizes
-    from prefixlab.encoder import prefix_parameter_counts
-    from prefixlab.zoo import count_base_parameters, load_model_config, task_type_of_config
-
-    model_config = load_model_config(spec.model.name)
-    base = count_base_parameters(spec.model.name)
     rows = []
     for v in spec.variants:
-        prefix = v.prefix
-        if prefix.task_type is None:
-            prefix = dataclasses.replace(prefix, task_type=task_type_of_config(model_config))
-        filled = infer_sizes(prefix, model_config)
-        counts = prefix_parameter_counts(filled)
+        filled = filled_prefix(spec.model.name, v.prefix)
+        counts = variant_accounting(spec.model.name, v.prefix)
         rows.append({"variant": v.name, "num_virtual_tokens": filled.num_virtual_tokens,
                      "num_layers": filled.num_layers, "token_dim": filled.token_dim,
                      "encoder_hidden_size": filled.encoder_hidden_size,
                      "prefix_projection": filled.prefix_projection, "trainable": counts["trainable"],
-                     "stored": counts["stored"], "base": base,
-                     "trainable_percent": 100 * counts["trainable"] / (base + counts["trainable"]),
-                     "formula": counts["formula"]})
+                     "stored": counts["stored"], "base": counts["total"] - counts["trainable"],
+                     "trainable_percent": counts["trainable %"], "formula": counts["formula"]})
     return rows
 
 

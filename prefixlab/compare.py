@@ -48,6 +48,11 @@ def with_task_type(prefix, model_name: str):
     return dataclasses.replace(prefix, task_type=task_type_for(model_name))
 
 
+def filled_prefix(model_name: str, prefix):
+    """`prefix` with task_type and the sizes inferred from the model's config (no weights loaded)."""
+    return infer_sizes(with_task_type(prefix, model_name), _model_config(model_name))
+
+
 def variant_accounting(model_name: str, prefix) -> dict:
     """Exact parameter counts of one variant, without loading weights.
 
@@ -55,8 +60,7 @@ def variant_accounting(model_name: str, prefix) -> dict:
     total = frozen base + trainable prefix parameters (the projection MLP, when on, trains but is
     not stored: the adapter keeps only the projected prefix, as PEFT does).
     """
-    filled = infer_sizes(with_task_type(prefix, model_name), _model_config(model_name))
-    counts = prefix_parameter_counts(filled)
+    counts = prefix_parameter_counts(filled_prefix(model_name, prefix))
     total = _base_parameters(model_name) + counts["trainable"]
     return {
         "trainable": counts["trainable"],
