@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from prefixlab.bench import BenchArgs, _sync
+from prefixlab.train import release_gpu_memory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 OFFLINE_PRESET = REPO_ROOT / "presets" / "offline-tiny.json"
@@ -88,11 +88,8 @@ def autocast_dtype(device: str) -> torch.dtype:
     return torch.bfloat16
 
 
-def release_memory() -> None:
-    """Drop what the previous section left, so the next section's peak memory is its own."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+# Between sections: drop what the previous one left, so the next one's peak memory is its own.
+release_memory = release_gpu_memory
 
 
 def device_used_bytes(device: str) -> Optional[int]:
