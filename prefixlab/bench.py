@@ -145,6 +145,8 @@ def peft_step(base, args: BenchArgs, projection: bool, batch: dict) -> Callable[
 def floor_step(base, args: BenchArgs, batch: dict) -> Callable[[], None]:
     """The frozen model with a prefix that is already key/values: per layer two leaf tensors
     (batch, heads, n, head_dim), handed over in a fresh DynamicCache each step."""
+    from prefixlab.model import cache_kwarg_name
+
     device = args.resolved_device()
     shape = (args.batch_size, args.n_head, args.num_virtual_tokens, args.n_embd // args.n_head)
     leaves = [torch.randn(shape, device=device, requires_grad=True) for _ in range(2 * args.n_layer)]
@@ -152,10 +154,11 @@ def floor_step(base, args: BenchArgs, batch: dict) -> Callable[[], None]:
         param.requires_grad_(False)
     mask = torch.cat([batch["attention_mask"].new_ones(args.batch_size, args.num_virtual_tokens),
                       batch["attention_mask"]], dim=1)
+    cache_kwarg = cache_kwarg_name(base)  # `cache` from transformers 5.24, `past_key_values` before
 
     def forward(input_ids, attention_mask, labels):
         cache = DynamicCache([(leaves[2 * i], leaves[2 * i + 1]) for i in range(args.n_layer)])
-        return base(input_ids=input_ids, attention_mask=mask, labels=labels, cache=cache)
+        return base(input_ids=input_ids, attention_mask=mask, labels=labels, **{cache_kwarg: cache})
 
     return _training_step(forward, leaves, batch)
 

@@ -80,7 +80,7 @@ def build_prefix_cache(kv: torch.Tensor, batch_size: int, config: PrefixTuningCo
 
 
 def cache_kwarg_name(model: nn.Module) -> str:
-    """transformers 5.x renamed forward's `past_key_values` to `cache`; use whichever exists."""
+    """transformers 5.24 renamed forward's `past_key_values` to `cache`; use whichever exists."""
     params = inspect.signature(model.forward).parameters
     if "cache" in params:
         return "cache"

@@ -18,7 +18,8 @@ from prefixlab.tiny import tiny_model
 def _kv_of(model, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer (key, value), each (1, kv_heads, len(tokens), head_dim), from the model's own cache."""
     with torch.no_grad():
-        cache = model(input_ids=tokens, use_cache=True).cache
+        out = model(input_ids=tokens, use_cache=True)
+    cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5.24
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 

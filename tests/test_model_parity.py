@@ -1,10 +1,11 @@
 """PrefixTuningModel against PEFT (the reference) and against first principles for generate.
 
-PEFT 0.21.2's forward is correct on transformers 5.24 and is compared directly. Its generate is not:
-it passes the prefix as `past_key_values` while transformers' generate passes `cache`, and the
-model's deprecation shim keeps `cache` and drops the prefix (see test_upstream_peft_generate_...).
-So our generate is checked against greedy decoding by full re-computation with PEFT's forward
-(and with ours), and beam-search scores against log-probabilities from our forward.
+PEFT 0.21.2's forward is correct on every transformers 5.x and is compared directly. Its generate is
+not on transformers 5.24, which renamed forward's `past_key_values` to `cache`: PEFT passes the prefix
+as `past_key_values`, generate passes `cache`, and the model's deprecation shim keeps `cache` and drops
+the prefix (see test_upstream_peft_generate_...). So our generate is checked against greedy decoding
+by full re-computation with PEFT's forward (and with ours), and beam-search scores against
+log-probabilities from our forward.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from core_helpers import (
 )
 from prefixlab import PrefixTuningConfig, PrefixTuningModel, get_peft_model
 from prefixlab.encoder import PrefixEncoder
+from prefixlab.model import cache_kwarg_name
 from prefixlab.tiny import EOS_ID, tiny_model
 
 PARAMS = [(arch, projection) for arch in ARCHS for projection in (False, True)]
@@ -68,13 +70,15 @@ def test_greedy_generation_equals_decoding_with_peft_forward(arch, projection):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_upstream_peft_generate_drops_the_prefix(arch):
+def test_upstream_peft_generate_drops_the_prefix_where_forward_takes_cache(arch):
     """PEFT 0.21.2 + transformers 5.24: PEFT's prepare_inputs_for_generation sets `past_key_values`,
     generate already passes `cache`, and `deprecate_kwarg` keeps `cache` and discards the prefix with
     the warning "Both `past_key_values` and `cache` are set ... ignoring deprecated `past_key_values`".
     PEFT still shifts position_ids by num_virtual_tokens, so decoder-only models generate what the
     base model generates with positions offset by the prefix length and no prefix at all. When
-    upstream fixes this, this test fails: then compare our generate with `ref.generate` directly."""
+    upstream fixes this, this test fails: then compare our generate with `ref.generate` directly.
+    On transformers before 5.24 (forward takes `past_key_values`) PEFT's generate keeps the prefix,
+    and there it must generate exactly what ours does."""
     ours, ref = peft_pair(arch, False)
     randomize_prefix(ours, std=4.0)  # a strong prefix, so that dropping it changes the greedy tokens
     copy_prefix(ours, ref)
@@ -84,6 +88,10 @@ def test_upstream_peft_generate_drops_the_prefix(arch):
         warnings.simplefilter("always")
         peft_generated = ref.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                                       max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    ours_generated = ours.generate(input_ids=prompt, max_new_tokens=steps, min_new_tokens=steps)
+    if cache_kwarg_name(ours.base_model) == "past_key_values":
+        assert torch.equal(peft_generated, ours_generated)
+        return
     assert any("Both `past_key_values` and `cache` are set" in str(w.message) for w in caught)
     base = tiny_model(arch)
     if is_seq2seq(arch):
@@ -94,7 +102,7 @@ def test_upstream_peft_generate_drops_the_prefix(arch):
             return base(input_ids=input_ids, position_ids=positions)
         no_prefix = manual_greedy(shifted, prompt, steps)
     assert torch.equal(peft_generated, no_prefix)  # the bug: the prefix had no effect
-    assert not torch.equal(ours.generate(input_ids=prompt, max_new_tokens=steps, min_new_tokens=steps), no_prefix)
+    assert not torch.equal(ours_generated, no_prefix)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -227,8 +235,9 @@ def test_position_ids_are_shifted_by_the_prefix_like_peft():
 
 def test_generate_rejects_a_cache_argument():
     model = get_peft_model(tiny_model("gpt2"), ours_config("gpt2", False))
-    with pytest.raises(ValueError, match="the prefix is the cache"):
-        model.generate(input_ids=torch.tensor([[5, 6]]), cache=object(), max_new_tokens=2)
+    name = cache_kwarg_name(model.base_model)  # `cache` from transformers 5.24, `past_key_values` before
+    with pytest.raises(ValueError, match=f"do not pass {name}= to generate: the prefix is the cache"):
+        model.generate(input_ids=torch.tensor([[5, 6]]), max_new_tokens=2, **{name: object()})
 
 
 def test_wrapper_forwards_base_attributes():
