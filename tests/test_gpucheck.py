@@ -376,3 +376,19 @@ def test_run_dir_checks_fail_on_a_half_precision_adapter_and_a_rising_loss(e2e_r
     assert "projection: adapter saved as bfloat16, expected float32 (PEFT's format)" in result["problems"]
     assert any(p.startswith("no_projection: training loss did not fall") for p in result["problems"])
     assert gpucheck.check_run_dir(run_dir, "cuda")["problems"] == ["trained on 'cpu', expected cuda"]
+
+
+def test_the_prepared_script_reports_versions_and_copies_them_to_out_without_cuda(tmp_path):
+    """.ci/gpucheck, the one command for a GPU machine: without CUDA it stops with gpucheck's status 2
+    (running no tests), having written the versions it saw, and copies what exists to $OUT."""
+    out, batch_out = tmp_path / "results", tmp_path / "OUT"
+    batch_out.mkdir()
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OUT": str(batch_out)}
+    proc = subprocess.run([str(REPO / ".ci" / "gpucheck"), str(out)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    versions = (out / "versions.txt").read_text()
+    assert f"torch {torch.__version__}" in versions and "transformers " in versions and "peft " in versions
+    assert "no CUDA device:" in (out / "gpucheck.log").read_text()
+    assert not (out / "pytest.log").exists()
+    assert sorted(p.name for p in batch_out.iterdir()) == ["gpucheck.log", "versions.txt"]
