@@ -154,23 +154,89 @@ def restore_handlers(previous: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def mixed_precision_for(precision: str) -> str:
-    """accelerate's mixed_precision for a spec precision: auto is bf16 on GPUs that support it,
-    fp16 (with a grad scaler) on older CUDA GPUs, bf16 on Apple MPS where torch supports it there,
-    fp32 on CPU."""
-    cuda, mps = torch.cuda.is_available(), _mps_available()
-    if precision == "auto":
-        if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if mps:
-            from accelerate.utils import is_bf16_available
+# Oldest torch that accelerate accepts for each mixed precision on Apple MPS (bf16 autocast; fp16
+# needs its GradScaler, which accelerate allows on MPS from torch 2.8).
+MPS_BF16_MIN_TORCH = (2, 6)
+MPS_FP16_MIN_TORCH = (2, 8)
 
-            return "bf16" if is_bf16_available() else "no"
+
+def select_mixed_precision(precision: str, device_type: str, bf16_native: bool,
+                           torch_version: tuple[int, int]) -> str:
+    """accelerate's mixed_precision ("bf16", "fp16" or "no") for a spec precision on a device; pure.
+
+    device_type: "cuda", "mps" or "cpu", the device accelerate will train on. bf16_native: the
+    device computes bfloat16 natively (CUDA compute capability 8.0+, MPS on macOS 14+; CPUs do).
+    auto: bf16 where native, else fp16 with a gradient scaler on a GPU, fp32 ("no") on CPU. An
+    explicit choice the device cannot do raises ValueError naming training.precision and the fix.
+    """
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"training.precision: must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if precision == "fp32":
         return "no"
-    if precision == "fp16" and not (cuda or mps):
+    if device_type == "cuda":
+        if precision == "bf16" and not bf16_native:
+            raise ValueError("training.precision: bf16 needs a GPU with native bfloat16 (compute capability 8.0 or "
+                             "newer: A100, RTX 30xx, H100, ...) and this one has none; use auto (fp16 with a "
+                             "gradient scaler) or fp32")
+        return "fp16" if precision == "fp16" or not bf16_native else "bf16"
+    if device_type == "mps":
+        bf16_ok = bf16_native and torch_version >= MPS_BF16_MIN_TORCH
+        fp16_ok = torch_version >= MPS_FP16_MIN_TORCH
+        if precision == "auto":
+            return "bf16" if bf16_ok else "fp16" if fp16_ok else "no"
+        if precision == "bf16" and not bf16_ok:
+            raise ValueError("training.precision: bf16 on Apple MPS needs macOS 14 or newer and torch "
+                             f"{'.'.join(map(str, MPS_BF16_MIN_TORCH))} or newer; use auto or fp32")
+        if precision == "fp16" and not fp16_ok:
+            raise ValueError("training.precision: fp16 on Apple MPS needs torch "
+                             f"{'.'.join(map(str, MPS_FP16_MIN_TORCH))} or newer (for its gradient scaler); "
+                             "use auto or fp32")
+        return precision
+    if precision == "fp16":
         raise ValueError("training.precision: fp16 needs a CUDA or Apple MPS GPU and none is available; "
                          "use auto or fp32 (bf16 also works on CPU)")
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return "bf16" if precision == "bf16" else "no"
+
+
+def training_device_type() -> str:
+    """The device type accelerate trains on: CUDA, else Apple MPS, else CPU (ACCELERATE_USE_CPU forces CPU)."""
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if _mps_available() else "cpu"
+
+
+def _cuda_bf16_native() -> bool:
+    """Compute capability 8.0+ (or ROCm). torch.cuda.is_bf16_supported() alone also says True on
+    older GPUs that only emulate bf16 (T4, V100), where fp16 is the fast half precision."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch without the argument
+        return torch.cuda.is_bf16_supported()
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def mixed_precision_for(precision: str) -> str:
+    """accelerate's mixed_precision for a spec precision on this machine: auto is bf16 on GPUs
+    with native bf16, fp16 (with a gradient scaler) on other CUDA GPUs, the same on Apple MPS where
+    this torch supports it, fp32 on CPU. See select_mixed_precision."""
+    device_type = training_device_type()
+    if device_type == "cuda":
+        bf16_native = _cuda_bf16_native()
+    elif device_type == "mps":
+        from accelerate.utils import is_bf16_available
+
+        bf16_native = is_bf16_available()  # macOS 14 or newer
+    else:
+        bf16_native = True
+    return select_mixed_precision(precision, device_type, bf16_native, _torch_version())
 
 
 def _mps_available() -> bool:
@@ -179,11 +245,18 @@ def _mps_available() -> bool:
 
 def make_accelerator(training: TrainingSpec):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    mixed_precision = mixed_precision_for(training.precision)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one process-wide state and refuses a second Accelerator with another
+        # precision; a worker process runs one job, but tests, benchmarks and notebooks run several.
+        AcceleratorState._reset_state()
     # Under DDP, the variant that is not active in a forward leaves its prefix without gradient.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(mixed_precision=mixed_precision_for(training.precision),
+    return Accelerator(mixed_precision=mixed_precision,
                        gradient_accumulation_steps=training.gradient_accumulation_steps,
                        kwargs_handlers=[ddp])
 
@@ -231,6 +304,8 @@ class VariantState:
     last_eval_loss: float | None = None
     total_tokens: int = 0
     total_seconds: float = 0.0
+    scaler: object = None  # fp16: this variant's own GradScaler (see Job._own_loss_scales)
+    skipped_steps: int = 0  # fp16: optimizer steps the scaler skipped for inf/NaN gradients
 
     def record(self, loss: float, tokens: int, seconds: float) -> None:
         self.losses.append(loss)
@@ -293,10 +368,26 @@ class Job:
         self.variants = [VariantState(name, opt, sched) for name, opt, sched
                          in zip(self.spec.variant_names, prepared[3:3 + n], prepared[3 + n:])]
         self.peft = self.accelerator.unwrap_model(self.model)
+        self._own_loss_scales()
         if self.status:
             self.status.update(total_steps=self.total_steps)
         self.say(f"{n} variant(s) {self.spec.variant_names}, {self.total_steps} steps, "
                  f"{len(self.train_loader)} batches per epoch")
+
+    def _own_loss_scales(self) -> None:
+        """fp16: give every variant its own GradScaler. accelerate keeps one for the run and updates
+        it after each optimizer's step, so with two variants the first one's update (a halving after
+        an overflow, a doubling after growth_interval good steps) would change the scale between the
+        second one's backward passes of the same accumulation window, and its gradients would be
+        unscaled by the wrong factor; one variant's overflow would also shrink the other's scale."""
+        import copy
+
+        shared = self.accelerator.scaler
+        if shared is None:  # bf16 and fp32 need no loss scaling
+            return
+        for v in self.variants:
+            v.scaler = copy.deepcopy(shared)  # same kind and settings, fresh state
+            v.optimizer.scaler = v.scaler  # the prepared optimizer's step() unscales, steps and updates it
 
     def _build_model(self):
         """The frozen base with every variant's prefix; prefixes initialise from the seed in variant
@@ -376,6 +467,10 @@ class Job:
                     break
         if self.stop.is_set():
             self.say(f"stop requested: finishing at step {self.step}")
+        for v in self.variants:
+            if v.skipped_steps:
+                self.say(f"variant {v.name}: the fp16 loss scaler skipped {v.skipped_steps} of {self.step} "
+                         "optimizer steps (inf/NaN gradients)")
 
     def _stop_requested(self) -> bool:
         """The stop flag, agreed by all processes under `accelerate launch` (one rank may get the
@@ -391,15 +486,24 @@ class Job:
         start = time.perf_counter()
         self.peft.set_adapter(variant.name)
         loss = self.model(**batch).loss
+        if variant.scaler is not None:
+            self.accelerator.scaler = variant.scaler  # accelerator.backward scales the loss with it
+        self.accelerator.backward(loss)
+        variant.optimizer.step()  # fp16: unscales first, skips the step on inf/NaN gradients
+        variant.scheduler.step()  # accelerate does not advance the schedule past a skipped step
+        variant.optimizer.zero_grad(set_to_none=True)
+        # One host sync per variant and batch, after its optimizer step: on a GPU, loss.item() waits
+        # for all the work queued before it (backward and step included), so the time recorded
+        # below is this variant's own and not partly the next one's.
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingDiverged(
                 f"variant {variant.name}: loss is {value} at step {self.step + 1}; lower "
                 f"training.learning_rate (now {self.spec.training.learning_rate}) or use precision fp32")
-        self.accelerator.backward(loss)
-        variant.optimizer.step()
-        variant.scheduler.step()
-        variant.optimizer.zero_grad(set_to_none=True)
+        if variant.scaler is not None and self.accelerator.sync_gradients and variant.optimizer.step_was_skipped:
+            variant.skipped_steps += 1
+            self.say(f"variant {variant.name}: fp16 gradients overflowed at step {self.step + 1}; step skipped, "
+                     f"loss scale now {variant.scaler.get_scale():g}")
         variant.record(value, int(batch["attention_mask"].sum()), time.perf_counter() - start)
 
     def _after_step(self, epoch: float) -> None:
