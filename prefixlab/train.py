@@ -209,7 +209,7 @@ def training_device_type() -> str:
     return "mps" if _mps_available() else "cpu"
 
 
-def _cuda_bf16_native() -> bool:
+def cuda_bf16_native() -> bool:
     """Compute capability 8.0+ (or ROCm). torch.cuda.is_bf16_supported() alone also says True on
     older GPUs that only emulate bf16 (T4, V100), where fp16 is the fast half precision."""
     try:
@@ -229,7 +229,7 @@ def mixed_precision_for(precision: str) -> str:
     this torch supports it, fp32 on CPU. See select_mixed_precision."""
     device_type = training_device_type()
     if device_type == "cuda":
-        bf16_native = _cuda_bf16_native()
+        bf16_native = cuda_bf16_native()
     elif device_type == "mps":
         from accelerate.utils import is_bf16_available
 
