@@ -78,7 +78,10 @@ def wire(demo: gr.Blocks, lab: Lab, c: dict) -> None:
                    c["runs"], c["run"], c["overlay"], c["seen"]]
     run_inputs = [c["run"], c["overlay"], c["smoothing"], c["log_scale"], c["seen"]]
 
-    c["preset"].change(lab.load_preset, c["preset"], form_outputs)
+    # .select (the user picked a preset), not .change: Save as preset selects the saved name, and
+    # reloading the form from it would wipe the "Saved preset" message. Not .input either: that also
+    # fires when the open dropdown loses focus, and would reset the form to the shown preset.
+    c["preset"].select(lab.load_preset, c["preset"], form_outputs)
     gr.on([comp.change for comp in form_inputs], lab.form_changed, form_inputs,
           [c["accounting"], c["errors"], fields["prefix.encoder_hidden_size"]], trigger_mode="always_last",
           concurrency_id="form", concurrency_limit=4, show_progress="hidden")

@@ -124,7 +124,9 @@ class Lab:
         try:
             columns = peek_columns(str(target))
         except ValueError as err:
-            return str(target), gr.skip(), gr.skip(), values.errors_markdown({"data.source": str(err)})
+            # data.source keeps its value: setting it would fire the form's change event, whose
+            # (file-blind) check then replaces this message with "" before anyone can read it.
+            return gr.skip(), gr.skip(), gr.skip(), values.errors_markdown({"data.source": str(err)})
         pick = lambda wanted, i: wanted if wanted in columns else columns[min(i, len(columns) - 1)]  # noqa: E731
         return (str(target), gr.update(choices=columns, value=pick("source", 0)),
                 gr.update(choices=columns, value=pick("target", 1)), "")
