@@ -3,10 +3,15 @@
 One test walks the issue's stages in order (each needs the previous one's state) and saves a
 screenshot of each to test-artifacts/browser/. Set PREFIXLAB_UPDATE_SCREENSHOT=1 to also copy the
 finished page to docs/screenshot.png (the README's picture).
+
+Downloads (adapter zips, the spec JSON) go through the browser (`page.expect_download`) and are
+checked here: the zips load in PEFT with prefixlab's logits, the spec loads as an ExperimentSpec.
+The app writes saved presets into a temporary copy of presets/*.json, never into the repository.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,11 +19,18 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
+import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
+import peft
 import pytest
+import torch
 
-from prefixlab.tiny import tiny_config
+from prefixlab import PrefixTuningModel
+from prefixlab.experiment import ExperimentSpec
+from prefixlab.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.browser
 
@@ -27,6 +39,7 @@ ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update"]
 RUN_TIMEOUT_S = 150  # offline-tiny trains 60 steps of a tiny model: well under a minute on 2 cores
+REPO_PRESET_FILES = sorted(p.name for p in (REPO / "presets").glob("*.json"))
 
 
 def _free_port() -> int:
@@ -36,14 +49,25 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def lab_dirs(tmp_path_factory):
+    """The app's runs directory (empty) and presets directory (a copy of presets/*.json: the
+    models and data stay in the repository, found by name), so Save as preset writes there."""
+    presets = tmp_path_factory.mktemp("presets")
+    for name in REPO_PRESET_FILES:
+        shutil.copyfile(REPO / "presets" / name, presets / name)
+    return SimpleNamespace(runs=tmp_path_factory.mktemp("runs"), presets=presets)
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, lab_dirs):
     """`python app.py` on a free localhost port with an empty runs directory."""
-    runs = tmp_path_factory.mktemp("runs")
+    runs = lab_dirs.runs
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path_factory.mktemp("app") / "app.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs)],
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs),
+                             "--presets-dir", str(lab_dirs.presets)],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while "running at" not in log_path.read_text():
@@ -156,10 +180,40 @@ def accounting(page) -> dict[str, list[str]]:
     return {row[0]: row for row in table(page, "accounting")}
 
 
+def form_errors(page) -> str:
+    return page.locator("#form-errors").inner_text()
+
+
+def dropdown_options(page, elem_id: str) -> list[str]:
+    """The options a Gradio dropdown offers (opened, read, closed again)."""
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    page.get_by_role("option").first.wait_for()
+    options = [o.strip().lstrip("✓").strip() for o in page.get_by_role("option").all_inner_texts()]
+    box.blur()
+    wait_for(lambda: page.get_by_role("option").count() == 0, 10, f"the {elem_id} list to close")
+    return options
+
+
+def download(page, link_selector: str, folder: Path) -> Path:
+    """Click a gr.File's download link in the browser and save what the browser received."""
+    with page.expect_download() as event:
+        page.locator(link_selector).click()
+    target = folder / event.value.suggested_filename
+    event.value.save_as(target)
+    return target
+
+
+def logits_of(model, text: str = "name[Aromi] | food[Thai] => ") -> torch.Tensor:
+    ids = tiny_tokenizer()(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        return model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
+
+
 # --- the stages ------------------------------------------------------------------------------------
 
 
-def test_the_lab_end_to_end(app_url, page):
+def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
     # 1. The page loads on the offline preset, with its parameter table already computed.
     started = time.time()
     page.goto(app_url)
@@ -254,7 +308,85 @@ def test_the_lab_end_to_end(app_url, page):
                         clip={"x": 0, "y": 0, "width": 1500, "height": 2250})
     shot(page, "06-generated")
 
-    # 7. A second run, stopped while it trains, ends cancelled.
+    # 7. Each variant's adapter downloads as a zip of its PEFT folder: the browser's file loads in
+    # PEFT on the same tiny base (offline tiny-gpt2 = tiny_model("gpt2"), seed 0) with prefixlab's logits.
+    base_logits = logits_of(tiny_model("gpt2"))
+    downloaded_logits = {}
+    for variant in ("no_projection", "projection"):
+        choose(page, "adapter-select", variant)
+        page.locator("#zip-adapter").click()
+        link = f"#adapter-file a[download='{first_run}-{variant}.zip']"
+        wait_for(lambda: page.locator(link).count() == 1, 30, f"the {variant} adapter zip link")
+        zipped = download(page, link, tmp_path)
+        folder = tmp_path / f"adapter-{variant}"
+        with zipfile.ZipFile(zipped) as archive:
+            assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+            archive.extractall(folder)
+        saved = lab_dirs.runs / first_run / "adapters" / variant
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            assert (folder / name).read_bytes() == (saved / name).read_bytes(), name
+        config = json.loads((folder / "adapter_config.json").read_text())
+        assert config["peft_type"] == "PREFIX_TUNING" and config["num_virtual_tokens"] == 5
+        assert config["prefix_projection"] == (variant == "projection")
+        ours = PrefixTuningModel.from_pretrained(tiny_model("gpt2"), str(folder)).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = peft.PeftModel.from_pretrained(tiny_model("gpt2"), str(folder)).eval()
+        expected = logits_of(ours)
+        torch.testing.assert_close(logits_of(theirs), expected, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(expected, base_logits, atol=1e-3), f"{variant}: the prefix changes nothing"
+        downloaded_logits[variant] = expected
+    assert not torch.allclose(downloaded_logits["no_projection"], downloaded_logits["projection"], atol=1e-3)
+    shot(page, "07-adapters-downloaded")
+
+    # 8. Save / export: the spec JSON the browser downloads is the form as set above; the command
+    # names the CLI; Save as preset writes presets/<slug>.json and the Preset dropdown offers it.
+    page.locator("#section-export").get_by_text("Save / export", exact=True).click()  # a closed accordion
+    page.locator("#export-spec").click()
+    wait_for(lambda: page.locator("#spec-file a[download='offline-tiny.json']").count() == 1, 20,
+             "the exported spec's download link")
+    exported_path = download(page, "#spec-file a[download='offline-tiny.json']", tmp_path)
+    exported = json.loads(exported_path.read_text())
+    spec = ExperimentSpec.load(exported_path)
+    assert exported["name"] == spec.name == "offline-tiny"
+    assert (spec.training.max_steps, spec.training.eval_interval, spec.training.log_interval,
+            spec.training.max_length, spec.generation.max_new_tokens) == (80, 20, 2, 96, 12)
+    assert spec.variant_names == ["no_projection", "projection"]
+    assert [v.prefix.num_virtual_tokens for v in spec.variants] == [5, 5]
+    assert spec.model.name == "tiny-gpt2" and spec.data.source == "e2e-synth"
+    command = wait_for(lambda: page.locator("#cli-command .cm-content").inner_text().strip(), 10, "the command")
+    assert command == "python -m prefixlab train offline-tiny.json"
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app_url.rstrip("/"))
+    page.locator("#cli-command button[aria-label=Copy]").click()
+    wait_for(lambda: page.evaluate("navigator.clipboard.readText()") == command, 10, "the command on the clipboard")
+
+    assert "browser-recipe" not in dropdown_options(page, "preset")
+    set_text(page, "preset-name", "Browser recipe")
+    page.locator("#save-preset").click()
+    wait_for(lambda: "Saved preset browser-recipe." in form_errors(page), 20, "the saved-preset message")
+    saved_preset = lab_dirs.presets / "browser-recipe.json"
+    assert ExperimentSpec.load(saved_preset).to_dict() == spec.to_dict()
+    assert page.locator("#preset input").input_value() == "browser-recipe"
+    assert page.locator("#spec-file a[download='browser-recipe.json']").count() == 1
+    saved_command = page.locator("#cli-command .cm-content").inner_text().strip()
+    assert saved_command.startswith("python -m prefixlab train ") and saved_command.endswith("/browser-recipe.json")
+    time.sleep(1.5)  # the confirmation stays (the form is not reloaded over it)
+    assert "Saved preset browser-recipe." in form_errors(page)
+    presets_now = sorted(p.name for p in lab_dirs.presets.glob("*.json"))
+    assert presets_now == sorted(REPO_PRESET_FILES + ["browser-recipe.json"])
+    assert not (REPO / "presets" / "browser-recipe.json").exists()
+    assert "browser-recipe" in dropdown_options(page, "preset")
+    # Picking it fills the form: offline-tiny's 40 steps first, then the saved preset's 80 again.
+    choose(page, "preset", "offline-tiny")
+    wait_for(lambda: page.locator("#f-training-max_steps textarea").input_value() == "40", 10, "offline-tiny's steps")
+    choose(page, "preset", "browser-recipe")
+    wait_for(lambda: page.locator("#f-training-max_steps textarea").input_value() == "80", 10, "the saved 80 steps")
+    wait_for(lambda: page.locator("#f-prefix-num_virtual_tokens input").input_value() == "5", 10,
+             "the saved prefix length")
+    wait_for(lambda: form_errors(page) == "", 10, "no form messages")
+    shot(page, "08-exported-and-saved")
+
+    # 9. A second run, stopped while it trains, ends cancelled.
     page.locator("#train").click()
     wait_for(lambda: page.locator("#run-select input").input_value() != first_run, 10,
              "the second run to be selected")
@@ -262,9 +394,9 @@ def test_the_lab_end_to_end(app_url, page):
     wait_for(lambda: "running" in status(page), RUN_TIMEOUT_S, "the second run to start", page=page)
     page.locator("#stop").click()
     wait_for(lambda: "cancelled" in status(page), 60, "the second run to be cancelled")
-    shot(page, "07-cancelled")
+    shot(page, "09-cancelled")
 
-    # 8. A reload finds both runs, from the run directory.
+    # 10. A reload finds both runs, from the run directory.
     page.reload()
     runs = wait_for(lambda: len(table(page, "runs")) >= 2 and table(page, "runs"), 20, "the runs table")
     states = {row[0]: row[3] for row in runs}
@@ -274,4 +406,56 @@ def test_the_lab_end_to_end(app_url, page):
     # The finished run overlaid on the chart adds its points.
     choose(page, "overlay-select", first_run)
     wait_for(lambda: loss_points(page) > own, 15, "the overlaid run's points")
-    shot(page, "08-reloaded-overlay")
+    shot(page, "10-reloaded-overlay")
+
+    # 11. An uploaded task file: a line that is not JSON is named (file and line) above the form, no
+    # traceback, and the task stays what it was.
+    bad = tmp_path / "bad-task.jsonl"
+    bad.write_text('{"table": "name[A]", "text": "A."}\n{"table": "name[B]", "text": "B."}\nnot json at all\n')
+    page.locator("#upload-task input[type=file]").set_input_files(str(bad))
+    message = wait_for(lambda: "bad-task.jsonl" in form_errors(page) and form_errors(page), 20,
+                       "the bad file's message")
+    assert "data.source" in message and "bad-task.jsonl, line 3: bad JSON" in message
+    assert "Traceback" not in message and page.locator(".toast-body").count() == 0
+    time.sleep(1.5)  # it stays: nothing the upload changed clears it
+    assert "bad-task.jsonl, line 3" in form_errors(page)
+    assert page.locator("#f-data-source input").input_value() == "e2e-synth"
+    shot(page, "11-upload-bad-line")
+
+    # 12. A good JSONL (columns id, table, text): its columns become the pickers' choices, picking
+    # table -> text leaves the form without messages, and a short run trains on exactly those columns.
+    rows = [{"id": i, "table": f"name[Upload {i}] | area[riverside]", "text": f"Upload {i} is by the river."}
+            for i in range(40)]
+    good = tmp_path / "my-task.jsonl"
+    good.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    page.locator("#upload-task button[aria-label=Clear]").click()
+    page.locator("#upload-task input[type=file]").set_input_files(str(good))
+    wait_for(lambda: page.locator("#f-data-source input").input_value().endswith("my-task.jsonl"), 20,
+             "data.source to be the uploaded file")
+    assert page.locator("#f-data-source input").input_value() == str(lab_dirs.runs / "uploads" / "my-task.jsonl")
+    assert dropdown_options(page, "f-data-source_column") == ["id", "table", "text"]
+    assert dropdown_options(page, "f-data-target_column") == ["id", "table", "text"]
+    choose(page, "f-data-source_column", "table")
+    choose(page, "f-data-target_column", "text")
+    wait_for(lambda: form_errors(page) == "", 10, "no form messages for the uploaded task")
+    wait_for(lambda: set(accounting(page)) == {"no_projection", "projection"}, 10, "the parameter table")
+    # Cheap: one variant, 4 steps, 8 new tokens (the worker's start-up is most of it).
+    choose(page, "f-experiment-variants", "no_projection")
+    set_text(page, "f-training-max_steps", 4)
+    set_number(page, "f-training-eval_interval", 2)
+    set_number(page, "f-training-log_interval", 1)
+    page.locator("#section-generation").get_by_text("Generation", exact=True).click()
+    set_number(page, "f-generation-max_new_tokens", 8)
+    wait_for(lambda: set(accounting(page)) == {"no_projection"} and form_errors(page) == "", 10,
+             "one variant, no messages")
+    page.locator("#train").click()
+    wait_for(lambda: page.locator("#run-select input").input_value() not in (first_run, second_run), 10,
+             "the upload run to be selected")
+    wait_for(lambda: "done" in status(page), RUN_TIMEOUT_S, "the upload run to finish", page=page)
+    one_variant = ["prompt", "reference", "base", "no_projection"]
+    _, grid = wait_for(lambda: html_table(page, "outputs")[0] == one_variant and html_table(page, "outputs"), 15,
+                       "the upload run's output grid")
+    # Prompts and references are held-out rows of the file (every 10th), read from the picked columns.
+    pairs = {(row["table"], row["text"]) for row in rows}
+    assert len(grid) == 3 and all((row[0], row[1]) in pairs for row in grid), grid
+    shot(page, "12-upload-trained")
