@@ -243,17 +243,26 @@ def _mps_available() -> bool:
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
+def stale_accelerate_state(state: dict, mixed_precision: str, device_type: str, world_size: int) -> bool:
+    """Whether accelerate's process-wide state (AcceleratorState._shared_state) must be reset before
+    an Accelerator for this job: accelerate refuses a second Accelerator with another precision or
+    device in one process. A worker process runs one job, but tests, benchmarks and notebooks run
+    several. Never under a launcher (world_size > 1): the process group lives in that state."""
+    if not state or world_size > 1:
+        return False
+    device = state.get("device")
+    return state.get("_mixed_precision") != mixed_precision or (device is not None and device.type != device_type)
+
+
 def make_accelerator(training: TrainingSpec):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
     mixed_precision = mixed_precision_for(training.precision)
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != mixed_precision and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        # accelerate keeps one process-wide state and refuses a second Accelerator with another
-        # precision; a worker process runs one job, but tests, benchmarks and notebooks run several.
-        AcceleratorState._reset_state()
+    if stale_accelerate_state(AcceleratorState._shared_state, mixed_precision, training_device_type(),
+                              int(os.environ.get("WORLD_SIZE", "1"))):
+        AcceleratorState._reset_state(reset_partial_state=True)
     # Under DDP, the variant that is not active in a forward leaves its prefix without gradient.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     return Accelerator(mixed_precision=mixed_precision,

@@ -128,6 +128,15 @@ def test_accelerate_use_cpu_means_cpu(fake_machine, monkeypatch):
     assert train_module.training_device_type() == "cpu" and mixed_precision_for("auto") == "no"
 
 
+def test_stale_accelerate_state():
+    state = {"_mixed_precision": "bf16", "device": torch.device("cuda", 0)}
+    assert not train_module.stale_accelerate_state({}, "bf16", "cuda", 1)  # nothing yet
+    assert not train_module.stale_accelerate_state(state, "bf16", "cuda", 1)
+    assert train_module.stale_accelerate_state(state, "no", "cuda", 1)
+    assert train_module.stale_accelerate_state(state, "bf16", "cpu", 1)
+    assert not train_module.stale_accelerate_state(state, "no", "cpu", 2)  # launched: never reset
+
+
 def test_accelerators_with_different_precisions_in_one_process():
     """accelerate keeps one process-wide state; a second job with another precision must still start."""
     from prefixlab.experiment import TrainingSpec
@@ -354,16 +363,23 @@ def test_worker_with_bf16_base_weights_trains_an_fp32_prefix(tmp_path, monkeypat
         assert saved_dtype(run.adapter_path(name)) == torch.float32
         loaded = PrefixTuningModel.from_pretrained(tiny_model(arch), str(run.adapter_path(name)))
         torch.testing.assert_close(loaded.prompt_encoder["default"].embedding.weight,
-                                   job.peft.prompt_encoder[name].prefix_states().detach().float())
+                                   job.peft.prompt_encoder[name].prefix_states().detach().float().cpu())
 
 
 # ---------------------------------------------------------------------------------------------
 # fp16 loss scaling: accelerate's CUDA GradScaler, played by torch's CPU GradScaler
 
 
+def on_cpu(monkeypatch) -> None:
+    """Train on the CPU even where CUDA exists: exact comparisons need a deterministic device."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+
+
 def with_scaler(monkeypatch, **scaler_kwargs) -> list:
-    """Make the worker's accelerator scale losses as accelerate does for fp16 on CUDA (autocast stays
-    off: the CPU has no fp16 autocast to speak of); returns the list the jobs are appended to."""
+    """Make the worker's accelerator (on the CPU) scale losses as accelerate does for fp16 on CUDA
+    (autocast stays off: the CPU has no fp16 autocast to speak of); returns the list the jobs are
+    appended to."""
+    on_cpu(monkeypatch)
     original = train_module.make_accelerator
     jobs = []
 
@@ -388,12 +404,14 @@ def test_each_variant_has_its_own_loss_scale_so_accumulated_gradients_are_exact(
     the first variant steps (here: doubles after every good step), between the second variant's
     accumulated backward passes, and its gradients come out wrong."""
     spec = dict(max_steps=4, eval_interval=4, gradient_accumulation_steps=2, log_interval=1)
+    on_cpu(monkeypatch)
     plain = start(tmp_path, tiny_spec(**spec), "plain")
     assert run_worker(plain.path, progress=False) == DONE
     jobs = with_scaler(monkeypatch, init_scale=2.0**4, growth_interval=1)
     scaled = start(tmp_path, tiny_spec(**spec), "scaled")
     assert run_worker(scaled.path, progress=False) == DONE, scaled.read_status()["error"]
     job = jobs[0]
+    assert job.accelerator.device.type == "cpu" and job.accelerator.mixed_precision == "no"
     scalers = [v.scaler for v in job.variants]
     assert all(s is not None for s in scalers) and scalers[0] is not scalers[1]
     assert [v.optimizer.scaler for v in job.variants] == scalers
@@ -447,6 +465,9 @@ def test_overflowing_steps_are_skipped_and_counted_and_the_run_goes_on(tmp_path,
 
 @pytest.mark.parametrize("outcome", [DONE, FAILED])
 def test_a_finished_worker_leaves_nothing_behind(tmp_path, monkeypatch, outcome):
+    """Run the same job twice in this process: after each, nothing of it is referenced any more,
+    and on CUDA the memory torch holds for tensors is the same after both (the first run may leave
+    process-wide things such as cuBLAS workspaces; a leaked job would add its model every time)."""
     refs = []
     original_train = Job.train
 
@@ -457,11 +478,12 @@ def test_a_finished_worker_leaves_nothing_behind(tmp_path, monkeypatch, outcome)
         return original_train(self)
 
     monkeypatch.setattr(Job, "train", train)
-    cuda = torch.cuda.is_available()
-    before = torch.cuda.memory_allocated() if cuda else None
-    run = start(tmp_path, tiny_spec(max_steps=2, eval_interval=2))
-    assert run_worker(run.path, progress=False) == outcome
-    gc.collect()
-    assert refs and all(ref() is None for ref in refs)
-    if cuda:
-        assert torch.cuda.memory_allocated() == before
+    allocated = []
+    for name in ("first", "second"):
+        run = start(tmp_path, tiny_spec(max_steps=2, eval_interval=2), name)
+        assert run_worker(run.path, progress=False) == outcome
+        gc.collect()
+        assert refs and all(ref() is None for ref in refs)
+        refs.clear()
+        allocated.append(torch.cuda.memory_allocated() if torch.cuda.is_available() else 0)
+    assert allocated[1] == allocated[0]
