@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -78,6 +80,38 @@ def test_train_with_a_model_that_cannot_load_says_so_and_submits_nothing(tmp_pat
     assert lab.queue.list_runs() == []
 
 
+def _rows(count: int) -> list[dict]:
+    return [{"table": f"name[Place {i}] | food[Thai]", "text": f"Place {i} serves Thai food."} for i in range(count)]
+
+
+def test_train_reads_the_whole_task_file_and_names_a_bad_line_far_down(tmp_path):
+    """A file is checked line by line with the chosen columns before anything is queued, so its 35th
+    line is reported beside the form instead of by a failed run."""
+    lab = _lab(tmp_path)
+    initial, override, _, _ = lab.initial_state("offline-tiny")
+    rows = _rows(40)
+    del rows[34]["text"]  # line 35 lacks the target column
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    initial.update({"data.source": str(task), "data.source_column": "table", "data.target_column": "text"})
+    messages, _, _ = lab.train(override, *[initial[f.key] for f in lab.fields])
+    assert "**data.target_column**" in messages and "line 35" in messages and "'text'" in messages
+    assert lab.queue.list_runs() == []
+    rows[34]["text"] = "Place 34 serves Thai food."
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    messages, _, _ = lab.train(override, *[initial[f.key] for f in lab.fields])
+    assert messages == "" and len(lab.queue.list_runs()) == 1
+
+
+def test_upload_reads_every_line_not_only_those_the_pickers_look_at(tmp_path):
+    lab = _lab(tmp_path)
+    upload = tmp_path / "late-error.jsonl"
+    upload.write_text("".join(json.dumps(r) + "\n" for r in _rows(30)) + "{not json}\n")
+    source, _, _, message = lab.upload_task(str(upload))
+    assert source is gr.skip() or source == gr.skip()  # data.source keeps its value
+    assert "**data.source**" in message and "line 31: bad JSON" in message
+
+
 def test_initial_state_is_the_offline_preset_with_model_sizes(tmp_path):
     initial, override, rows, errors = _lab(tmp_path).initial_state("offline-tiny")
     assert errors == "" and not override
@@ -100,7 +134,8 @@ def test_upload_copies_the_file_and_offers_its_columns(tmp_path):
     assert "**data.source**" in message and "unsupported file type '.txt'" in message
 
 
-def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path):
+def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the command names a preset relative to where the app runs
     presets = tmp_path / "presets"
     presets.mkdir()
     (presets / "offline-tiny.json").write_text((REPO_PRESETS / "offline-tiny.json").read_text())
@@ -117,8 +152,16 @@ def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path):
     assert saved == str(presets / "my-recipe.json") and dropdown["value"] == "my-recipe"
     assert dropdown["choices"] == ["my-recipe", "offline-tiny"]
     assert command == "python -m prefixlab train presets/my-recipe.json" and "my-recipe" in message
+    # Like the shipped presets, the file starts with the command that trains it.
+    assert next(iter(json.loads(Path(saved).read_text()))) == "_command"
+    assert json.loads(Path(saved).read_text())["_command"] == command
+    assert json.loads(Path(path).read_text())["_command"] == "python -m prefixlab train offline-tiny.json"
     # A saved preset loads back into the same form values.
     assert lab.preset_values("my-recipe") == lab.preset_values("offline-tiny")
+    # A presets folder outside the current one (app.py --presets-dir) is named by its absolute path.
+    monkeypatch.chdir(REPO_PRESETS)
+    _, saved, command, _ = lab.save_preset("My Recipe", override, *raw)
+    assert command == f"python -m prefixlab train {presets / 'my-recipe.json'}" and Path(saved).is_file()
 
 
 def test_zip_adapter_holds_the_peft_folder(tmp_path):

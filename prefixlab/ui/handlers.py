@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from prefixlab import compare, plots
-from prefixlab.data import peek_columns
+from prefixlab.data import peek_columns, read_records
 from prefixlab.experiment import ExperimentSpec, SpecError
 from prefixlab.runs import JobQueue, RunDir
 from prefixlab.ui import values
@@ -123,6 +123,7 @@ class Lab:
         shutil.copyfile(path, target)
         try:
             columns = peek_columns(str(target))
+            read_records(target)  # every line, so a bad line far down is named now, not by a failed run
         except ValueError as err:
             # data.source keeps its value: setting it would fire the form's change event, whose
             # (file-blind) check then replaces this message with "" before anyone can read it.
@@ -137,7 +138,7 @@ class Lab:
         if spec is None:
             return None, "", values.errors_markdown(errors)
         path = self.exports / f"{values.preset_slug(spec.name)}.json"
-        path.write_text(spec.to_json(), encoding="utf-8")
+        path.write_text(values.spec_file_text(spec, Path(path.name)), encoding="utf-8")
         return str(path), values.cli_command(path.name), ""
 
     def save_preset(self, name: str, override: bool, *raw):
@@ -150,8 +151,8 @@ class Lab:
         if spec is None or errors:
             return gr.skip(), None, "", values.errors_markdown(errors)
         path = self.presets_dir / f"{slug}.json"
-        path.write_text(spec.to_json(), encoding="utf-8")
-        command = values.cli_command(f"presets/{path.name}")
+        command = values.cli_command(path.resolve())
+        path.write_text(values.spec_file_text(spec, path.resolve()), encoding="utf-8")
         return gr.update(choices=self.preset_names(), value=slug), str(path), command, f"Saved preset **{slug}**."
 
     # --- jobs -------------------------------------------------------------------------------------
@@ -163,6 +164,7 @@ class Lab:
             # A model whose config cannot be read, or sizes that do not fit it, would only fail in
             # the worker: say so beside the field instead of queueing a run that cannot start.
             _, errors = values.accounting(spec)
+            errors = errors or values.check_task_data(spec)
         if errors:
             return values.errors_markdown(errors), gr.skip(), gr.skip()
         run_id = self.queue.submit(spec)

@@ -8,11 +8,14 @@ status line and the runs table say -- is testable without a browser.
 from __future__ import annotations
 
 import html
+import json
 import re
 import shlex
 import time
+from pathlib import Path
 
 from prefixlab import compare
+from prefixlab.data import DataError, load_task, resolve_source
 from prefixlab.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
 from prefixlab.experiment import ExperimentSpec, SpecError, spec_from_form
 from prefixlab.ui.fields import FieldSpec
@@ -103,9 +106,38 @@ def _field_for_error(message: str) -> str:
 # --- the experiment as a file and a command ------------------------------------------------------
 
 
-def cli_command(spec_path: str) -> str:
-    """The shell command that trains this experiment headless (same spec, same worker)."""
-    return f"python -m prefixlab train {shlex.quote(spec_path)}"
+def cli_command(spec_path: str | Path) -> str:
+    """The shell command that trains this experiment headless (same spec, same worker). A path under
+    the current folder is shown relative to it (presets/my-recipe.json), any other one absolute."""
+    path = Path(spec_path)
+    if path.is_absolute():
+        try:
+            path = path.relative_to(Path.cwd())
+        except ValueError:
+            pass
+    return f"python -m prefixlab train {shlex.quote(str(path))}"
+
+
+def spec_file_text(spec: ExperimentSpec, path: Path) -> str:
+    """The spec as JSON, headed like the shipped presets by the `_command` that trains it."""
+    return json.dumps({"_command": cli_command(path), **json.loads(spec.to_json())}, indent=2)
+
+
+def check_task_data(spec: ExperimentSpec) -> dict[str, str]:
+    """{form key: message} for a local data file or folder that the worker would reject: every line is
+    read with the chosen columns, so a bad line 500 is named here rather than in a failed run. The
+    built-in task is shipped and checked by its tests; a Hub dataset is checked by the worker."""
+    if resolve_source(spec.data.source)[0] != "file":
+        return {}
+    try:
+        load_task(spec.data)
+    except DataError as err:
+        message = str(err)
+        for role in ("source", "target"):
+            if f"no {role} column" in message or f"the {role} column" in message:
+                return {f"data.{role}_column": message}
+        return {"data.source": message}
+    return {}
 
 
 def preset_slug(name: str) -> str:
