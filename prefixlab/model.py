@@ -12,6 +12,7 @@ the cache, which also works on transformers versions that renamed `past_key_valu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -34,6 +35,7 @@ from .config import (
 from .encoder import SAVED_KEY, PrefixEncoder
 
 WEIGHTS_NAME = "adapter_model.safetensors"
+_AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")  # device types torch.autocast accepts
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"  # PEFT with safe_serialization=False
 
 
@@ -322,10 +324,18 @@ class PrefixTuningModel(nn.Module):
     # -- save and load -----------------------------------------------------------------------
 
     def get_prompt_embedding_to_save(self, adapter_name: str) -> torch.Tensor:
-        """The projected prefix PEFT saves, (num_virtual_tokens, num_layers*2*token_dim), fp32 on CPU."""
+        """The projected prefix PEFT saves, (num_virtual_tokens, num_layers*2*token_dim), fp32 on CPU.
+
+        Computed in fp32 even when called under autocast (e.g. from a bf16 training loop): the
+        projection MLP would otherwise run in half precision and only its output be upcast.
+        """
         self._check_adapter(adapter_name)
-        with torch.no_grad():
-            return self.prompt_encoder[adapter_name].prefix_states().detach().float().cpu().contiguous()
+        encoder = self.prompt_encoder[adapter_name]
+        device_type = encoder.embedding.weight.device.type
+        no_autocast = (torch.autocast(device_type, enabled=False) if device_type in _AUTOCAST_DEVICES
+                       else contextlib.nullcontext())
+        with torch.no_grad(), no_autocast:
+            return encoder.prefix_states().detach().float().cpu().contiguous()
 
     def save_pretrained(self, save_directory: str, selected_adapters: Optional[list[str]] = None) -> None:
         """PEFT's layout: "default" in save_directory, any other adapter in save_directory/<name>."""

@@ -316,6 +316,22 @@ def test_adapters_are_saved_in_fp32_whatever_the_model_dtype(tmp_path, arch):
     torch.testing.assert_close(loaded.prompt_encoder["default"].embedding.weight, expected)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_saved_prefix_is_computed_in_fp32_even_under_autocast(tmp_path, device):
+    """A save from inside a bf16 training loop must not run the projection MLP in bf16."""
+    model = get_peft_model(tiny_model("gpt2").to(device), ours_config("gpt2", True))
+    random_prefix(model)
+    exact = model.get_prompt_embedding_to_save("default")
+    with torch.autocast(device, dtype=torch.bfloat16):
+        assert model.prompt_encoder["default"].prefix_states().dtype == torch.bfloat16  # autocast is on
+        model.save_pretrained(str(tmp_path))
+        inside = model.get_prompt_embedding_to_save("default")
+    assert exact.dtype == inside.dtype == torch.float32 and exact.device.type == "cpu"
+    assert torch.equal(inside, exact)
+    with safe_open(str(tmp_path / "adapter_model.safetensors"), framework="pt") as f:
+        assert torch.equal(f.get_tensor("prompt_embeddings"), exact)
+
+
 def test_worker_in_bf16_autocast_trains_and_saves_fp32(tmp_path, monkeypatch):
     """precision bf16 on CPU: the forward runs under bf16 autocast, losses fall, adapters are fp32."""
     seen = []
