@@ -223,11 +223,12 @@ def _torch_version() -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-def mixed_precision_for(precision: str) -> str:
+def mixed_precision_for(precision: str, device_type: str | None = None) -> str:
     """accelerate's mixed_precision for a spec precision on this machine: auto is bf16 on GPUs
     with native bf16, fp16 (with a gradient scaler) on other CUDA GPUs, the same on Apple MPS where
-    this torch supports it, fp32 on CPU. See select_mixed_precision."""
-    device_type = training_device_type()
+    this torch supports it, fp32 on CPU. See select_mixed_precision. device_type: the device to
+    answer for ("cuda", "mps", "cpu"; default: the one a worker started now would train on)."""
+    device_type = device_type or training_device_type()
     if device_type == "cuda":
         bf16_native = cuda_bf16_native()
     elif device_type == "mps":

@@ -106,6 +106,14 @@ def test_auto_precision_on_each_kind_of_machine(fake_machine, device, bf16_nativ
     assert mixed_precision_for("fp32") == "no"
 
 
+def test_precision_for_another_device_than_the_default(fake_machine):
+    fake_machine("cuda", bf16_native=True)
+    assert mixed_precision_for("auto") == "bf16"
+    assert mixed_precision_for("auto", "cpu") == "no" and mixed_precision_for("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA or Apple MPS GPU"):
+        mixed_precision_for("fp16", "cpu")
+
+
 def test_emulated_bf16_on_an_old_gpu_is_not_bf16_support(fake_machine):
     fake_machine("cuda", bf16_native=False)
     assert torch.cuda.is_bf16_supported() is True  # what torch says on a T4 ...
