@@ -265,13 +265,15 @@ def test_environment_describes_a_cuda_device(monkeypatch):
 
     props = SimpleNamespace(name="Fake GPU 80GB", major=9, minor=0, total_memory=80 * 2**30)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     device, versions = gpucheck.environment("cuda")
     assert device == {"name": "Fake GPU 80GB", "capability": "9.0", "memory_gib": 80.0, "bf16": True}
     assert versions["torch"] == torch.__version__ and versions["peft"] is not None
     assert gpucheck.autocast_dtype("cuda") == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert gpucheck.autocast_dtype("cuda") == torch.float16  # pre-Ampere GPUs: fp16, as the worker picks
+    # A T4 or V100: bf16 only emulated (is_bf16_supported() alone says True); fp16, as the worker picks.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert gpucheck.autocast_dtype("cuda") == torch.float16
+    assert gpucheck.environment("cuda")[0]["bf16"] is False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +377,10 @@ def test_run_dir_checks_fail_on_a_half_precision_adapter_and_a_rising_loss(e2e_r
     result = gpucheck.check_run_dir(copy, "cpu")
     assert "projection: adapter saved as bfloat16, expected float32 (PEFT's format)" in result["problems"]
     assert any(p.startswith("no_projection: training loss did not fall") for p in result["problems"])
-    assert gpucheck.check_run_dir(run_dir, "cuda")["problems"] == ["trained on 'cpu', expected cuda"]
+    # The CPU run checked as a GPU one: wrong device, and not the half precision auto picks on CUDA.
+    problems = gpucheck.check_run_dir(run_dir, "cuda")["problems"]
+    assert problems[1:] == ["trained on 'cpu', expected cuda"]
+    assert problems[0] in ("mixed precision 'no', expected 'bf16'", "mixed precision 'no', expected 'fp16'")
 
 
 def test_the_prepared_script_reports_versions_and_copies_them_to_out_without_cuda(tmp_path):

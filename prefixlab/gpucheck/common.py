@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from prefixlab.bench import BenchArgs, _sync
-from prefixlab.train import release_gpu_memory
+from prefixlab.train import cuda_bf16_native, release_gpu_memory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 OFFLINE_PRESET = REPO_ROOT / "presets" / "offline-tiny.json"
@@ -82,8 +82,8 @@ def no_cuda_message() -> str:
 
 
 def autocast_dtype(device: str) -> torch.dtype:
-    """bf16 where the device supports it (Ampere and newer, CPU), else fp16 (what the worker picks)."""
-    if torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+    """bf16 where the device supports it natively (Ampere and newer, CPU), else fp16 (what the worker picks)."""
+    if torch.device(device).type == "cuda" and not cuda_bf16_native():
         return torch.float16
     return torch.bfloat16
 

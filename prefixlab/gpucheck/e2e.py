@@ -27,6 +27,8 @@ def run_e2e(ctx: CheckContext) -> dict:
     run_dir = ctx.out_dir / "e2e-run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a rerun into the same --out starts over
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if torch.device(ctx.device).type == "cpu":
+        env["ACCELERATE_USE_CPU"] = "1"  # the CPU test run, also on a machine that has a GPU
     timeout = max(1.0, ctx.time_left())
     with DeviceMemoryPoller(ctx.device) as memory:
         try:
@@ -64,7 +66,7 @@ def check_run_dir(run_dir: Path, device: str) -> dict:
     spec = run.read_spec()
     problems = [] if status.get("state") == "done" else [f"state is {status.get('state')!r}, not 'done' "
                                                          f"(error: {status.get('error')})"]
-    expected_precision = mixed_precision_for(spec.training.precision)
+    expected_precision = mixed_precision_for(spec.training.precision, torch.device(device).type)
     if summary.get("mixed_precision") != expected_precision:
         problems.append(f"mixed precision {summary.get('mixed_precision')!r}, expected {expected_precision!r}")
     if not str(summary.get("device", "")).startswith(torch.device(device).type):

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from prefixlab.gpucheck.common import OFFLINE_PRESET, REPO_ROOT, CheckContext, CheckSizes, release_memory
+from prefixlab.train import cuda_bf16_native
 from prefixlab.gpucheck.e2e import run_e2e
 from prefixlab.gpucheck.parity import run_parity
 from prefixlab.gpucheck.report import ERROR, SKIPPED, overall_status
@@ -65,7 +66,7 @@ def environment(device: str) -> tuple[dict, dict]:
         return {"name": f"{device} (test run)"}, versions
     props = torch.cuda.get_device_properties(device)
     facts = {"name": props.name, "capability": f"{props.major}.{props.minor}",
-             "memory_gib": round(props.total_memory / 2**30, 1), "bf16": torch.cuda.is_bf16_supported()}
+             "memory_gib": round(props.total_memory / 2**30, 1), "bf16": cuda_bf16_native()}
     return facts, versions
 
 
