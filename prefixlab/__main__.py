@@ -78,7 +78,7 @@ def cmd_generate(args) -> int:
 
     from prefixlab import PrefixTuningModel
     from prefixlab.runs import RunDir
-    from prefixlab.train import generate_outputs
+    from prefixlab.train import generate_outputs, training_device_type
     from prefixlab.zoo import load_base
 
     run = RunDir(args.run_dir)
@@ -90,7 +90,7 @@ def cmd_generate(args) -> int:
         raise CliError(f"{run.adapters_path} holds no adapters yet; wait for the first checkpoint "
                        f"(every training.eval_interval={spec.training.eval_interval} steps)")
     base, tokenizer, task_type = load_base(spec.model.name)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(training_device_type())  # where the worker would train: CUDA, MPS or CPU
     model = PrefixTuningModel.from_pretrained(base.to(device), str(run.adapter_path(names[0])), adapter_name=names[0])
     for name in names[1:]:
         model.load_adapter(str(run.adapter_path(name)), name)
