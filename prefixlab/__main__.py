@@ -78,7 +78,8 @@ def cmd_generate(args) -> int:
 
     from prefixlab import PrefixTuningModel
     from prefixlab.runs import RunDir
-    from prefixlab.train import generate_outputs, training_device_type
+    from prefixlab.devices import training_device_type
+    from prefixlab.train import generate_outputs
     from prefixlab.zoo import load_base
 
     run = RunDir(args.run_dir)

@@ -18,12 +18,14 @@ import torch
 from safetensors import safe_open
 
 import prefixlab
+import prefixlab.devices as devices
 import prefixlab.train as train_module
 from core_helpers import ARCHS, copy_prefix, is_seq2seq, ours_config, padded_batch, peft_config
 from prefixlab import PrefixTuningModel, get_peft_model
 from prefixlab.runs import DONE, FAILED
 from prefixlab.tiny import tiny_model
-from prefixlab.train import Job, make_accelerator, mixed_precision_for, run_worker, select_mixed_precision
+from prefixlab.devices import make_accelerator, mixed_precision_for, select_mixed_precision
+from prefixlab.train import Job, run_worker
 from test_train import start, tiny_spec, train_lines
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -91,7 +93,7 @@ def fake_machine(monkeypatch):
                             lambda including_emulation=True: bf16_native or including_emulation)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: device == "mps")
         monkeypatch.setattr("accelerate.utils.is_bf16_available", lambda *a: bf16_native)
-        monkeypatch.setattr(train_module, "_torch_version", lambda: version)
+        monkeypatch.setattr(devices, "_torch_version", lambda: version)
 
     return set_up
 
@@ -101,7 +103,7 @@ def fake_machine(monkeypatch):
     ("cpu", True, "no")])
 def test_auto_precision_on_each_kind_of_machine(fake_machine, device, bf16_native, expected):
     fake_machine(device, bf16_native)
-    assert train_module.training_device_type() == device
+    assert devices.training_device_type() == device
     assert mixed_precision_for("auto") == expected
     assert mixed_precision_for("fp32") == "no"
 
@@ -117,7 +119,7 @@ def test_precision_for_another_device_than_the_default(fake_machine):
 def test_emulated_bf16_on_an_old_gpu_is_not_bf16_support(fake_machine):
     fake_machine("cuda", bf16_native=False)
     assert torch.cuda.is_bf16_supported() is True  # what torch says on a T4 ...
-    assert train_module.cuda_bf16_native() is False
+    assert devices.cuda_bf16_native() is False
     assert mixed_precision_for("auto") == "fp16"  # ... and fp16 is still the one it runs fast
     with pytest.raises(ValueError, match="bf16 needs a GPU with native bfloat16"):
         mixed_precision_for("bf16")
@@ -125,24 +127,24 @@ def test_emulated_bf16_on_an_old_gpu_is_not_bf16_support(fake_machine):
 
 def test_cuda_bf16_native_on_a_torch_without_including_emulation(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert train_module.cuda_bf16_native() is True
+    assert devices.cuda_bf16_native() is True
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert train_module.cuda_bf16_native() is False
+    assert devices.cuda_bf16_native() is False
 
 
 def test_accelerate_use_cpu_means_cpu(fake_machine, monkeypatch):
     fake_machine("cuda", bf16_native=True)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
-    assert train_module.training_device_type() == "cpu" and mixed_precision_for("auto") == "no"
+    assert devices.training_device_type() == "cpu" and mixed_precision_for("auto") == "no"
 
 
 def test_stale_accelerate_state():
     state = {"_mixed_precision": "bf16", "device": torch.device("cuda", 0)}
-    assert not train_module.stale_accelerate_state({}, "bf16", "cuda", 1)  # nothing yet
-    assert not train_module.stale_accelerate_state(state, "bf16", "cuda", 1)
-    assert train_module.stale_accelerate_state(state, "no", "cuda", 1)
-    assert train_module.stale_accelerate_state(state, "bf16", "cpu", 1)
-    assert not train_module.stale_accelerate_state(state, "no", "cpu", 2)  # launched: never reset
+    assert not devices.stale_accelerate_state({}, "bf16", "cuda", 1)  # nothing yet
+    assert not devices.stale_accelerate_state(state, "bf16", "cuda", 1)
+    assert devices.stale_accelerate_state(state, "no", "cuda", 1)
+    assert devices.stale_accelerate_state(state, "bf16", "cpu", 1)
+    assert not devices.stale_accelerate_state(state, "no", "cpu", 2)  # launched: never reset
 
 
 def test_accelerators_with_different_precisions_in_one_process():

@@ -18,7 +18,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from prefixlab import pretrain, zoo
 from prefixlab.config import TaskType
 from prefixlab.data import BUILTIN_TASKS, read_examples
-from prefixlab.tiny import EOS_ID, tiny_model, tiny_tokenizer
+from prefixlab.tiny import EOS_ID, tiny_model
 
 NAME = "tiny-gpt2-e2e"
 FOLDER = zoo.SHIPPED_MODELS[NAME]

@@ -14,14 +14,13 @@ from prefixlab import PrefixTuningModel
 from prefixlab.experiment import ExperimentSpec, TrainingSpec
 from prefixlab.runs import CANCELLED, DONE, FAILED, RunDir
 from prefixlab.tiny import tiny_model
+from prefixlab.devices import mixed_precision_for, training_device_type
 from prefixlab.train import (
     Job,
     describe_error,
     generation_kwargs,
-    mixed_precision_for,
     run_worker,
     total_steps,
-    training_device_type,
 )
 
 

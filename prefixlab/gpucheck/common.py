@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from prefixlab.bench import BenchArgs, _sync
-from prefixlab.train import cuda_bf16_native, release_gpu_memory
+from prefixlab.devices import cuda_bf16_native, release_gpu_memory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 OFFLINE_PRESET = REPO_ROOT / "presets" / "offline-tiny.json"

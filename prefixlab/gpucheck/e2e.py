@@ -59,7 +59,7 @@ def check_run_dir(run_dir: Path, device: str) -> dict:
     requested device with the precision `auto` picks there, every variant's loss falling, adapters
     saved in fp32 whatever the training precision."""
     from prefixlab.runs import RunDir
-    from prefixlab.train import mixed_precision_for
+    from prefixlab.devices import mixed_precision_for
 
     run = RunDir(run_dir)
     status, summary = run.read_status(), run.read_summary() or {}
