@@ -19,18 +19,16 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import peft
 import pytest
 import torch
+from test_worker_e2e import assert_loads_in_peft_with_our_logits
 
-from prefixlab import PrefixTuningModel
 from prefixlab.experiment import ExperimentSpec
-from prefixlab.tiny import tiny_config, tiny_model, tiny_tokenizer
+from prefixlab.tiny import tiny_config
 
 pytestmark = pytest.mark.browser
 
@@ -204,12 +202,6 @@ def download(page, link_selector: str, folder: Path) -> Path:
     return target
 
 
-def logits_of(model, text: str = "name[Aromi] | food[Thai] => ") -> torch.Tensor:
-    ids = tiny_tokenizer()(text, add_special_tokens=False, return_tensors="pt")
-    with torch.no_grad():
-        return model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
-
-
 # --- the stages ------------------------------------------------------------------------------------
 
 
@@ -310,7 +302,6 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
 
     # 7. Each variant's adapter downloads as a zip of its PEFT folder: the browser's file loads in
     # PEFT on the same tiny base (offline tiny-gpt2 = tiny_model("gpt2"), seed 0) with prefixlab's logits.
-    base_logits = logits_of(tiny_model("gpt2"))
     downloaded_logits = {}
     for variant in ("no_projection", "projection"):
         choose(page, "adapter-select", variant)
@@ -328,14 +319,7 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
         config = json.loads((folder / "adapter_config.json").read_text())
         assert config["peft_type"] == "PREFIX_TUNING" and config["num_virtual_tokens"] == 5
         assert config["prefix_projection"] == (variant == "projection")
-        ours = PrefixTuningModel.from_pretrained(tiny_model("gpt2"), str(folder)).eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            theirs = peft.PeftModel.from_pretrained(tiny_model("gpt2"), str(folder)).eval()
-        expected = logits_of(ours)
-        torch.testing.assert_close(logits_of(theirs), expected, rtol=1e-4, atol=1e-5)
-        assert not torch.allclose(expected, base_logits, atol=1e-3), f"{variant}: the prefix changes nothing"
-        downloaded_logits[variant] = expected
+        downloaded_logits[variant] = assert_loads_in_peft_with_our_logits(folder)
     assert not torch.allclose(downloaded_logits["no_projection"], downloaded_logits["projection"], atol=1e-3)
     shot(page, "07-adapters-downloaded")
 

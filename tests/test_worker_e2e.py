@@ -52,7 +52,9 @@ def logits_of(model, text="name[Aromi] | food[Thai] => ") -> torch.Tensor:
         return model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
 
 
-def assert_loads_in_peft_with_our_logits(adapter_dir) -> None:
+def assert_loads_in_peft_with_our_logits(adapter_dir) -> torch.Tensor:
+    """An adapter folder trained on offline tiny-gpt2 (= tiny_model("gpt2")): PEFT loads it and gives
+    prefixlab's logits, which differ from the bare base's. Returns those logits."""
     import peft
 
     ours = PrefixTuningModel.from_pretrained(tiny_model("gpt2"), str(adapter_dir)).eval()
@@ -61,7 +63,8 @@ def assert_loads_in_peft_with_our_logits(adapter_dir) -> None:
         theirs = peft.PeftModel.from_pretrained(tiny_model("gpt2"), str(adapter_dir)).eval()
     expected = logits_of(ours)
     torch.testing.assert_close(logits_of(theirs), expected, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(expected, logits_of(tiny_model("gpt2")), atol=1e-3)  # the prefix matters
+    assert not torch.allclose(expected, logits_of(tiny_model("gpt2")), atol=1e-3), "the prefix changes nothing"
+    return expected
 
 
 def test_paired_experiment_end_to_end_in_a_subprocess(tmp_path):
