@@ -180,7 +180,8 @@ def describe_error(err: BaseException, spec: ExperimentSpec | None) -> str:
         training = spec.training if spec else None
         hint = (f" (now batch_size={training.batch_size}, max_length={training.max_length})"
                 if training else "")
-        return ("CUDA out of memory: use a smaller training.batch_size or training.max_length"
+        where = "MPS" if "mps" in str(err).lower() else "CUDA"  # "MPS backend out of memory ..." on Apple GPUs
+        return (f"{where} out of memory: use a smaller training.batch_size or training.max_length"
                 f"{hint}; raise training.gradient_accumulation_steps to keep the effective batch")
     return f"{type(err).__name__}: {err}"
 

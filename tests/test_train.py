@@ -157,6 +157,8 @@ def test_cuda_out_of_memory_is_reported_with_a_fix(tmp_path, monkeypatch):
     error = run.read_status()["error"]
     assert error.startswith("CUDA out of memory: use a smaller training.batch_size or training.max_length")
     assert "(now batch_size=4, max_length=64)" in error
+    mps = RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.00 GB)")
+    assert describe_error(mps, None).startswith("MPS out of memory: use a smaller training.batch_size")
 
 
 def test_bad_data_fails_the_run_with_the_data_message(tmp_path):
