@@ -88,8 +88,9 @@ def greedy_by_recompute(forward, input_ids: torch.Tensor, steps: int,
 
     PEFT's own generate cannot be the reference: with transformers 5.24 it passes the prefix as
     `past_key_values`, which the model drops in favour of `cache` (tests/test_model_parity.py,
-    test_upstream_peft_generate_drops_the_prefix_where_forward_takes_cache). input_ids (batch, prompt); returns the prompt plus
-    `steps` tokens (decoder-only) or the decoder start plus `steps` tokens (seq2seq).
+    test_upstream_peft_generate_drops_the_prefix_where_forward_takes_cache). input_ids (batch,
+    prompt); returns the prompt plus `steps` tokens (decoder-only) or the decoder start plus `steps`
+    tokens (seq2seq).
     """
     def next_token(logits):  # (batch, seq, vocab) -> (batch, 1)
         return logits[:, -1].float().index_fill(-1, torch.tensor([EOS_ID], device=logits.device),

@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-from prefixlab.gpucheck.common import OFFLINE_PRESET, REPO_ROOT, CheckContext, CheckSizes, release_memory
 from prefixlab.devices import cuda_bf16_native
+from prefixlab.gpucheck.common import OFFLINE_PRESET, REPO_ROOT, CheckContext, CheckSizes, release_memory
 from prefixlab.gpucheck.e2e import run_e2e
 from prefixlab.gpucheck.parity import run_parity
 from prefixlab.gpucheck.report import ERROR, SKIPPED, overall_status

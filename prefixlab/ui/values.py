@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from prefixlab import compare
-from prefixlab.data import DataError, load_task, resolve_source
 from prefixlab.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
+from prefixlab.data import DataError, load_task, resolve_source
 from prefixlab.experiment import ExperimentSpec, SpecError, spec_from_form
 from prefixlab.ui.fields import FieldSpec
 from prefixlab.zoo import load_model_config
