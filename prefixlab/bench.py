@@ -11,7 +11,7 @@ plain leaf tensor of key/values per layer (no encoder, no wrapper): no prefix-tu
 Memory: the projection and no-projection variants held as two adapters on one base (prefixlab)
 versus two PEFT models (two loaded bases, PEFT's usual way), each measured in a fresh process that
 builds the setup and runs one training step per variant: on CUDA torch.cuda.max_memory_allocated,
-on CPU the peak resident set size (ru_maxrss) above the process's size after imports.
+on CPU the peak resident set size (VmHWM, reset before the setup) above the process's size after imports.
 """
 
 from __future__ import annotations

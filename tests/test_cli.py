@@ -150,3 +150,11 @@ def test_gpucheck_arguments_pass_through(monkeypatch):
     assert main(["gpucheck", "--out", "results", "--sections", "parity"]) == 7
     assert main(["gpucheck", "--", "--help"]) == 7
     assert seen == [["--out", "results", "--sections", "parity"], ["--help"]]
+
+
+def test_core_bench_without_peft_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "peft", None)  # import peft now fails
+    assert main(["bench", "core", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the core benchmark times prefixlab against PEFT, which is not installed")
+    assert "pip install -r tests/requirements.txt" in err

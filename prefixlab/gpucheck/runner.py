@@ -25,7 +25,7 @@ from prefixlab.gpucheck.speed import run_generation, run_throughput
 # name -> (function, share of the budget it may use before the next section starts)
 SECTIONS: dict[str, tuple[Callable[[CheckContext], dict], float]] = {
     "parity": (run_parity, 0.15),  # expected on an H100: ~15 s
-    "e2e": (run_e2e, 0.35),  # ~40 s: interpreter start, 60 steps x 2 variants, evals, samples
+    "e2e": (run_e2e, 0.35),  # ~40 s: interpreter start, 40 steps x 2 variants, evals, samples
     "throughput": (run_throughput, 0.25),  # ~20 s
     "generation": (run_generation, 0.25),  # ~30 s: 24 generate calls of 32 tokens, eager decoding
 }
