@@ -176,7 +176,8 @@ def generation_kwargs(gen: GenerationSpec, tokenizer) -> dict:
 
 def describe_error(err: BaseException, spec: ExperimentSpec | None) -> str:
     """The one-line error for status.json; out-of-memory gets the fix."""
-    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+    # torch.cuda.OutOfMemoryError is torch.OutOfMemoryError where that exists; MPS raises a RuntimeError.
+    if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower():
         training = spec.training if spec else None
         hint = (f" (now batch_size={training.batch_size}, max_length={training.max_length})"
                 if training else "")
