@@ -268,11 +268,36 @@ def peek_columns(path: str | Path, lines: int = 20) -> list[str]:
 # Hub datasets
 
 
+# datasets 4 and later no longer run a dataset's loading script; the Hub's Parquet converter keeps
+# a copy of most such datasets under this revision, which loads without running anything.
+PARQUET_REVISION = "refs/convert/parquet"
+SCRIPT_REFUSED = "Dataset scripts are no longer supported"
+
+
+def _load_dataset_dict(name: str, hub_config: str | None):
+    """`datasets.load_dataset(name, hub_config)`, or for a script dataset its Parquet copy."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, hub_config)
+    except RuntimeError as err:
+        if SCRIPT_REFUSED not in str(err):
+            raise
+        try:
+            return datasets.load_dataset(name, hub_config, revision=PARQUET_REVISION)
+        except Exception as retry:  # noqa: BLE001 - reported with the first error below
+            raise RuntimeError(f"{str(err).strip()}; its Parquet copy (revision {PARQUET_REVISION}) did not load "
+                               f"either ({type(retry).__name__}: {str(retry).strip().splitlines()[0]}); download "
+                               "its data and use it as a local .jsonl/.csv file") from retry
+
+
 def _hub_message(name: str, hub_config: str | None, err: Exception) -> str:
     from prefixlab.zoo import hub_offline
 
     what = f"{name!r}" + (f" (config {hub_config!r})" if hub_config else "")
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if SCRIPT_REFUSED in reason:
+        return f"could not load the Hub dataset {what}: {reason}"
     offline = " HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set, so only cached datasets load;" \
         if hub_offline() else ""
     return (f"could not load the Hub dataset {what}: {type(err).__name__}: {reason}. Likely causes:{offline} "
@@ -301,9 +326,7 @@ def _load_hub(name: str, hub_config: str | None, source_column: str, target_colu
         if unreachable:
             raise ConnectionError(f"the Hub does not answer ({unreachable}); if the dataset is in your cache, "
                                   "set HF_HUB_OFFLINE=1 to use it")
-        import datasets
-
-        dataset_dict = datasets.load_dataset(name, hub_config)
+        dataset_dict = _load_dataset_dict(name, hub_config)
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot fetch"; say why once
         raise DataError(_hub_message(name, hub_config, err)) from err
     splits = {}

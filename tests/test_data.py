@@ -215,6 +215,37 @@ def test_hub_dataset_columns_are_mapped_and_validation_held_out(monkeypatch):
         data.load_task("e2e_nlg", source_column="mr", target_column="human_reference")
 
 
+def test_a_script_dataset_loads_from_its_parquet_copy_or_says_what_to_do(monkeypatch):
+    """datasets 4+ refuses loading scripts; the Hub's automatic Parquet copy is tried instead."""
+    import datasets
+
+    fake = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"a": ["x", "y"], "b": ["X", "Y"]})})
+    calls = []
+
+    def load_dataset(name, config, revision=None):
+        calls.append(revision)
+        if revision is None:
+            raise RuntimeError("Dataset scripts are no longer supported, but found web_nlg.py")
+        if parquet_copy:
+            return fake
+        raise FileNotFoundError(f"Revision '{revision}' doesn't exist for dataset 'GEM/web_nlg'")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr("prefixlab.zoo.hub_offline", lambda: True)  # skip the reachability probe
+    parquet_copy = True
+    splits = data.load_task("GEM/web_nlg", source_column="a", target_column="b")
+    assert calls == [None, "refs/convert/parquet"]
+    assert splits["train"] + splits["validation"] == [{"source": "x", "target": "X"}, {"source": "y", "target": "Y"}]
+    parquet_copy = False
+    with pytest.raises(DataError) as info:
+        data.load_task("GEM/web_nlg", source_column="a", target_column="b")
+    assert str(info.value) == (
+        "could not load the Hub dataset 'GEM/web_nlg': Dataset scripts are no longer supported, but "
+        "found web_nlg.py; its Parquet copy (revision refs/convert/parquet) did not load either "
+        "(FileNotFoundError: Revision 'refs/convert/parquet' doesn't exist for dataset 'GEM/web_nlg'); download "
+        "its data and use it as a local .jsonl/.csv file")
+
+
 # ---------------------------------------------------------------------------------------------
 # Tokenisation
 
