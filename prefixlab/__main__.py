@@ -77,8 +77,8 @@ def cmd_generate(args) -> int:
     import torch
 
     from prefixlab import PrefixTuningModel
-    from prefixlab.runs import RunDir
     from prefixlab.devices import training_device_type
+    from prefixlab.runs import RunDir
     from prefixlab.train import generate_outputs
     from prefixlab.zoo import load_base
 
@@ -169,7 +169,8 @@ def cmd_bench(args) -> int:
             import peft  # noqa: F401  (the core benchmark's reference)
         except ImportError:
             raise CliError("the core benchmark times prefixlab against PEFT, which is not installed: "
-                           "pip install -r tests/requirements.txt (PEFT 0.21.2); `bench engine` needs no PEFT") from None
+                           "pip install -r tests/requirements.txt (PEFT 0.21.2); `bench engine` needs no PEFT"
+                           ) from None
         _import("prefixlab.bench", "main", "the core benchmark")(["--quick"] if args.quick else [])
     if args.which in ("engine", "all"):
         from prefixlab.bench_engine import run_engine_bench
@@ -214,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-hidden-size", type=int)
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("bench", help="benchmarks: core (a training step vs PEFT and a floor), engine (paired vs separate runs)")
+    p = sub.add_parser("bench", help="benchmarks: core (a training step vs PEFT and a floor), "
+                                     "engine (paired vs separate runs)")
     p.add_argument("which", nargs="?", choices=("core", "engine", "all"), default="all")
     p.add_argument("--quick", action="store_true", help="small sizes, seconds not minutes")
     p.set_defaults(func=cmd_bench)

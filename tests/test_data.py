@@ -235,7 +235,8 @@ def test_a_script_dataset_loads_from_its_parquet_copy_or_says_what_to_do(monkeyp
     parquet_copy = True
     splits = data.load_task("GEM/web_nlg", source_column="a", target_column="b")
     assert calls == [None, "refs/convert/parquet"]
-    assert splits["train"] + splits["validation"] == [{"source": "x", "target": "X"}, {"source": "y", "target": "Y"}]
+    examples = splits["train"] + splits["validation"]
+    assert examples == [{"source": "x", "target": "X"}, {"source": "y", "target": "Y"}]
     parquet_copy = False
     with pytest.raises(DataError) as info:
         data.load_task("GEM/web_nlg", source_column="a", target_column="b")
