@@ -20,6 +20,7 @@ import argparse
 import json
 import multiprocessing
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -283,8 +284,19 @@ def measure_peak_memory(args: BenchArgs) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 
 
+def require_peft() -> None:
+    """The reference is a test dependency: without it, say what to install before building anything."""
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ValueError("the core benchmark times prefixlab against PEFT, which is not installed: "
+                         "pip install -r tests/requirements.txt (PEFT 0.21.2); `bench engine` needs no PEFT"
+                         ) from None
+
+
 def run_core_bench(argv_or_args=None) -> dict:
     """Run the benchmark; returns medians (s), ratios and memory (MiB). Prints nothing."""
+    require_peft()
     args = argv_or_args if isinstance(argv_or_args, BenchArgs) else parse_args(argv_or_args)
     device = args.resolved_device()
     base = build_base(args)
@@ -416,4 +428,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as err:
+        sys.exit(f"error: {err}")
