@@ -138,8 +138,9 @@ class Lab:
         if spec is None:
             return None, "", values.errors_markdown(errors)
         path = self.exports / f"{values.preset_slug(spec.name)}.json"
-        path.write_text(values.spec_file_text(spec, Path(path.name)), encoding="utf-8")
-        return str(path), values.cli_command(path.name), ""
+        command = values.cli_command(path.name)
+        path.write_text(values.spec_file_text(spec, command), encoding="utf-8")
+        return str(path), command, ""
 
     def save_preset(self, name: str, override: bool, *raw):
         """-> (preset dropdown, saved file, CLI command, messages)."""
@@ -152,7 +153,7 @@ class Lab:
             return gr.skip(), None, "", values.errors_markdown(errors)
         path = self.presets_dir / f"{slug}.json"
         command = values.cli_command(path.resolve())
-        path.write_text(values.spec_file_text(spec, path.resolve()), encoding="utf-8")
+        path.write_text(values.spec_file_text(spec, command), encoding="utf-8")
         return gr.update(choices=self.preset_names(), value=slug), str(path), command, f"Saved preset **{slug}**."
 
     # --- jobs -------------------------------------------------------------------------------------

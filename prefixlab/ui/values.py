@@ -118,9 +118,9 @@ def cli_command(spec_path: str | Path) -> str:
     return f"python -m prefixlab train {shlex.quote(str(path))}"
 
 
-def spec_file_text(spec: ExperimentSpec, path: Path) -> str:
+def spec_file_text(spec: ExperimentSpec, command: str) -> str:
     """The spec as JSON, headed like the shipped presets by the `_command` that trains it."""
-    return json.dumps({"_command": cli_command(path), **json.loads(spec.to_json())}, indent=2)
+    return json.dumps({"_command": command, **spec.to_dict()}, indent=2)
 
 
 def check_task_data(spec: ExperimentSpec) -> dict[str, str]:
