@@ -388,7 +388,9 @@ def test_the_prepared_script_reports_versions_and_copies_them_to_out_without_cud
     (running no tests), having written the versions it saw, and copies what exists to $OUT."""
     out, batch_out = tmp_path / "results", tmp_path / "OUT"
     batch_out.mkdir()
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OUT": str(batch_out)}
+    # The script runs `python3`: the interpreter running these tests, also from an unactivated venv.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "CUDA_VISIBLE_DEVICES": "", "OUT": str(batch_out)}
     proc = subprocess.run([str(REPO / ".ci" / "gpucheck"), str(out)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=180)
     assert proc.returncode == 2, proc.stdout + proc.stderr
