@@ -184,12 +184,14 @@ class PrefixTuningModel(nn.Module):
         """Add a new prefix (not made active, as in PEFT). The config is copied and its sizes filled."""
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter_name={adapter_name!r} already exists; pick another name or delete_adapter it")
-        if not isinstance(config, PrefixTuningConfig):
-            raise ValueError(f"config must be a PrefixTuningConfig, got {type(config).__name__}")
-        filled = infer_sizes(config, self.base_model.config)
+        filled = infer_sizes(as_prefix_tuning_config(config), self.base_model.config)
         encoder = PrefixEncoder(filled).to(self._encoder_device())
+        try:  # the module name first: a name ModuleDict refuses must leave no half-added adapter
+            self.prompt_encoder[adapter_name] = encoder
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"adapter_name={adapter_name!r} cannot name an adapter ({e.args[0]}); "
+                             "use letters, digits, '_' or '-'") from None
         self.peft_config[adapter_name] = filled
-        self.prompt_encoder[adapter_name] = encoder
 
     def set_adapter(self, adapter_name: str) -> None:
         self._check_adapter(adapter_name)
@@ -430,6 +432,20 @@ def _read_prompt_embeddings(model_id: str) -> torch.Tensor:
     if SAVED_KEY not in state:
         raise AdapterFileError(f"{path}: no {SAVED_KEY!r} tensor (found {sorted(state)}); not a prefix-tuning adapter")
     return state[SAVED_KEY]
+
+
+def as_prefix_tuning_config(config: Any) -> PrefixTuningConfig:
+    """prefixlab's PrefixTuningConfig, or one converted from PEFT's (the same fields); anything else is
+    refused with what to pass instead."""
+    if isinstance(config, PrefixTuningConfig):
+        return config
+    peft_type = getattr(config, "peft_type", None)
+    kind = f"{type(config).__module__}.{type(config).__qualname__}"
+    if getattr(peft_type, "value", peft_type) == "PREFIX_TUNING" and callable(getattr(config, "to_dict", None)):
+        return PrefixTuningConfig.from_dict({k: getattr(v, "value", v) for k, v in config.to_dict().items()})
+    raise ValueError(f"config must be a PrefixTuningConfig (prefixlab's, or PEFT's to convert), got {kind}"
+                     + (f" for {getattr(peft_type, 'value', peft_type)}; prefixlab implements prefix tuning only"
+                        if peft_type is not None else ""))
 
 
 def get_peft_model(model: nn.Module, peft_config: PrefixTuningConfig, adapter_name: str = "default") -> PrefixTuningModel:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core_helpers import ARCHS, ours_config, padded_batch
+from core_helpers import ARCHS, ours_config, padded_batch, peft_config
 from prefixlab import get_peft_model
 from prefixlab.tiny import tiny_model
 
@@ -101,6 +101,34 @@ def test_trainable_names_per_adapter_and_errors():
     assert (model.active_adapter, list(model.prompt_encoder)) == ("flat", ["flat"])
     with pytest.raises(ValueError, match=r"cannot delete 'flat': it is the only adapter"):
         model.delete_adapter("flat")
+
+
+@pytest.mark.parametrize("name", ["a.b", "", "update", 5])
+def test_a_refused_adapter_name_leaves_no_half_added_adapter(name, tmp_path):
+    """ModuleDict refuses these names; the error names the adapter, and the model stays whole: it
+    saves, and its adapters are still the one it had."""
+    model = get_peft_model(tiny_model("gpt2"), ours_config("gpt2", False))
+    with pytest.raises(ValueError, match=r"adapter_name=.* cannot name an adapter \(.*\); use letters, digits"):
+        model.add_adapter(name, ours_config("gpt2", True))
+    assert list(model.peft_config) == list(model.prompt_encoder) == ["default"]
+    model.save_pretrained(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_peft_s_config_is_converted_and_other_methods_are_refused():
+    """PEFT's PrefixTuningConfig has the same fields: it is accepted as prefixlab's. A LoRA config is
+    refused with a message that says prefixlab does prefix tuning only."""
+    import peft
+
+    model = get_peft_model(tiny_model("gpt2"), peft_config("gpt2", True))
+    ours = get_peft_model(tiny_model("gpt2"), ours_config("gpt2", True))
+    converted, native = (m.peft_config["default"].to_dict() for m in (model, ours))
+    assert converted.pop("peft_version") == peft.__version__ and native.pop("peft_version") is None
+    assert type(model.peft_config["default"]) is type(ours.peft_config["default"]) and converted == native
+    with pytest.raises(ValueError, match=r"got peft\..*LoraConfig for LORA; prefixlab implements prefix tuning only"):
+        model.add_adapter("lora", peft.LoraConfig(task_type="CAUSAL_LM"))
+    with pytest.raises(ValueError, match=r"must be a PrefixTuningConfig .*got builtins\.dict$"):
+        model.add_adapter("d", {"num_virtual_tokens": 4})
 
 
 def test_gradient_checkpointing_is_refused():
