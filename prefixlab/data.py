@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,32 +174,18 @@ def _json_lines(path: Path, text: str) -> list[tuple[int, dict]]:
             raise DataError(f"{path}, line {number}: bad JSON ({err.msg} at column {err.colno}); "
                             "each line must be one JSON object like {\"source\": ..., \"target\": ...}") from None
         if not isinstance(record, dict):
-            raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}; "
+            raise DataError(f"{path}, line {number}: expected a JSON object, got {_json_type(record)}; "
                             "each line must be one JSON object like {\"source\": ..., \"target\": ...}")
         records.append((number, record))
     return records
 
 
-def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
-    """(line number, row) for every data row of a CSV text with a header line."""
-    reader = csv.DictReader(io.StringIO(text))
-    try:
-        return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
-    except csv.Error as err:
-        raise DataError(f"{path}, line {reader.line_num}: bad CSV ({err}); check quoting on that line") from None
-
-
-def read_records(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, record) pairs of a .jsonl, .json (JSON Lines or one array) or .csv file."""
-    path = Path(path)
-    if path.suffix.lower() not in FILE_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .csv")
-    text = _read_text(path)
-    if path.suffix.lower() == ".csv":
-        return _csv_rows(path, text)
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        return _json_array(path, text)
-    return _json_lines(path, text)
+def _json_type(value) -> str:
+    """What a parsed JSON value is, in JSON's words: "an array", "a number", "null", ..."""
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}.get(
+        type(value), "null")
 
 
 def _json_array(path: Path, text: str) -> list[tuple[int, dict]]:
@@ -207,7 +195,93 @@ def _json_array(path: Path, text: str) -> list[tuple[int, dict]]:
     except json.JSONDecodeError as err:
         raise DataError(f"{path}, line {err.lineno}: bad JSON ({err.msg} at column {err.colno}); "
                         "fix the file or save it as JSON Lines (.jsonl)") from None
-    return [(number, item) for number, item in enumerate(items, start=1) if isinstance(item, dict)]
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            raise DataError(f"{path}, item {number}: expected a JSON object, got {_json_type(item)}; "
+                            "the array must hold one JSON object per example, like "
+                            "{\"source\": ..., \"target\": ...}")
+    return list(enumerate(items, start=1))
+
+
+def _csv_records(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line, fields) for every non-blank record of a CSV text; `line` is the line the record starts
+    on (a quoted field may hold line breaks). Quoting is strict, and a quote never closed is named
+    by the line it opens on instead of swallowing the rest of the file."""
+    at_end = []  # set once the reader has asked for a line after the last one
+
+    def lines():
+        yield from io.StringIO(text)
+        at_end.append(True)
+
+    reader = csv.reader(lines(), strict=True)
+    start = 1
+    while True:
+        try:
+            fields = next(reader, None)
+        except csv.Error as err:
+            raise DataError(_csv_error(path, text, start, reader.line_num, err, bool(at_end))) from None
+        if fields is None:
+            return
+        if any(field.strip() for field in fields):
+            yield start, fields
+        start = reader.line_num + 1
+
+
+def _csv_error(path: Path, text: str, start: int, line: int, err: csv.Error, at_end: bool) -> str:
+    """The message for a CSV error met on `line` in the record that starts on line `start`."""
+    if at_end:  # the file ended inside a quoted field
+        # Read leniently, that field holds everything after its opening quote: count the lines before it.
+        fields = next(csv.reader(io.StringIO(text).readlines()[start - 1:]))
+        opened = text.count("\n") - fields[-1].count("\n") + 1
+        return (f"{path}, line {opened}: a quoted field opens here (\") and is never closed, so the rest of "
+                "the file would be read into it; add the closing quote (a quote inside a quoted field is "
+                "written twice: \"\")")
+    where = "on that line" if line == start else f"from line {start}, where this record starts"
+    return f"{path}, line {line}: bad CSV ({err}); check quoting {where}"
+
+
+def _csv_table(path: Path, text: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    """(column names, rows) of a CSV text whose first non-blank line is the header; rows are
+    (line, {column: text}) pairs, checked lazily to have one field per header column. Unnamed
+    columns (an empty header field) are left out, as in `peek_columns`."""
+    records = _csv_records(path, text)
+    header_line, header = next(records, (1, []))
+    named = [name for name in header if name]
+    for name in named:
+        if named.count(name) > 1:
+            raise DataError(f"{path}, line {header_line}: the column name {name!r} appears {named.count(name)} "
+                            "times in the header; give each column a different name")
+
+    def rows():
+        for number, fields in records:
+            if len(fields) > len(header):
+                raise DataError(f"{path}, line {number}: {len(fields)} fields but the header has {len(header)}; "
+                                "quote fields that contain commas (\"a, b\") or remove the extra fields")
+            if len(fields) < len(header):
+                raise DataError(f"{path}, line {number}: {len(fields)} field{'s' * (len(fields) != 1)} but the "
+                                f"header has {len(header)}; give every line one field per header column "
+                                "(an empty field is still written, between two commas: a,,c)")
+            yield number, {name: value for name, value in zip(header, fields) if name}
+
+    return named, rows()
+
+
+def _records(path: Path) -> tuple[str, list[tuple[int, dict]]]:
+    """("line" or "item", records): the unit records are numbered in, and `read_records(path)`."""
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .csv")
+    text = _read_text(path)
+    if path.suffix.lower() == ".csv":
+        return "line", list(_csv_table(path, text)[1])
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        return "item", _json_array(path, text)
+    return "line", _json_lines(path, text)
+
+
+def read_records(path: str | Path) -> list[tuple[int, dict]]:
+    """(number, record) pairs of a .jsonl, .json (JSON Lines or one array) or .csv file: the number is
+    the line a record starts on, or for a JSON array the item's position (1-based)."""
+    return _records(Path(path))[1]
 
 
 def _text(where: str, record: dict, column: str, role: str) -> str:
@@ -235,23 +309,27 @@ def to_example(where: str, record: dict, source_column: str, target_column: str)
 def read_examples(path: str | Path, source_column: str = "source", target_column: str = "target") -> list[dict]:
     """All examples of one file, validated line by line."""
     path = Path(path)
-    records = read_records(path)
+    unit, records = _records(path)
     if not records:
         raise DataError(f"{path}: the file has no examples; add lines with a {source_column!r} and "
                         f"a {target_column!r} column")
-    return [to_example(f"{path}, line {n}", rec, source_column, target_column) for n, rec in records]
+    return [to_example(f"{path}, {unit} {n}", rec, source_column, target_column) for n, rec in records]
 
 
 def peek_columns(path: str | Path, lines: int = 20) -> list[str]:
-    """Column names of a data file, for pickers: the CSV header, or the keys of the first `lines`
-    JSON lines (a bad line further down is reported when the data is loaded, not here)."""
+    """Column names of a data file, for pickers: the CSV header (its first `lines` rows checked as
+    `read_records` checks them), or the keys of the first `lines` JSON lines or JSON array items (an
+    array is parsed, and its items checked, whole). A bad line further down is reported when the
+    data is loaded, with the same message."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .csv")
     text = _read_text(path)
     if suffix == ".csv":
-        records = [(1, dict.fromkeys(name for name in next(csv.reader(io.StringIO(text)), []) if name))]
+        header, rows = _csv_table(path, text)
+        list(itertools.islice(rows, lines))
+        records = [(1, dict.fromkeys(header))]
     elif suffix == ".json" and text.lstrip().startswith("["):
         records = _json_array(path, text)[:lines]
     else:

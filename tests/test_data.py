@@ -139,7 +139,7 @@ def test_bad_json_names_the_line(tmp_path):
 
 def test_line_that_is_not_an_object(tmp_path):
     msg = _error(tmp_path, "d.jsonl", '{"source": "a", "target": "b"}\n["a", "b"]\n')
-    assert "d.jsonl, line 2: expected a JSON object, got list" in msg
+    assert "d.jsonl, line 2: expected a JSON object, got an array" in msg
 
 
 def test_missing_column_lists_the_columns_found(tmp_path):
@@ -159,6 +159,87 @@ def test_empty_target_names_the_line(tmp_path):
 def test_non_text_column(tmp_path):
     msg = _error(tmp_path, "d.jsonl", '{"source": "a", "target": ["b", "c"]}\n')
     assert "line 1: the target column 'target' holds a list, not text" in msg
+
+
+def test_csv_row_with_more_or_fewer_fields_than_the_header(tmp_path):
+    """An unquoted comma used to cut the target short silently (csv.DictReader files the rest under None)."""
+    row = "name[The Eagle] | food[French],The Eagle, a pub, serves French food."
+    msg = _error(tmp_path, "x.csv", f"source,target\n{row}\n")
+    assert msg == (f"{tmp_path / 'x.csv'}, line 2: 4 fields but the header has 2; quote fields that contain "
+                   "commas (\"a, b\") or remove the extra fields")
+    # A missing field is an error even in a column no one reads: the fields after it may be shifted.
+    msg = _error(tmp_path, "few.csv", "source,target,note\na,b,c\nd,e\n")
+    assert msg == (f"{tmp_path / 'few.csv'}, line 3: 2 fields but the header has 3; give every line one field "
+                   "per header column (an empty field is still written, between two commas: a,,c)")
+    assert "few.csv, line 2: 1 field but the header has 2;" in _error(tmp_path, "few.csv", "source,target\na\n")
+    # Blank lines, empty fields and an unnamed column are fine.
+    (tmp_path / "ok.csv").write_text("\nsource,target,\na,b,\n\n,,\nc,,\n", encoding="utf-8")
+    assert data.read_records(tmp_path / "ok.csv") == [(3, {"source": "a", "target": "b"}),
+                                                      (6, {"source": "c", "target": ""})]
+    assert data.peek_columns(tmp_path / "ok.csv") == ["source", "target"]
+
+
+def test_csv_header_that_names_a_column_twice(tmp_path):
+    msg = _error(tmp_path, "d.csv", "source,target,source\na,b,c\n")
+    assert msg == (f"{tmp_path / 'd.csv'}, line 1: the column name 'source' appears 2 times in the header; "
+                   "give each column a different name")
+
+
+def test_csv_quote_never_closed_is_named_by_the_line_it_opens_on(tmp_path):
+    msg = _error(tmp_path, "d.csv", 'source,target\n"a,b\nc,d\ne,f\n')
+    assert msg == (f"{tmp_path / 'd.csv'}, line 2: a quoted field opens here (\") and is never closed, so the "
+                   "rest of the file would be read into it; add the closing quote (a quote inside a quoted "
+                   'field is written twice: "")')
+    # It used to load silently when the open field was the target: the rest of the file became its text.
+    assert "d.csv, line 2: a quoted field opens here" in _error(tmp_path, "d.csv", 'source,target\na,"b\nc,d\ne,f\n')
+    # After a record that spans lines, and in the second line of a record.
+    assert "d.csv, line 4: a quoted field opens here" in _error(tmp_path, "d.csv", 'source,target\n"a\nb",c\nd,"e\nf')
+    assert "d.csv, line 3: a quoted field opens here" in _error(tmp_path, "d.csv", 'source,target\n"a\nb","c\nd\n')
+    # Text after a closing quote is reported too (it used to be glued to the field).
+    msg = _error(tmp_path, "d.csv", 'source,target\n"a\nb"c,d\n')
+    assert msg == (f"{tmp_path / 'd.csv'}, line 3: bad CSV (',' expected after '\"'); check quoting from line 2, "
+                   "where this record starts")
+
+
+def test_csv_errors_name_the_line_a_record_starts_on(tmp_path):
+    msg = _error(tmp_path, "d.csv", 'source,target\n"a\nb",c\n"d\ne",\n')
+    assert "d.csv, line 4: empty target in column 'target'" in msg
+    (tmp_path / "ok.csv").write_text('source,target\n"a\nb",c\nd,e\n', encoding="utf-8")
+    assert [n for n, _ in data.read_records(tmp_path / "ok.csv")] == [2, 4]
+
+
+def test_json_array_items_that_are_not_objects(tmp_path):
+    msg = _error(tmp_path, "d.json", '[{"source": "a", "target": "b"}, 5, "x"]')
+    assert msg == (f"{tmp_path / 'd.json'}, item 2: expected a JSON object, got a number; the array must hold "
+                   'one JSON object per example, like {"source": ..., "target": ...}')
+    assert "d.json, item 1: expected a JSON object, got null" in _error(tmp_path, "d.json", "[null]")
+
+
+def test_json_array_errors_name_the_item_not_a_line(tmp_path):
+    text = json.dumps([{"source": "a", "target": "b"}, {"source": "a"}], indent=2)  # item 2 is on line 6
+    msg = _error(tmp_path, "d.json", text)
+    assert msg.startswith(f"{tmp_path / 'd.json'}, item 2: no target column 'target' (columns found: 'source')")
+    msg = _error(tmp_path, "d.json", '[{"source": "a", "target": "b"}, {"source": "c", "target": ""}]')
+    assert "d.json, item 2: empty target" in msg
+
+
+@pytest.mark.parametrize("name, text", [
+    ("more.csv", "source,target\na,b,c\n"), ("fewer.csv", "source,target,note\na,b\n"),
+    ("twice.csv", "source,target,source\na,b,c\n"), ("open.csv", 'source,target\n"a,b\nc,d\n'),
+    ("items.json", '[{"source": "a", "target": "b"}, 5]'),
+])
+def test_a_bad_file_gets_one_message_from_every_reader(tmp_path, name, text):
+    """The page fills its column pickers with peek_columns and checks the upload with read_records, then
+    the chosen columns with check_task_data (load_task); all of them name the same problem."""
+    from prefixlab.experiment import DataSpec
+    from prefixlab.ui.values import check_task_data
+
+    msg = _error(tmp_path, name, text)
+    for reader in (data.peek_columns, data.read_records):
+        with pytest.raises(DataError) as info:
+            reader(tmp_path / name)
+        assert str(info.value) == msg
+    assert check_task_data(SimpleNamespace(data=DataSpec(source=str(tmp_path / name)))) == {"data.source": msg}
 
 
 def test_split_with_no_examples(tmp_path):
