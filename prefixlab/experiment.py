@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import types
 import typing
 import warnings
@@ -140,6 +141,8 @@ class TrainingSpec:
         _positive("training", self, "warmup_steps", minimum=0)
         if self.weight_decay < 0:
             raise SpecError("training.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.seed < 2**32:  # numpy's and accelerate's set_seed take no other
+            raise SpecError("training.seed", f"must be between 0 and {2**32 - 1}, got {self.seed!r}")
         if self.precision not in PRECISIONS:
             raise SpecError("training.precision",
                             f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -224,16 +227,20 @@ class ExperimentSpec:
             raise SpecError("experiment.name", f"must not be empty, got {self.name!r}")
         names = [v.name for v in self.variants]
         for i, name in enumerate(names):
-            if not isinstance(name, str) or not name.strip() or "/" in name or name.startswith("."):
+            if not isinstance(name, str) or not re.fullmatch(r"[\w-]+", name):  # a folder and a module name
                 raise SpecError(f"variants[{i}].name",
-                                f"{name!r} cannot be a folder name; use letters, digits and _")
+                                f"{name!r} cannot name a variant; use letters, digits, _ and -")
             if name == "base":
                 raise SpecError(f"variants[{i}].name", "'base' is the name of the untuned model; rename it")
         for i, v in enumerate(self.variants):
+            where = "prefix" if _is_form_shaped(self.variants) else f"variants[{i}].prefix"
             if v.prefix.num_virtual_tokens is None:
-                where = "prefix" if _is_form_shaped(self.variants) else f"variants[{i}].prefix"
                 raise SpecError(f"{where}.num_virtual_tokens",
                                 "is empty; set the prefix length, e.g. 10 (the paper's table-to-text value)")
+            if v.prefix.inference_mode:
+                raise SpecError(f"{where}.inference_mode",
+                                "is true, which freezes the prefix and drops the projection MLP (PEFT's mode "
+                                "for loading a saved adapter); a spec trains, so remove it or set it false")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise SpecError("variants", f"names must be unique, {duplicates} repeat; rename one")
@@ -317,6 +324,33 @@ class ExperimentSpec:
     @property
     def variant_names(self) -> list[str]:
         return [v.name for v in self.variants]
+
+
+def position_errors(spec: ExperimentSpec, limit: int | None) -> dict[str, str]:
+    """{field: message} for lengths that would run past a model with `limit` positions
+    (zoo.position_limit; None: no limit). The prefix takes the first positions, so a training example
+    gets `limit - num_virtual_tokens`; generation needs at least one prompt token besides (the real
+    prompts are checked where they are known: train.check_generation_room)."""
+    if limit is None:
+        return {}
+    longest = max(range(len(spec.variants)), key=lambda i: spec.variants[i].prefix.num_virtual_tokens)
+    prefix = spec.variants[longest].prefix.num_virtual_tokens
+    model = spec.model.name
+    errors = {}
+    if prefix + 1 > limit:
+        where = "prefix" if _is_form_shaped(spec.variants) else f"variants[{longest}].prefix"
+        errors[f"{where}.num_virtual_tokens"] = (
+            f"{prefix} virtual tokens leave no room in {model}'s {limit} positions; use at most {limit - 1}")
+        return errors
+    if spec.training.max_length + prefix > limit:
+        errors["training.max_length"] = (
+            f"{spec.training.max_length} tokens after the {prefix}-token prefix run past {model}'s {limit} "
+            f"positions; set it to at most {limit - prefix}")
+    if spec.generation.max_new_tokens + prefix + 1 > limit:
+        errors["generation.max_new_tokens"] = (
+            f"{spec.generation.max_new_tokens} new tokens after the {prefix}-token prefix and a prompt run past "
+            f"{model}'s {limit} positions; set it to at most {limit - prefix - 1}")
+    return errors
 
 
 def default_variants(prefix: PrefixTuningConfig, choice: str = "both") -> list[VariantSpec]:

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from prefixlab.config import TaskType
-from prefixlab.experiment import ExperimentSpec, GenerationSpec, TrainingSpec
+from prefixlab.experiment import ExperimentSpec, GenerationSpec, SpecError, TrainingSpec
 from prefixlab.devices import make_accelerator, peak_gpu_memory, release_gpu_memory
 from prefixlab.runs import CANCELLED, DONE, FAILED, RUNNING, RunDir, append_jsonl, atomic_write_json
 
@@ -177,13 +177,19 @@ def generation_kwargs(gen: GenerationSpec, tokenizer) -> dict:
 def describe_error(err: BaseException, spec: ExperimentSpec | None) -> str:
     """The one-line error for status.json; out-of-memory gets the fix."""
     # torch.cuda.OutOfMemoryError is torch.OutOfMemoryError where that exists; MPS raises a RuntimeError.
-    if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower():
+    # The CPU allocator raises a RuntimeError "... DefaultCPUAllocator: can't allocate memory ...".
+    text = str(err).lower()
+    if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text:
         training = spec.training if spec else None
-        hint = (f" (now batch_size={training.batch_size}, max_length={training.max_length})"
+        hint = (f" (now batch_size={training.batch_size}, max_length={training.max_length}, "
+                f"num_virtual_tokens={max(v.prefix.num_virtual_tokens for v in spec.variants)})"
                 if training else "")
-        where = "MPS" if "mps" in str(err).lower() else "CUDA"  # "MPS backend out of memory ..." on Apple GPUs
+        # "MPS backend out of memory ..." on Apple GPUs
+        where = "MPS" if "mps" in text else "CPU" if "can't allocate memory" in text else "CUDA"
         return (f"{where} out of memory: use a smaller training.batch_size or training.max_length"
                 f"{hint}; raise training.gradient_accumulation_steps to keep the effective batch")
+    if isinstance(err, SpecError):  # already names the field and the fix
+        return str(err)
     return f"{type(err).__name__}: {err}"
 
 
@@ -254,6 +260,7 @@ class Job:
         set_seed(training.seed)
         model = self._build_model()
         self.train_loader, self.eval_loader = self._data_loaders()
+        self._check_lengths(model)
         if len(self.train_loader) == 0:
             raise ValueError(f"data.source {self.spec.data.source!r}: the train split has no examples; "
                              "add some or check data.max_train_examples")
@@ -305,6 +312,21 @@ class Job:
             else:
                 model.add_adapter(v.name, config)
         return model
+
+    def _check_lengths(self, model) -> None:
+        """Before any training: lengths past the model's position table (zoo.position_limit) would
+        fail deep inside it (IndexError), generation at the very end, after all the training."""
+        from prefixlab.data import encode_prompts
+        from prefixlab.experiment import position_errors
+        from prefixlab.zoo import position_limit
+
+        errors = position_errors(self.spec, position_limit(model.base_model.config))
+        if errors:
+            raise SpecError(*next(iter(errors.items())))
+        for source, _ in prompts_for(self.spec, self.test_examples):
+            ids = encode_prompts([source], self.tokenizer, self.task_type, self.spec.data.separator,
+                                 max_length=self.spec.training.max_length)["input_ids"]
+            check_generation_room(model, self.task_type, self.spec, self.spec.variant_names, ids.shape[1])
 
     def _optimizer(self, model, name: str):
         """AdamW over one adapter's parameters, with linear warmup then linear decay to 0."""
@@ -489,6 +511,27 @@ def prompts_for(spec: ExperimentSpec, examples: list[dict]) -> list[tuple[str, s
     return [(e["source"], e["target"]) for e in examples[: spec.generation.num_prompts]]
 
 
+def check_generation_room(peft_model, task_type, spec: ExperimentSpec, adapter_names: list[str],
+                          prompt_len: int) -> None:
+    """Raise SpecError on generation.max_new_tokens when a prompt of `prompt_len` tokens, the longest
+    of the adapters' prefixes and the new tokens do not fit the model's position table."""
+    from prefixlab.zoo import position_limit
+
+    limit = position_limit(peft_model.base_model.config)
+    if limit is None:
+        return
+    prefix = max(peft_model.peft_config[name].num_virtual_tokens for name in adapter_names)
+    causal = TaskType(task_type) == TaskType.CAUSAL_LM
+    used = prefix + (prompt_len if causal else 1)  # a seq2seq decoder starts from one token
+    wanted = spec.generation.max_new_tokens
+    if used + wanted > limit:
+        prompt = f"a {prompt_len}-token prompt and " if causal else ""
+        raise SpecError("generation.max_new_tokens",
+                        f"{wanted} new tokens after {prompt}the {prefix}-token prefix run past "
+                        f"{spec.model.name}'s {limit} positions; set it to at most {max(limit - used, 0)}"
+                        + (" or use a shorter prompt" if causal else ""))
+
+
 @torch.no_grad()
 def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, source: str,
                      adapter_names: list[str], device) -> dict[str, str]:
@@ -501,6 +544,7 @@ def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, sou
 
     encoded = encode_prompts([source], tokenizer, task_type, spec.data.separator,
                              max_length=spec.training.max_length)
+    check_generation_room(peft_model, task_type, spec, adapter_names, encoded["input_ids"].shape[1])
     encoded = {k: v.to(device) for k, v in encoded.items()}  # (1, prompt_len) each
     kwargs = generation_kwargs(spec.generation, tokenizer)
     causal = TaskType(task_type) == TaskType.CAUSAL_LM

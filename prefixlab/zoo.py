@@ -189,6 +189,24 @@ def load_model_config(name: str) -> PretrainedConfig:
         name, trust_remote_code=False, local_files_only=local_only))
 
 
+# Models that look positions up in a table of fixed size (learned, or fixed sinusoids): a longer
+# sequence has no row to look up and fails deep inside the model (IndexError). The prefix occupies
+# the first positions (causal LMs; a seq2seq decoder's too). Rotary and relative positions (Llama,
+# Qwen, GPT-NeoX, T5) have no such wall.
+POSITION_TABLE_KEYS = {
+    "gpt2": "n_positions", "gpt_neo": "max_position_embeddings", "opt": "max_position_embeddings",
+    "biogpt": "max_position_embeddings", "bart": "max_position_embeddings", "mbart": "max_position_embeddings",
+    "marian": "max_position_embeddings", "pegasus": "max_position_embeddings",
+    "blenderbot": "max_position_embeddings", "blenderbot-small": "max_position_embeddings",
+}
+
+
+def position_limit(config: PretrainedConfig) -> int | None:
+    """How many positions the model can address (prefix included), or None where it has no table."""
+    key = POSITION_TABLE_KEYS.get(getattr(config, "model_type", None))
+    return getattr(config, key, None) if key else None
+
+
 def task_type_of_config(config: PretrainedConfig) -> TaskType:
     """SEQ_2_SEQ_LM for encoder-decoders, CAUSAL_LM for decoder-only models transformers knows."""
     model_type = config.model_type

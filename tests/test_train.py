@@ -5,12 +5,13 @@ Subprocess behaviour (signals, the queue, PEFT loading) is in tests/test_worker_
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from prefixlab import PrefixTuningModel
+from prefixlab import PrefixTuningModel, get_peft_model
 from prefixlab.experiment import ExperimentSpec, TrainingSpec
 from prefixlab.runs import CANCELLED, DONE, FAILED, RunDir
 from prefixlab.tiny import tiny_model
@@ -156,9 +157,13 @@ def test_cuda_out_of_memory_is_reported_with_a_fix(tmp_path, monkeypatch):
     assert run_worker(run.path, progress=False) == FAILED
     error = run.read_status()["error"]
     assert error.startswith("CUDA out of memory: use a smaller training.batch_size or training.max_length")
-    assert "(now batch_size=4, max_length=64)" in error
+    spec = tiny_spec()
+    assert f"(now batch_size=4, max_length=64, num_virtual_tokens={spec.variants[0].prefix.num_virtual_tokens})" in error
     mps = RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.00 GB)")
     assert describe_error(mps, None).startswith("MPS out of memory: use a smaller training.batch_size")
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 4000000000000 bytes. Error code 12 (Cannot allocate memory)")
+    assert describe_error(cpu, spec).startswith("CPU out of memory: use a smaller training.batch_size")
 
 
 def test_bad_data_fails_the_run_with_the_data_message(tmp_path):
@@ -218,3 +223,72 @@ def test_seq2seq_and_grouped_query_bases_train_in_lockstep(tmp_path, model):
         loaded = PrefixTuningModel.from_pretrained(tiny_model(arch), str(run.adapter_path(name)))
         assert loaded.peft_config["default"].task_type.value == ("SEQ_2_SEQ_LM" if arch == "t5" else "CAUSAL_LM")
     assert set(run.read_samples()[0]["outputs"]) == {"base", "no_projection", "projection"}
+
+
+def test_the_position_limit_is_where_gpt2_stops_working():
+    """zoo.position_limit is real: with the prefix in the cache, tiny-gpt2 takes exactly
+    limit - num_virtual_tokens tokens, and one more fails inside the model."""
+    from prefixlab import PrefixTuningConfig
+    from prefixlab.zoo import load_model_config, position_limit
+
+    limit = position_limit(load_model_config("tiny-gpt2"))
+    assert limit == 512 and position_limit(load_model_config("tiny-llama")) is None  # rotary: no table
+    model = get_peft_model(tiny_model("gpt2"), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=12))
+    with torch.no_grad():
+        assert model(input_ids=torch.zeros(1, limit - 12, dtype=torch.long)).logits.shape[1] == limit - 12
+        with pytest.raises(IndexError):
+            model(input_ids=torch.zeros(1, limit - 11, dtype=torch.long))
+
+
+def test_lengths_past_the_model_s_positions_fail_before_any_training(tmp_path):
+    """max_length + prefix over tiny-gpt2's 512 positions, and a max_new_tokens that leaves the real
+    prompts no room, fail at setup with the field and the largest value that fits; nothing trains."""
+    run = start(tmp_path, tiny_spec(max_length=600), "long")
+    assert run_worker(run.path, progress=False) == FAILED
+    assert run.read_status()["error"] == ("training.max_length: 600 tokens after the 4-token prefix run past "
+                                          "tiny-gpt2's 512 positions; set it to at most 508")
+    assert train_lines(run) == []
+
+    spec = tiny_spec()
+    spec.generation.max_new_tokens = 480  # fits 4 + 1 + 480, not the e2e sources (over 40 bytes each)
+    run = start(tmp_path, spec, "gen")
+    assert run_worker(run.path, progress=False) == FAILED
+    error = run.read_status()["error"]
+    assert error.startswith("generation.max_new_tokens: 480 new tokens after a ") and error.endswith(
+        "-token prompt and the 4-token prefix run past tiny-gpt2's 512 positions; "
+        f"set it to at most {512 - 4 - int(error.split('after a ')[1].split('-token')[0])} or use a shorter prompt")
+    assert train_lines(run) == []
+
+
+def test_generate_outputs_refuses_a_prompt_with_no_room_and_fills_one_that_fits():
+    """The CLI's and the page's generation path: exactly the room left generates, one more token is refused."""
+    from prefixlab.data import encode_prompts
+    from prefixlab.experiment import SpecError
+    from prefixlab.train import generate_outputs
+    from prefixlab.zoo import load_base
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    spec = tiny_spec()
+    _, tokenizer, task_type = load_base("tiny-gpt2")
+    torch.manual_seed(0)  # a 64-position GPT-2 with tiny-gpt2's vocabulary: the wall is near
+    base = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=64, vocab_size=384,
+                                      pad_token_id=0, eos_token_id=1, bos_token_id=1))
+    model = get_peft_model(base, dataclasses.replace(spec.variants[0].prefix, task_type=task_type), adapter_name="v")
+    source = "name[Aromi] | food[Thai]"
+    prompt_len = encode_prompts([source], tokenizer, task_type, spec.data.separator, max_length=64)["input_ids"].shape[1]
+    room = 64 - 4 - prompt_len
+    spec.generation.max_new_tokens = room
+    steps = []
+
+    def never_stop(module, args, logits):  # no EOS: every generation runs to max_new_tokens
+        steps.append(1)
+        return logits.index_fill(-1, torch.tensor([1]), -math.inf)
+
+    base.lm_head.register_forward_hook(never_stop)
+    outputs = generate_outputs(model, tokenizer, task_type, spec, source, ["v"], "cpu")
+    assert set(outputs) == {"base", "v"} and len(steps) == 2 * room  # one step per new token, both models
+    spec.generation.max_new_tokens = room + 1
+    with pytest.raises(SpecError, match=rf"^generation.max_new_tokens: {room + 1} new tokens after a "
+                                        rf"{prompt_len}-token prompt .* set it to at most {room} "):
+        generate_outputs(model, tokenizer, task_type, spec, source, ["v"], "cpu")

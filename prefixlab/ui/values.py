@@ -17,9 +17,9 @@ from pathlib import Path
 from prefixlab import compare
 from prefixlab.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
 from prefixlab.data import DataError, load_task, resolve_source
-from prefixlab.experiment import ExperimentSpec, SpecError, spec_from_form
+from prefixlab.experiment import ExperimentSpec, SpecError, position_errors, spec_from_form
 from prefixlab.ui.fields import FieldSpec
-from prefixlab.zoo import load_model_config
+from prefixlab.zoo import load_model_config, position_limit
 
 ACCOUNTING_HEADERS = ["variant", "trainable", "total", "trainable %", "stored in adapter", "formula"]
 RUNS_HEADERS = ["run", "name", "model", "state", "step", "started (UTC)", "train loss", "val loss"]
@@ -82,7 +82,7 @@ def accounting(spec: ExperimentSpec) -> tuple[list[list], dict[str, str]]:
     """(table rows, errors): exact per-variant parameter counts for the spec, without weights.
 
     A model whose config cannot be read (offline, a typo) or sizes that do not fit it give an error
-    on the field responsible instead of rows.
+    on the field responsible instead of rows; lengths past the model's positions, beside the rows.
     """
     rows = []
     for variant in spec.variants:
@@ -92,7 +92,7 @@ def accounting(spec: ExperimentSpec) -> tuple[list[list], dict[str, str]]:
             return [], {_field_for_error(str(err)): str(err)}
         rows.append([variant.name, counts["trainable"], counts["total"], counts["trainable %"],
                      counts["stored"], counts["formula"]])
-    return rows, {}
+    return rows, position_errors(spec, position_limit(load_model_config(spec.model.name)))
 
 
 def _field_for_error(message: str) -> str:
