@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from functools import lru_cache
 
 from prefixlab.config import infer_sizes
@@ -168,10 +169,20 @@ def safe_accounting(spec) -> dict[str, dict]:
         return {}
 
 
+def readable_spec(run: RunDir):
+    """The run's spec, or None (with a warning naming the file) when spec.json cannot be read: the
+    page polls every second and shows what the other files hold."""
+    try:
+        return run.read_spec()
+    except (ValueError, OSError) as err:
+        warnings.warn(f"{err}; showing the run without it", stacklevel=2)
+        return None
+
+
 def comparison_table(run_dir) -> list[dict]:
     """The comparison rows of the run in `run_dir` (see comparison_rows)."""
     run = RunDir(run_dir)
-    spec, metrics, summary = run.read_spec(), run.read_metrics(), run.read_summary()
+    spec, metrics, summary = readable_spec(run), run.read_metrics(), run.read_summary()
     accounting = safe_accounting(spec) if not summary else {}
     return comparison_rows(run_variants(spec, metrics, summary), metrics, summary, accounting)
 
@@ -192,5 +203,5 @@ def output_grid_rows(samples: list[dict], variants: list[str]) -> tuple[list[str
 def output_grid(run_dir) -> tuple[list[str], list[list[str]]]:
     """The output grid of the run in `run_dir` (see output_grid_rows)."""
     run = RunDir(run_dir)
-    spec = run.read_spec()
+    spec = readable_spec(run)
     return output_grid_rows(run.read_samples(), [v.name for v in spec.variants] if spec else [])

@@ -20,17 +20,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefixlab.experiment import ExperimentSpec
+from prefixlab.experiment import ExperimentSpec, SpecError
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -38,6 +39,9 @@ FINAL_STATES = frozenset({DONE, FAILED, CANCELLED})
 # A live worker refreshes status.json's heartbeat every few seconds from a background thread, so
 # a heartbeat this old means the worker is frozen or gone (pid reused by another process).
 HEARTBEAT_TIMEOUT_S = 60.0
+# Set by JobQueue._launch, in the worker's environment, to the --run-dir it passes: the worker may
+# then start a run the queue has already marked `running` (pid not yet recorded).
+QUEUE_LAUNCH_ENV = "PREFIXLAB_QUEUE_LAUNCH"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,10 +49,25 @@ HEARTBEAT_TIMEOUT_S = 60.0
 # ---------------------------------------------------------------------------------------------
 
 
+class RunFileError(ValueError):
+    """A run file that exists but cannot be read as what it should be; the message names it."""
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, unique temp file beside `path`, created like open(..., "w") creates files (mode 0666
+    less the umask; tempfile.mkstemp would make it 0600)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write JSON to a temp file in the same folder, then rename over `path` (atomic on POSIX)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
@@ -56,7 +75,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -68,23 +87,58 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
         f.flush()
 
 
+def _not_utf8(err: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte 0x{err.object[err.start]:02x} at position {err.start})"
+
+
 def read_json(path: str | Path) -> dict | None:
-    """The JSON object at `path`, or None when it does not exist (yet)."""
+    """The JSON object at `path`, or None when it does not exist (yet). Raises RunFileError, naming
+    the file, when it cannot be read or is not a JSON object."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except OSError as err:
+        raise RunFileError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise RunFileError(f"{path} is {_not_utf8(err)}") from None
+    except json.JSONDecodeError as err:
+        raise RunFileError(f"{path} is not valid JSON ({err.msg}: line {err.lineno} column {err.colno})") from None
+    if not isinstance(data, dict):
+        raise RunFileError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Every complete line of a JSONL file; a trailing line without newline (being written) is
-    skipped rather than parsed half-way."""
+    """Every complete line of a JSONL file; a trailing line without newline (being written, or torn
+    by a killed writer) is skipped rather than parsed half-way. A complete line that is not a JSON
+    object is skipped with a warning naming the file and line: the page reads these files every
+    second and shows what the good lines hold."""
+    path = Path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return []
-    lines = text.split("\n")[:-1]  # the last element is "" or an unfinished line
-    return [json.loads(line) for line in lines if line.strip()]
+    except OSError as err:
+        warnings.warn(f"cannot read {path}: {err.strerror}; showing nothing from it", stacklevel=2)
+        return []
+    records = []
+    for number, raw in enumerate(data.split(b"\n")[:-1], start=1):  # the last is b"" or unfinished
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            problem = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
+        except UnicodeDecodeError as err:
+            problem = _not_utf8(err)
+        except json.JSONDecodeError as err:
+            problem = f"not valid JSON ({err.msg}: column {err.colno})"
+        if problem:
+            warnings.warn(f"{path} line {number} is {problem}; skipped it", stacklevel=2)
+        else:
+            records.append(record)
+    return records
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,13 +172,26 @@ class RunDir:
 
     # readers
     def read_status(self) -> dict:
-        return read_json(self.status_path) or {}
+        """status.json; {} before it exists. An unreadable one reads as a failed run whose error
+        names the file, so the page and the queue go on (a bad run folder must not stop them)."""
+        try:
+            return read_json(self.status_path) or {}
+        except RunFileError as err:
+            return {"state": FAILED, "error": f"{err}; the run's state is unknown, so it counts as failed"}
 
     def read_spec(self) -> ExperimentSpec:
-        return ExperimentSpec.from_dict(self.read_spec_dict())
+        """The run's ExperimentSpec; errors name spec.json (SpecError for a bad value in it)."""
+        spec = self.read_spec_dict()
+        try:
+            return ExperimentSpec.from_dict(spec)
+        except SpecError as err:
+            raise SpecError(err.field, f"{err.message} (in {self.spec_path})") from None
 
     def read_spec_dict(self) -> dict:
-        spec = read_json(self.spec_path)
+        try:
+            spec = read_json(self.spec_path)
+        except RunFileError as err:
+            raise RunFileError(f"{err}; fix the file (the run's experiment spec)") from None
         if spec is None:
             raise FileNotFoundError(f"{self.spec_path} does not exist; submit a spec or pass SPEC.json")
         return spec
@@ -136,7 +203,13 @@ class RunDir:
         return read_jsonl(self.samples_path)
 
     def read_summary(self) -> dict | None:
-        return read_json(self.summary_path)
+        """summary.json, or None before the run ends; an unreadable one is None with a warning
+        naming it (readers then fall back on metrics.jsonl)."""
+        try:
+            return read_json(self.summary_path)
+        except RunFileError as err:
+            warnings.warn(f"{err}; ignoring it", stacklevel=2)
+            return None
 
     def log_tail(self, n: int = 50) -> str:
         try:
@@ -223,6 +296,29 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def why_worker_dead(status: dict, heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, *,
+                    starting_is_alive: bool = False) -> str | None:
+    """For a run in state running whose worker this process did not start: None while the worker
+    in status.json is alive and beating, else why it is not (the queue's words).
+
+    `starting_is_alive`: a run with no pid yet but a fresh heartbeat counts as alive, since some
+    queue is starting its worker (for callers that are not a queue, such as the CLI; a queue that
+    finds such a run on disk knows the app that started it has stopped).
+    """
+    heartbeat = status.get("heartbeat") or status.get("updated_at") or 0
+    stale = time.time() - heartbeat > heartbeat_timeout
+    pid = status.get("pid")
+    if pid is None:
+        if starting_is_alive and not stale:
+            return None
+        return "the worker never recorded its pid (the app stopped while starting it?)"
+    if not pid_alive(pid):
+        return f"process {pid} is gone"
+    if stale:
+        return f"no heartbeat for over {heartbeat_timeout:.0f} s"
+    return None
 
 
 class JobQueue:
@@ -341,9 +437,10 @@ class JobQueue:
         # overwrite it, never the other way round. The worker records its own pid.
         now = time.time()
         run.update_status(state=RUNNING, pid=None, started_at=now, heartbeat=now, error=None)
+        env = {**os.environ, QUEUE_LAUNCH_ENV: str(run.path)}
         with open(run.log_path, "a", encoding="utf-8") as log:
             proc = subprocess.Popen([*self.worker_command, "--run-dir", str(run.path)],
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self._children[run.run_id] = proc
         return run.run_id
 
@@ -354,13 +451,10 @@ class JobQueue:
         """None while the run's worker is alive and beating, else why it is not."""
         status = run.read_status()
         proc = self._children.get(run.run_id)
-        if proc is not None:
-            if proc.poll() is not None:  # also reaps our own zombie child
-                return _exit_reason(proc.returncode)
-        elif status.get("pid") is None:
-            return "the worker never recorded its pid (the app stopped while starting it?)"
-        elif not pid_alive(status["pid"]):
-            return f"process {status['pid']} is gone"
+        if proc is None:
+            return why_worker_dead(status, self.heartbeat_timeout)
+        if proc.poll() is not None:  # also reaps our own zombie child
+            return _exit_reason(proc.returncode)
         heartbeat = status.get("heartbeat") or status.get("updated_at") or 0
         if time.time() - heartbeat > self.heartbeat_timeout:
             return f"no heartbeat for over {self.heartbeat_timeout:.0f} s"
@@ -389,10 +483,11 @@ class JobQueue:
         status = run.read_status()
         try:
             spec = run.read_spec_dict()
-        except (FileNotFoundError, json.JSONDecodeError):
-            spec = {}
+        except (FileNotFoundError, RunFileError):
+            spec = {}  # a queued run with a bad spec fails in its worker, with the file named
+        model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
         return RunInfo(run_id=run.run_id, path=run.path, name=spec.get("name", ""),
-                       model=(spec.get("model") or {}).get("name", ""), state=status.get("state", QUEUED),
+                       model=model.get("name", ""), state=status.get("state", QUEUED),
                        step=status.get("step") or 0, total_steps=status.get("total_steps"),
                        started_at=status.get("started_at"), updated_at=status.get("updated_at"),
                        finished_at=status.get("finished_at"), error=status.get("error"))

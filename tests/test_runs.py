@@ -16,18 +16,22 @@ import time
 
 import pytest
 
-from prefixlab.experiment import ExperimentSpec
+from prefixlab import compare
+from prefixlab.experiment import ExperimentSpec, SpecError
 from prefixlab.runs import (
     CANCELLED,
     DONE,
     FAILED,
+    QUEUE_LAUNCH_ENV,
     QUEUED,
     RUNNING,
     JobQueue,
     RunDir,
+    RunFileError,
     append_jsonl,
     atomic_write_json,
     read_jsonl,
+    why_worker_dead,
 )
 
 FAKE_WORKER = textwrap.dedent("""
@@ -102,6 +106,73 @@ def test_read_jsonl_skips_a_half_written_last_line(tmp_path):
     assert [r["step"] for r in records] == [1, 2]
     assert records[1]["loss"] != records[1]["loss"]  # NaN survives the round trip
     assert read_jsonl(tmp_path / "absent.jsonl") == []
+
+
+def test_atomic_write_json_respects_the_umask_like_open(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "status.json", {"state": "queued"})
+        with open(tmp_path / "log.txt", "w"):
+            pass
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "status.json").stat().st_mode & 0o777) == oct(0o640)
+    assert (tmp_path / "status.json").stat().st_mode == (tmp_path / "log.txt").stat().st_mode
+
+
+def test_read_jsonl_skips_bad_complete_lines_with_a_warning_naming_file_and_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"step": 1})
+    with open(path, "ab") as f:
+        f.write(b'{"step": 2, "lo\n')  # torn by a killed writer, then appended after
+        f.write(b"[1, 2]\n")
+        f.write(b'{"step": "\xff"}\n')
+    append_jsonl(path, {"step": 5})
+    with open(path, "a") as f:
+        f.write('{"step": 6')  # the torn last line: skipped silently, as before
+    with pytest.warns(UserWarning) as caught:
+        records = read_jsonl(path)
+    assert [r["step"] for r in records] == [1, 5]
+    assert [str(w.message) for w in caught] == [
+        f"{path} line 2 is not valid JSON (Unterminated string starting at: column 13); skipped it",
+        f"{path} line 3 is a JSON list, not an object; skipped it",
+        f"{path} line 4 is not UTF-8 text (byte 0xff at position 10); skipped it",
+    ]
+
+
+def test_a_bad_metrics_line_or_summary_does_not_stop_the_comparison_table(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.write_spec(spec())
+    append_jsonl(run.metrics_path, {"variant": "projection", "step": 1, "loss": 2.0, "time": 1.0})
+    with open(run.metrics_path, "a") as f:
+        f.write("not json\n")
+    append_jsonl(run.metrics_path, {"variant": "projection", "step": 2, "loss": 1.5, "time": 2.0})
+    run.summary_path.write_text("{")
+    with pytest.warns(UserWarning, match="summary.json is not valid JSON"):
+        assert run.read_summary() is None
+    with pytest.warns(UserWarning) as caught:
+        rows = {r["variant"]: r for r in compare.comparison_table(run.path)}
+    assert rows["projection"]["train loss"] == 1.5
+    assert any("metrics.jsonl line 2 is not valid JSON" in str(w.message) for w in caught)
+    run.spec_path.write_text("{")  # a bad spec.json: the variants come from the metrics
+    with pytest.warns(UserWarning) as caught:
+        assert [r["variant"] for r in compare.comparison_table(run.path)] == ["projection"]
+        assert compare.output_grid(run.path)[0] == ["prompt", "base"]
+    assert any(f"{run.spec_path} is not valid JSON" in str(w.message) for w in caught)
+
+
+def test_bad_spec_json_errors_name_the_file(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.spec_path.write_text("{\n")
+    with pytest.raises(RunFileError, match=rf"^{run.spec_path} is not valid JSON \(Expecting property name"):
+        run.read_spec()
+    run.spec_path.write_bytes(b'{"name": "\xff"}')
+    with pytest.raises(RunFileError, match=rf"^{run.spec_path} is not UTF-8 text \(byte 0xff at position 10\)"):
+        run.read_spec()
+    run.spec_path.write_text('{"training": {"max_steps": -1}}')
+    with pytest.raises(SpecError, match=rf"training.max_steps: .* \(in {run.spec_path}\)$"):
+        run.read_spec()
 
 
 def test_run_dir_readers_on_a_fresh_run(tmp_path):
@@ -207,6 +278,41 @@ def test_stale_heartbeat_marks_a_frozen_worker_failed(tmp_path):
     assert queue.poll() is None
     status = run.read_status()
     assert status["state"] == FAILED and "no heartbeat for over 5 s" in status["error"]
+
+
+def test_a_corrupt_status_json_is_a_failed_run_and_the_queue_goes_on(queue):
+    broken, waiting = queue.submit(spec("broken")), queue.submit(spec("waiting"))
+    queue.run_dir(broken).status_path.write_text("")  # e.g. a full disk, or a hand edit
+    assert queue.active_run() is None
+    assert queue.poll() == waiting
+    info = {i.run_id: i for i in queue.list_runs()}[broken]
+    assert info.state == FAILED and info.name == "broken"
+    assert info.error == (f"{queue.run_dir(broken).status_path} is not valid JSON (Expecting value: line 1 "
+                          "column 1); the run's state is unknown, so it counts as failed")
+    (queue.run_dir(waiting).path / "release").touch()
+    wait_for(lambda: queue.run_dir(waiting).read_status()["state"] == DONE)
+    queue.run_dir(broken).status_path.write_text("[]")  # valid JSON, not an object
+    assert "holds a JSON list, not an object" in queue.run_dir(broken).read_status()["error"]
+
+
+def test_the_queue_tells_its_worker_which_run_it_marked_running(tmp_path):
+    record = "import os, sys; open(sys.argv[-1] + '/env', 'w').write(os.environ.get(sys.argv[1], ''))"
+    queue = JobQueue(tmp_path / "runs", worker_command=[sys.executable, "-c", record, QUEUE_LAUNCH_ENV])
+    run = queue.run_dir(queue.submit(spec()))
+    queue.poll()
+    wait_for(lambda: (run.path / "env").exists() and (run.path / "env").read_text())
+    assert (run.path / "env").read_text() == str(run.path)
+
+
+def test_why_worker_dead_from_status_alone():
+    now = time.time()
+    assert why_worker_dead({"pid": os.getpid(), "heartbeat": now}) is None
+    assert why_worker_dead({"pid": _dead_pid(), "heartbeat": now}).startswith("process ")
+    assert why_worker_dead({"pid": os.getpid(), "heartbeat": now - 90}) == "no heartbeat for over 60 s"
+    starting = {"pid": None, "heartbeat": now}  # as JobQueue._launch leaves it
+    assert why_worker_dead(starting, starting_is_alive=True) is None
+    assert why_worker_dead(starting).startswith("the worker never recorded its pid")
+    assert why_worker_dead({"pid": None, "heartbeat": now - 90}, starting_is_alive=True) is not None
 
 
 def test_background_thread_starts_queued_runs(queue):
