@@ -1,10 +1,11 @@
-"""Command line: `python -m prefixlab {train,generate,inspect,bench,gpucheck} ...`.
+"""Command line: `python -m prefixlab {train,generate,runs,inspect,bench,gpucheck} ...`.
 
     python -m prefixlab train presets/offline-tiny.json            # a new folder under runs/
     python -m prefixlab train SPEC.json --run-dir runs/my-run
-    python -m prefixlab train --run-dir runs/<id>                   # spec.json already there (the queue)
+    python -m prefixlab train --run-dir runs/<id>                   # a queued run (what the queue starts)
     accelerate launch -m prefixlab train SPEC.json --run-dir DIR    # several GPUs
     python -m prefixlab generate --run-dir runs/<id> --prompt "name[Aromi] | food[Thai]"
+    python -m prefixlab runs [--runs-dir runs]                      # every run: state, step, error
     python -m prefixlab inspect presets/gpt2-e2e.json               # parameter counts, no weights
     python -m prefixlab inspect --model gpt2-medium --prefix-length 10 --encoder-hidden-size 512
     python -m prefixlab bench [core|engine|all] [--quick]
@@ -15,16 +16,102 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shlex
 import sys
+import time
 from pathlib import Path
 
 from prefixlab.experiment import ExperimentSpec
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class CliError(ValueError):
     """A bad command line or input; printed as one line, exit status 2."""
+
+
+INTERRUPTED_TWICE = "interrupted twice (Ctrl-C); stopped without saving the last steps"
+
+
+def load_spec(path: str) -> ExperimentSpec:
+    """ExperimentSpec.load, with a file that is not UTF-8 named too."""
+    try:
+        return ExperimentSpec.load(path)
+    except UnicodeDecodeError as err:
+        raise CliError(f"cannot read spec file {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} "
+                       f"at position {err.start}); save it as UTF-8") from None
+
+
+def folder(path: str, flag: str, *, create: bool = False) -> Path:
+    """`path` as a folder for `flag`: never a file; made (with its parents) when `create`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{flag} {path} is a file, not a folder; give a folder")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CliError(f"{flag} {path}: cannot create the folder ({err.strerror}); "
+                           "give a folder you can write to") from None
+    return path
+
+
+def train_again(run) -> str:
+    return f"to train this spec again: python -m prefixlab train {shlex.quote(str(run.spec_path))}"
+
+
+def worker_of(status: dict) -> tuple[str, str | None]:
+    """("alive" | "starting" | "dead", detail) for a run in state running, by the queue's liveness
+    check (this process is not the worker's parent): detail is the pid, or why the worker is gone."""
+    from prefixlab.runs import why_worker_dead
+
+    why = why_worker_dead(status, starting_is_alive=True)
+    if why is not None:
+        return "dead", why
+    return ("alive", str(status["pid"])) if status.get("pid") else ("starting", None)
+
+
+def held_by(status: dict) -> str:
+    """The state of the run in a folder that `train SPEC --run-dir` will not overwrite."""
+    state = status.get("state")
+    if state == "failed" and status.get("error"):
+        return f"failed: {status['error']}"
+    if state != "running":
+        return str(state)
+    worker, detail = worker_of(status)
+    if worker == "alive":
+        return f"running, worker process {detail}"
+    if worker == "starting":
+        return "running, its worker being started by the page's queue"
+    return f"running, but its worker died: {detail}"
+
+
+def check_startable(run, status: dict) -> None:
+    """`train --run-dir DIR` starts only a run in state queued (what the queue submits), or the
+    run the queue just marked running for this very process (QUEUE_LAUNCH_ENV)."""
+    from prefixlab.runs import QUEUE_LAUNCH_ENV, QUEUED, RUNNING
+
+    state, path = status.get("state"), run.path
+    if state in (None, QUEUED):
+        return
+    if state == RUNNING and status.get("pid") is None and os.environ.get(QUEUE_LAUNCH_ENV) == str(path):
+        return
+    if state == "done":
+        raise CliError(f"{path} is already done; {train_again(run)}")
+    if state == "cancelled":
+        raise CliError(f"{path} was cancelled at step {status.get('step') or 0}; {train_again(run)}")
+    if state == "failed":
+        raise CliError(f"{path} has failed ({status.get('error') or 'no error recorded'}); {train_again(run)}")
+    if state != RUNNING:
+        raise CliError(f"{path} is in state {state!r}, not queued; {train_again(run)}")
+    worker, detail = worker_of(status)
+    if worker == "alive":
+        raise CliError(f"{path} is already running in worker process {detail}; wait for it, or stop it "
+                       f"(Stop on the page, or kill {detail}: it saves and ends cancelled)")
+    if worker == "starting":
+        raise CliError(f"{path} is being started by the page's queue; wait for it, or press Stop on the page")
+    raise CliError(f"{path} is marked running but its worker died ({detail}); {train_again(run)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,30 +127,59 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def interrupted(run, owner: bool) -> str:
+    """After a KeyboardInterrupt escaped the worker: the run's final state, with status.json saying
+    what happened (the worker's own handler turns a first Ctrl-C into a graceful stop)."""
+    from prefixlab.runs import CANCELLED, FAILED, QUEUED
+
+    if not owner:
+        return FAILED
+    status = run.read_status()
+    if status.get("state") in (None, QUEUED):  # before the worker started: nothing trained yet
+        run.update_status(state=CANCELLED, finished_at=time.time())
+        return CANCELLED
+    if str(status.get("error") or "").startswith("KeyboardInterrupt"):  # the second Ctrl-C
+        run.update_status(error=INTERRUPTED_TWICE)
+        run.log(INTERRUPTED_TWICE)
+    return status.get("state") or FAILED
+
+
 def cmd_train(args) -> int:
-    from prefixlab.runs import FAILED, RunDir, atomic_write_json, new_run_id, new_status
-    from prefixlab.train import run_worker
+    from prefixlab.runs import FAILED, QUEUED, RunDir, atomic_write_json, new_run_id, new_status
+    from prefixlab.train import is_main_process, run_worker
 
     if args.spec is None and args.run_dir is None:
         raise CliError("train needs SPEC.json, --run-dir DIR (with spec.json inside), or both")
+    # Under `accelerate launch` every process runs this; only the first owns status.json (the others
+    # would find it running, by the first, and must not reset it).
+    owner = is_main_process()
     if args.spec is not None:
-        spec = ExperimentSpec.load(args.spec)
-        runs_dir = Path(args.runs_dir)
-        path = Path(args.run_dir) if args.run_dir else runs_dir / new_run_id(spec.name, runs_dir)
+        spec = load_spec(args.spec)
+        if args.run_dir:
+            path = folder(args.run_dir, "--run-dir", create=True)
+        else:
+            runs_dir = folder(args.runs_dir, "--runs-dir", create=True)
+            path = runs_dir / new_run_id(spec.name, runs_dir)
         run = RunDir(path)
-        if run.read_status().get("state") not in (None, "queued"):
-            raise CliError(f"{path} already holds a run ({run.read_status()['state']}); "
-                           "pick a new --run-dir or leave it out")
+        status = run.read_status()
+        if owner and status.get("state") not in (None, QUEUED):
+            raise CliError(f"{path} already holds a run ({held_by(status)}); pick a new --run-dir or leave it out")
         run.write_spec(spec)
-        atomic_write_json(run.status_path, new_status())
+        if owner:
+            atomic_write_json(run.status_path, new_status())
     else:
-        run = RunDir(args.run_dir)
+        run = RunDir(folder(args.run_dir, "--run-dir"))
         if not run.spec_path.exists():
             raise CliError(f"{run.spec_path} does not exist; pass SPEC.json as well, or submit from the page")
         run.read_spec()  # a bad spec.json: one clear line now, not a failed run
+        if owner:
+            check_startable(run, run.read_status())
     print(f"run directory: {run.path}", file=sys.stderr)
-    quiet_transformers()
-    state = run_worker(run.path, progress=None if args.progress is None else args.progress)
+    try:
+        quiet_transformers()
+        state = run_worker(run.path, progress=None if args.progress is None else args.progress)
+    except KeyboardInterrupt:
+        state = interrupted(run, owner)
     status = run.read_status()
     print(f"{state}: {run.path}" + (f" ({status.get('error')})" if state == FAILED else ""), file=sys.stderr)
     return EXIT_FAILED if state == FAILED else EXIT_OK
@@ -82,14 +198,13 @@ def cmd_generate(args) -> int:
     from prefixlab.train import generate_outputs
     from prefixlab.zoo import load_base
 
-    run = RunDir(args.run_dir)
+    run = RunDir(folder(args.run_dir, "--run-dir"))
     spec = run.read_spec()
     if args.max_new_tokens is not None:
         spec.generation.max_new_tokens = args.max_new_tokens
     names = [v for v in spec.variant_names if (run.adapter_path(v) / "adapter_config.json").exists()]
     if not names:
-        raise CliError(f"{run.adapters_path} holds no adapters yet; wait for the first checkpoint "
-                       f"(every training.eval_interval={spec.training.eval_interval} steps)")
+        raise CliError(no_adapters(run, spec))
     base, tokenizer, task_type = load_base(spec.model.name)
     device = torch.device(training_device_type())  # where the worker would train: CUDA, MPS or CPU
     model = PrefixTuningModel.from_pretrained(base.to(device), str(run.adapter_path(names[0])), adapter_name=names[0])
@@ -101,6 +216,61 @@ def cmd_generate(args) -> int:
         print(f"prompt: {prompt}")
         for name, text in outputs.items():
             print(f"  {name:>16}: {text}")
+    return EXIT_OK
+
+
+def no_adapters(run, spec: ExperimentSpec) -> str:
+    """Why a run has no adapters to generate with, and what to do, by its state."""
+    status = run.read_status()
+    state = status.get("state") or "queued"
+    worker, detail = worker_of(status) if state == "running" else (None, None)
+    if worker == "dead":
+        return f"{run.path} has no adapters: its worker died ({detail}) before the first checkpoint; {train_again(run)}"
+    if state in ("running", "queued"):
+        return (f"{run.adapters_path} holds no adapters yet; wait for the first checkpoint "
+                f"(every training.eval_interval={spec.training.eval_interval} steps)")
+    if state == "failed":
+        return (f"{run.path} failed before saving any adapters ({status.get('error') or 'no error recorded'}); "
+                f"nothing to generate with: fix the cause, then {train_again(run)}")
+    return f"{run.path} is {state} but {run.adapters_path} holds no adapters; {train_again(run)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+
+
+def run_line(info) -> list[str]:
+    """One run for `runs`: id, name, model, state, step / total, started (UTC), error. A run marked
+    running whose worker is gone shows as failed with the queue's words (the page's queue writes
+    them within a second; this command writes nothing)."""
+    from prefixlab.runs import RunDir
+
+    state, error = info.state, info.error if info.state == "failed" else None
+    if state == "running":
+        worker, detail = worker_of(RunDir(info.path).read_status())
+        if worker == "dead":
+            state, error = "failed", f"worker died without reporting: {detail} (status.json still says running)"
+    error = " ".join((error or "").split())  # one line per run
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.started_at)) if info.started_at else "-"
+    step = f"{info.step}/{info.total_steps or '?'}"
+    return [info.run_id, info.name or "-", info.model or "-", state, step, started, error]
+
+
+def cmd_runs(args) -> int:
+    from prefixlab.runs import JobQueue
+
+    runs_dir = folder(args.runs_dir, "--runs-dir")
+    if not runs_dir.is_dir():
+        print(f"no runs: {runs_dir} does not exist (train something, or pass --runs-dir)", file=sys.stderr)
+        return EXIT_OK
+    lines = [run_line(info) for info in JobQueue(runs_dir).list_runs()]
+    if not lines:
+        print(f"no runs in {runs_dir}", file=sys.stderr)
+        return EXIT_OK
+    lines.insert(0, ["id", "name", "model", "state", "step", "started (UTC)", "error"])
+    widths = [max(len(line[i]) for line in lines) for i in range(6)]
+    for line in lines:
+        print("  ".join([cell.ljust(w) for cell, w in zip(line, widths)] + [line[6]]).rstrip())
     return EXIT_OK
 
 
@@ -127,10 +297,17 @@ def inspect_rows(spec: ExperimentSpec) -> list[dict]:
 
 
 def cmd_inspect(args) -> int:
+    flags = [f"{flag} {value}" for flag, value in (("--model", args.model), ("--prefix-length", args.prefix_length),
+                                                   ("--encoder-hidden-size", args.encoder_hidden_size))
+             if value is not None]
+    if args.spec is not None and flags:
+        raise CliError(f"inspect takes SPEC.json or --model NAME, not both: {', '.join(flags)} would be ignored; "
+                       f"edit the spec ({args.spec}), or leave SPEC.json out")
     if args.spec is not None:
-        spec = ExperimentSpec.load(args.spec)
+        spec = load_spec(args.spec)
     elif args.model is not None:
-        form = {"model.name": args.model, "prefix.num_virtual_tokens": args.prefix_length,
+        prefix_length = 10 if args.prefix_length is None else args.prefix_length
+        form = {"model.name": args.model, "prefix.num_virtual_tokens": prefix_length,
                 "prefix.encoder_hidden_size": args.encoder_hidden_size}
         from prefixlab.experiment import spec_from_form
 
@@ -202,11 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int)
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("runs", help="every run in the runs folder: state, step, start time, error")
+    p.add_argument("--runs-dir", default="runs", help="the folder of runs (default: runs)")
+    p.set_defaults(func=cmd_runs)
+
     p = sub.add_parser("inspect", help="parameter accounting for a spec or a model, no training")
     p.add_argument("spec", nargs="?")
     p.add_argument("--model", help="a model preset, Hub id or folder (instead of a spec)")
-    p.add_argument("--prefix-length", type=int, default=10)
-    p.add_argument("--encoder-hidden-size", type=int)
+    p.add_argument("--prefix-length", type=int, help="with --model: num_virtual_tokens (default: 10)")
+    p.add_argument("--encoder-hidden-size", type=int, help="with --model: the projection MLP's hidden size")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("bench", help="benchmarks: core (a training step vs PEFT and a floor), "
@@ -234,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         # SpecError, ModelLoadError, DataError are ValueErrors with messages meant for people.
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before a command could handle it (e.g. while importing torch)
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -11,7 +17,7 @@ from prefixlab import get_peft_model
 from prefixlab.__main__ import CliError, _import, main
 from prefixlab.bench_engine import bench_spec, compare, measure_one
 from prefixlab.experiment import ExperimentSpec
-from prefixlab.runs import RunDir
+from prefixlab.runs import QUEUE_LAUNCH_ENV, JobQueue, RunDir
 from prefixlab.tiny import tiny_model
 from prefixlab.train import run_worker
 
@@ -67,14 +73,41 @@ def test_inspect_a_model_without_a_spec(capsys):
         (["inspect"], "inspect needs SPEC.json or --model NAME"),
         (["inspect", "--model", "tiny-gpt2", "--prefix-length", "0"], "num_virtual_tokens=0"),
         (["generate", "--run-dir", "{tmp}/empty", "--prompt", "x"], "spec.json does not exist"),
+        # a corrupt spec.json in a run folder, a spec file that is not UTF-8: the file is named
+        (["train", "--run-dir", "{tmp}/corrupt"],
+         "{tmp}/corrupt/spec.json is not valid JSON (Expecting property name enclosed in double quotes: line 2 "
+         "column 1); fix the file"),
+        (["generate", "--run-dir", "{tmp}/corrupt", "--prompt", "x"], "{tmp}/corrupt/spec.json is not valid JSON"),
+        (["train", "{tmp}/latin1.json"], "cannot read spec file {tmp}/latin1.json: not UTF-8 text (byte 0xff at "
+                                         "position 10); save it as UTF-8"),
+        (["inspect", "{tmp}/latin1.json"], "cannot read spec file {tmp}/latin1.json: not UTF-8"),
+        # folders that are files, or cannot be made
+        (["train", "{tmp}/spec.json", "--run-dir", "{tmp}/afile"], "--run-dir {tmp}/afile is a file, not a folder"),
+        (["train", "{tmp}/spec.json", "--runs-dir", "{tmp}/afile"], "--runs-dir {tmp}/afile is a file, not a folder"),
+        (["train", "--run-dir", "{tmp}/afile"], "--run-dir {tmp}/afile is a file, not a folder"),
+        (["generate", "--run-dir", "{tmp}/afile", "--prompt", "x"], "--run-dir {tmp}/afile is a file, not a folder"),
+        (["runs", "--runs-dir", "{tmp}/afile"], "--runs-dir {tmp}/afile is a file, not a folder"),
+        (["train", "{tmp}/spec.json", "--runs-dir", "{tmp}/afile/runs"],
+         "--runs-dir {tmp}/afile/runs: cannot create the folder (Not a directory); give a folder you can write to"),
+        # inspect: --model and the prefix flags are instead of a spec, as its help says
+        (["inspect", "{tmp}/spec.json", "--model", "tiny-t5"],
+         "inspect takes SPEC.json or --model NAME, not both: --model tiny-t5 would be ignored; edit the spec "
+         "({tmp}/spec.json), or leave SPEC.json out"),
+        (["inspect", "{tmp}/spec.json", "--prefix-length", "3"], "--prefix-length 3 would be ignored"),
     ],
 )
 def test_bad_command_lines_exit_2_with_one_line(tmp_path, capsys, argv, message):
     (tmp_path / "bad.json").write_text("{")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "spec.json").write_text("{\n")
+    (tmp_path / "latin1.json").write_bytes(b'{"name": "\xff"}')
+    (tmp_path / "spec.json").write_text(json.dumps(tiny_spec_dict()))
+    (tmp_path / "afile").write_text("")
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err, err
+    assert err.startswith("error: ") and message.replace("{tmp}", str(tmp_path)) in err, err
+    assert err.count("\n") == 1, err
 
 
 def test_train_run_dir_with_failing_data_exits_1(tmp_path, capsys):
@@ -91,6 +124,109 @@ def test_train_refuses_to_overwrite_a_finished_run(finished_run, tmp_path, capsy
     spec_path.write_text(json.dumps(tiny_spec_dict()))
     assert main(["train", str(spec_path), "--run-dir", str(finished_run.path)]) == 2
     assert "already holds a run (done)" in capsys.readouterr().err
+
+
+def copy_run(finished_run, tmp_path, **status) -> RunDir:
+    """A copy of the finished run (adapters included) with `status` changes."""
+    run = RunDir(shutil.copytree(finished_run.path, tmp_path / "copy"))
+    if status:
+        run.update_status(**status)
+    return run
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_train_run_dir_starts_only_a_queued_run(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path)
+    metrics = run.metrics_path.read_text()
+    assert main(["train", "--run-dir", str(run.path), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"error: {run.path} is already done; to train this spec again: "
+                                       f"python -m prefixlab train {run.spec_path}\n")
+    assert run.metrics_path.read_text() == metrics and run.read_status()["state"] == "done"  # untouched
+
+    run.update_status(state="failed", error="ModelLoadError: no model 'nope'")
+    assert main(["train", "--run-dir", str(run.path)]) == 2
+    assert capsys.readouterr().err == (f"error: {run.path} has failed (ModelLoadError: no model 'nope'); to train "
+                                       f"this spec again: python -m prefixlab train {run.spec_path}\n")
+    run.update_status(state="cancelled", step=1)
+    assert main(["train", "--run-dir", str(run.path)]) == 2
+    assert f"{run.path} was cancelled at step 1; to train this spec again" in capsys.readouterr().err
+
+
+def test_train_run_dir_on_a_running_run_names_its_worker_or_says_it_died(finished_run, tmp_path, capsys):
+    # This test process stands in for a live worker.
+    run = copy_run(finished_run, tmp_path, state="running", pid=os.getpid(), heartbeat=time.time())
+    metrics = run.metrics_path.read_text()
+    assert main(["train", "--run-dir", str(run.path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {run.path} is already running in worker process {os.getpid()}; wait for it, or stop it "
+        f"(Stop on the page, or kill {os.getpid()}: it saves and ends cancelled)\n")
+    gone = dead_pid()
+    run.update_status(pid=gone)
+    assert main(["train", "--run-dir", str(run.path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {run.path} is marked running but its worker died (process {gone} is gone); "
+        f"to train this spec again: python -m prefixlab train {run.spec_path}\n")
+    # What JobQueue._launch leaves just before its worker starts: only that worker may take it.
+    run.update_status(pid=None, heartbeat=time.time())
+    assert main(["train", "--run-dir", str(run.path)]) == 2
+    assert "is being started by the page's queue; wait for it" in capsys.readouterr().err
+    assert run.metrics_path.read_text() == metrics
+
+
+def test_train_run_dir_starts_the_run_the_queue_marked_running_for_it(tmp_path, monkeypatch):
+    queue = JobQueue(tmp_path / "runs")
+    run = queue.run_dir(queue.submit(ExperimentSpec.from_dict(tiny_spec_dict())))
+    run.update_status(state="running", pid=None, started_at=time.time(), heartbeat=time.time())  # as _launch
+    monkeypatch.setenv(QUEUE_LAUNCH_ENV, str(run.path))
+    assert main(["train", "--run-dir", str(run.path), "--no-progress"]) == 0
+    assert run.read_status()["state"] == "done"
+
+
+def test_train_spec_into_a_killed_runs_folder_says_the_worker_died(finished_run, tmp_path, capsys):
+    gone = dead_pid()
+    run = copy_run(finished_run, tmp_path, state="running", pid=gone, heartbeat=time.time())
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(tiny_spec_dict()))
+    assert main(["train", str(spec_path), "--run-dir", str(run.path)]) == 2
+    assert capsys.readouterr().err == (f"error: {run.path} already holds a run (running, but its worker died: "
+                                       f"process {gone} is gone); pick a new --run-dir or leave it out\n")
+    run.update_status(pid=os.getpid())
+    assert main(["train", str(spec_path), "--run-dir", str(run.path)]) == 2
+    assert f"already holds a run (running, worker process {os.getpid()})" in capsys.readouterr().err
+    run.status_path.write_text("")  # unreadable: the message names the file
+    assert main(["train", str(spec_path), "--run-dir", str(run.path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {run.path} already holds a run (failed: {run.status_path} "
+                                              "is not valid JSON (Expecting value: line 1 column 1); the run's state "
+                                              "is unknown, so it counts as failed)")
+
+
+def test_double_ctrl_c_fails_the_run_with_a_short_message(tmp_path, capsys, monkeypatch):
+    import prefixlab.train
+
+    def interrupted_twice(job):
+        signal.raise_signal(signal.SIGINT)  # the first: stop after this step, saving
+        signal.raise_signal(signal.SIGINT)  # the second: stop now
+
+    monkeypatch.setattr(prefixlab.train.Job, "train", interrupted_twice)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(tiny_spec_dict()))
+    run = RunDir(tmp_path / "run")
+    try:
+        code = main(["train", str(spec_path), "--run-dir", str(run.path), "--no-progress"])
+    except KeyboardInterrupt:  # raised here it would end the whole pytest session
+        pytest.fail("KeyboardInterrupt escaped main(): a traceback for the user")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        f"failed: {run.path} (interrupted twice (Ctrl-C); stopped without saving the last steps)")
+    status = run.read_status()
+    assert status["state"] == "failed"
+    assert status["error"] == "interrupted twice (Ctrl-C); stopped without saving the last steps"
 
 
 def test_generate_from_saved_adapters_matches_the_workers_samples(finished_run, capsys):
@@ -118,6 +254,48 @@ def test_generate_before_any_checkpoint_says_so(tmp_path, capsys):
     run.write_spec(ExperimentSpec.from_dict(tiny_spec_dict()))
     assert main(["generate", "--run-dir", str(run.path), "--prompt", "x"]) == 2
     assert "holds no adapters yet" in capsys.readouterr().err
+
+
+def test_generate_on_a_run_that_failed_or_died_before_its_first_checkpoint(tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    run.write_spec(ExperimentSpec.from_dict(tiny_spec_dict()))
+    run.update_status(state="failed", error="ModelLoadError: no model 'nope'")
+    assert main(["generate", "--run-dir", str(run.path), "--prompt", "x"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {run.path} failed before saving any adapters (ModelLoadError: no model 'nope'); nothing to "
+        f"generate with: fix the cause, then to train this spec again: python -m prefixlab train {run.spec_path}\n")
+    gone = dead_pid()
+    run.update_status(state="running", pid=gone, heartbeat=time.time(), error=None)
+    assert main(["generate", "--run-dir", str(run.path), "--prompt", "x"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: {run.path} has no adapters: its worker died (process {gone} is gone) before the first checkpoint")
+
+
+def test_runs_lists_every_run_with_dead_workers_named(tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    assert main(["runs", "--runs-dir", str(runs_dir)]) == 0
+    assert capsys.readouterr().err == f"no runs: {runs_dir} does not exist (train something, or pass --runs-dir)\n"
+    queue = JobQueue(runs_dir)
+    ids = [queue.submit(ExperimentSpec.from_dict({**tiny_spec_dict(), "name": name}))
+           for name in ("done", "dead", "failed", "queued")]
+    started = 1795700000.0  # 2026-11-26 13:33:20 UTC
+    queue.run_dir(ids[0]).update_status(state="done", step=2, total_steps=2, started_at=started)
+    gone = dead_pid()
+    queue.run_dir(ids[1]).update_status(state="running", step=1, total_steps=2, pid=gone, started_at=started,
+                                        heartbeat=time.time())
+    queue.run_dir(ids[2]).update_status(state="failed", error="DataError: x.jsonl line 3:\nno 'target'")
+    assert main(["runs", "--runs-dir", str(runs_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == ["id", "name", "model", "state", "step", "started (UTC)", "error"]
+    rows = {line.split()[0]: re.split(r"\s{2,}", line) for line in lines[1:]}
+    assert list(rows) == ids[::-1]  # newest first
+    assert rows[ids[3]] == [ids[3], "queued", "tiny-gpt2", "queued", "0/?", "-"]
+    assert rows[ids[2]] == [ids[2], "failed", "tiny-gpt2", "failed", "0/?", "-",
+                            "DataError: x.jsonl line 3: no 'target'"]
+    assert rows[ids[1]] == [ids[1], "dead", "tiny-gpt2", "failed", "1/2", "2026-11-26 13:33:20",
+                            f"worker died without reporting: process {gone} is gone (status.json still says running)"]
+    assert rows[ids[0]] == [ids[0], "done", "tiny-gpt2", "done", "2/2", "2026-11-26 13:33:20"]
+    assert queue.run_dir(ids[1]).read_status()["state"] == "running"  # listing writes nothing
 
 
 def test_missing_optional_module_is_a_clear_error():
