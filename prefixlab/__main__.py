@@ -31,18 +31,6 @@ class CliError(ValueError):
     """A bad command line or input; printed as one line, exit status 2."""
 
 
-INTERRUPTED_TWICE = "interrupted twice (Ctrl-C); stopped without saving the last steps"
-
-
-def load_spec(path: str) -> ExperimentSpec:
-    """ExperimentSpec.load, with a file that is not UTF-8 named too."""
-    try:
-        return ExperimentSpec.load(path)
-    except UnicodeDecodeError as err:
-        raise CliError(f"cannot read spec file {path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} "
-                       f"at position {err.start}); save it as UTF-8") from None
-
-
 def folder(path: str, flag: str, *, create: bool = False) -> Path:
     """`path` as a folder for `flag`: never a file; made (with its parents) when `create`."""
     path = Path(path)
@@ -138,10 +126,7 @@ def interrupted(run, owner: bool) -> str:
     if status.get("state") in (None, QUEUED):  # before the worker started: nothing trained yet
         run.update_status(state=CANCELLED, finished_at=time.time())
         return CANCELLED
-    if str(status.get("error") or "").startswith("KeyboardInterrupt"):  # the second Ctrl-C
-        run.update_status(error=INTERRUPTED_TWICE)
-        run.log(INTERRUPTED_TWICE)
-    return status.get("state") or FAILED
+    return status.get("state") or FAILED  # run_worker wrote the failure (train.INTERRUPTED_TWICE)
 
 
 def cmd_train(args) -> int:
@@ -154,7 +139,7 @@ def cmd_train(args) -> int:
     # would find it running, by the first, and must not reset it).
     owner = is_main_process()
     if args.spec is not None:
-        spec = load_spec(args.spec)
+        spec = ExperimentSpec.load(args.spec)
         if args.run_dir:
             path = folder(args.run_dir, "--run-dir", create=True)
         else:
@@ -304,7 +289,7 @@ def cmd_inspect(args) -> int:
         raise CliError(f"inspect takes SPEC.json or --model NAME, not both: {', '.join(flags)} would be ignored; "
                        f"edit the spec ({args.spec}), or leave SPEC.json out")
     if args.spec is not None:
-        spec = load_spec(args.spec)
+        spec = ExperimentSpec.load(args.spec)
     elif args.model is not None:
         prefix_length = 10 if args.prefix_length is None else args.prefix_length
         form = {"model.name": args.model, "prefix.num_virtual_tokens": prefix_length,

@@ -296,6 +296,9 @@ class ExperimentSpec:
             text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise SpecError("experiment", f"cannot read spec file {path}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise SpecError("experiment", f"cannot read spec file {path}: not UTF-8 text (byte "
+                                          f"0x{err.object[err.start]:02x} at position {err.start}); save it as UTF-8") from None
         try:
             return cls.from_json(text)
         except SpecError as err:

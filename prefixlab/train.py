@@ -122,6 +122,9 @@ class StatusWriter:
         self.update(**changes, finished_at=time.time())
 
 
+INTERRUPTED_TWICE = "interrupted twice (Ctrl-C); stopped without saving the last steps"
+
+
 def install_stop_handler() -> tuple[threading.Event, dict]:
     """SIGTERM (the page's Stop) and Ctrl-C set a flag the loop checks every step; returns the flag
     and the previous handlers, for `restore_handlers`."""
@@ -190,6 +193,8 @@ def describe_error(err: BaseException, spec: ExperimentSpec | None) -> str:
                 f"{hint}; raise training.gradient_accumulation_steps to keep the effective batch")
     if isinstance(err, SpecError):  # already names the field and the fix
         return str(err)
+    if isinstance(err, KeyboardInterrupt):  # install_stop_handler: the first Ctrl-C stops gracefully
+        return INTERRUPTED_TWICE
     return f"{type(err).__name__}: {err}"
 
 
