@@ -142,6 +142,8 @@ def cmd_train(args) -> int:
         spec = ExperimentSpec.load(args.spec)
         if args.run_dir:
             path = folder(args.run_dir, "--run-dir", create=True)
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own new run id
+            raise CliError("under accelerate launch every process must write the same run: pass --run-dir DIR")
         else:
             runs_dir = folder(args.runs_dir, "--runs-dir", create=True)
             path = runs_dir / new_run_id(spec.name, runs_dir)

@@ -336,3 +336,14 @@ def test_core_bench_without_peft_says_what_to_install(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: the core benchmark times prefixlab against PEFT, which is not installed")
     assert "pip install -r tests/requirements.txt" in err
+
+
+def test_train_under_several_processes_needs_a_run_dir(tmp_path, monkeypatch, capsys):
+    """Each process of `accelerate launch` would make its own new run id: one folder each."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(tiny_spec_dict()))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", str(spec_path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: under accelerate launch every process must write the same run: pass --run-dir DIR")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
