@@ -403,6 +403,9 @@ class JobQueue:
             self._mark_dead_workers()
             if self.active_run() is not None:
                 return None
+            # A worker that died between the two calls above is no longer active, but is not yet
+            # marked failed either: mark it now, before its successor starts (dead stays dead).
+            self._mark_dead_workers()
             queued = [i for i in self.list_runs() if i.state == QUEUED]
             if not queued:
                 return None

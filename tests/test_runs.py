@@ -244,6 +244,28 @@ def test_killed_child_is_marked_failed_and_next_run_starts(queue):
     wait_for(lambda: queue.run_dir(nxt).read_status()["state"] == CANCELLED)
 
 
+def test_a_worker_dying_during_poll_is_marked_failed_before_the_next_run_starts(queue, monkeypatch):
+    """The worker dies after poll's pass over dead workers and before its check for an active run
+    (a race the full suite once hit): the next run may start, but only with the dead one marked."""
+    doomed, nxt = queue.submit(spec("a")), queue.submit(spec("b"))
+    queue.poll()
+    pid, first_pass = worker_pid(queue, doomed), queue._mark_dead_workers
+    passes = []
+
+    def then_die():
+        first_pass()
+        if not passes:
+            os.kill(pid, signal.SIGKILL)
+            queue._children[doomed].wait()
+        passes.append(1)
+
+    monkeypatch.setattr(queue, "_mark_dead_workers", then_die)
+    assert queue.poll() == nxt
+    assert queue.run_dir(doomed).read_status()["state"] == FAILED
+    queue.cancel(nxt)
+    wait_for(lambda: queue.run_dir(nxt).read_status()["state"] == CANCELLED)
+
+
 def test_restarted_queue_finds_dead_and_live_workers_on_disk(queue, tmp_path):
     live, dead = queue.submit(spec("live")), queue.submit(spec("dead"))
     queue.poll()
