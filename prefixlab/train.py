@@ -183,14 +183,18 @@ def describe_error(err: BaseException, spec: ExperimentSpec | None) -> str:
     # The CPU allocator raises a RuntimeError "... DefaultCPUAllocator: can't allocate memory ...".
     text = str(err).lower()
     if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text:
-        training = spec.training if spec else None
-        hint = (f" (now batch_size={training.batch_size}, max_length={training.max_length}, "
-                f"num_virtual_tokens={max(v.prefix.num_virtual_tokens for v in spec.variants)})"
-                if training else "")
+        hint = ""
+        if spec is not None:
+            prefixes = [v.prefix for v in spec.variants]
+            sizes = [f"batch_size={spec.training.batch_size}", f"max_length={spec.training.max_length}",
+                     f"num_virtual_tokens={max(p.num_virtual_tokens for p in prefixes)}"]
+            hidden = [p.encoder_hidden_size for p in prefixes if p.prefix_projection and p.encoder_hidden_size]
+            sizes += [f"encoder_hidden_size={max(hidden)}"] if hidden else []
+            hint = f" (now {', '.join(sizes)})"
         # "MPS backend out of memory ..." on Apple GPUs
         where = "MPS" if "mps" in text else "CPU" if "can't allocate memory" in text else "CUDA"
-        return (f"{where} out of memory: use a smaller training.batch_size or training.max_length"
-                f"{hint}; raise training.gradient_accumulation_steps to keep the effective batch")
+        return (f"{where} out of memory: use a smaller training.batch_size or training.max_length, or a smaller "
+                f"prefix{hint}; raise training.gradient_accumulation_steps to keep the effective batch")
     if isinstance(err, SpecError):  # already names the field and the fix
         return str(err)
     if isinstance(err, KeyboardInterrupt):  # install_stop_handler: the first Ctrl-C stops gracefully

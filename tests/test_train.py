@@ -158,7 +158,9 @@ def test_cuda_out_of_memory_is_reported_with_a_fix(tmp_path, monkeypatch):
     error = run.read_status()["error"]
     assert error.startswith("CUDA out of memory: use a smaller training.batch_size or training.max_length")
     spec = tiny_spec()
-    assert f"(now batch_size=4, max_length=64, num_virtual_tokens={spec.variants[0].prefix.num_virtual_tokens})" in error
+    assert error.endswith("or a smaller prefix (now batch_size=4, max_length=64, num_virtual_tokens=4, "
+                          "encoder_hidden_size=16); raise training.gradient_accumulation_steps to keep the "
+                          "effective batch")
     mps = RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.00 GB)")
     assert describe_error(mps, None).startswith("MPS out of memory: use a smaller training.batch_size")
     cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
