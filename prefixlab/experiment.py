@@ -223,7 +223,9 @@ class ExperimentSpec:
 
     def validate(self) -> None:
         """Checks across sections; each section already validated its own fields."""
-        if not isinstance(self.name, str) or not self.name.strip():
+        if not isinstance(self.name, str):
+            raise SpecError("experiment.name", f"must be text, got {self.name!r}")
+        if not self.name.strip():
             raise SpecError("experiment.name", f"must not be empty, got {self.name!r}")
         names = [v.name for v in self.variants]
         for i, name in enumerate(names):
@@ -411,6 +413,10 @@ def _variants_from_dict(shared: dict, variants: Any) -> list[VariantSpec]:
     for i, v in enumerate(variants):
         if not isinstance(v, dict) or "name" not in v:
             raise SpecError(f"variants[{i}]", f"must be an object with a name and a prefix, got {v!r}")
+        unknown = sorted(k for k in v if k not in ("name", "prefix") and not k.startswith("_"))
+        if unknown:
+            raise SpecError(f"variants[{i}].{unknown[0]}",
+                            "unknown key; a variant has only a name and a prefix (keys starting with _ are comments)")
         overrides = v.get("prefix", {})
         if not isinstance(overrides, dict):
             raise SpecError(f"variants[{i}].prefix", f"must be a JSON object, got {overrides!r}")

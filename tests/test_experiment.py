@@ -130,6 +130,9 @@ def test_stray_prefix_projection_form_value_is_ignored_with_a_warning():
         ({"variants": [{"name": "base", "prefix": {"num_virtual_tokens": 4}}]}, "variants[0].name", ["'base'"]),
         ({"variants": [{"name": "../x", "prefix": {"num_virtual_tokens": 4}}]}, "variants[0].name",
          ["'../x' cannot name a variant", "letters, digits, _ and -"]),
+        ({"name": 5}, "experiment.name", ["must be text, got 5"]),
+        ({"variants": [{"name": "a", "prefix": {"num_virtual_tokens": 4}, "extra": 1}]}, "variants[0].extra",
+         ["unknown key", "a name and a prefix"]),
         ({"variants": [{"name": "a.b", "prefix": {"num_virtual_tokens": 4}}]}, "variants[0].name",
          ["'a.b' cannot name a variant"]),  # a folder, not a module name: add_adapter would refuse it
         ({"variants": [{"name": "a", "prefix": {"num_virtual_tokens": 4, "inference_mode": True}}]},
