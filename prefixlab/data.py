@@ -83,6 +83,8 @@ def load_task(
         max_train_examples = getattr(spec, "max_train_examples", max_train_examples)
         max_eval_examples = getattr(spec, "max_eval_examples", max_eval_examples)
     kind, where = resolve_source(source)
+    if kind != "builtin":
+        check_columns(where, source_column, target_column)
     if kind == "builtin":
         splits = _load_folder(BUILTIN_TASKS[where], "source", "target")
     elif kind == "file":
@@ -93,6 +95,15 @@ def load_task(
         limits = _limits(max_train_examples, max_eval_examples)
         splits = _load_hub(where, hub_config, source_column, target_column, limits)
     return _cap(splits, max_train_examples, max_eval_examples)
+
+
+def check_columns(where: str, source_column: str, target_column: str) -> None:
+    """A DataError when the source and target columns are one column: the model would learn to copy
+    its input, which no task is (a file with a single column cannot be a task)."""
+    if source_column == target_column:
+        raise DataError(f"{where}: the source and target columns are both {source_column!r}; a task needs a "
+                        "source column and a different target column: set one of them to another column "
+                        "(a file with a single column cannot be a task)")
 
 
 def _limits(max_train: int | None, max_eval: int | None) -> dict[str, int | None]:

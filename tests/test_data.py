@@ -149,6 +149,15 @@ def test_missing_column_lists_the_columns_found(tmp_path):
     assert "d.csv, line 2: no target column 'text' (columns found: 'mr', 'ref')" in msg
 
 
+def test_the_same_column_as_source_and_target_is_refused(tmp_path):
+    """A one-column file would train text -> text; the file (and the CLI) says so before any training."""
+    msg = _error(tmp_path, "d.csv", "text\nhello\n", source_column="text", target_column="text")
+    assert "d.csv: the source and target columns are both 'text'" in msg
+    assert "a different target column" in msg
+    with pytest.raises(DataError, match="both 'text'"):
+        data.load_task("someone/dataset", source_column="text", target_column="text")  # before any download
+
+
 def test_empty_target_names_the_line(tmp_path):
     msg = _error(tmp_path, "d.jsonl", '{"source": "a", "target": "b"}\n{"source": "a", "target": "  "}\n')
     assert "d.jsonl, line 2: empty target in column 'target'; fill it in or remove the line" in msg
