@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from test_compare import write_run
 
 from prefixlab.experiment import ExperimentSpec
 from prefixlab.runs import JobQueue, append_jsonl
+from prefixlab.ui import values
 from prefixlab.ui.fields import page_fields
 from prefixlab.ui.handlers import Lab, files_signature
 from prefixlab.ui.app import REPO_PRESETS
@@ -107,9 +111,13 @@ def test_upload_reads_every_line_not_only_those_the_pickers_look_at(tmp_path):
     lab = _lab(tmp_path)
     upload = tmp_path / "late-error.jsonl"
     upload.write_text("".join(json.dumps(r) + "\n" for r in _rows(30)) + "{not json}\n")
-    source, _, _, message = lab.upload_task(str(upload))
+    source, _, _, message, rejection = lab.upload_task(str(upload), "e2e-synth")
     assert source is gr.skip() or source == gr.skip()  # data.source keeps its value
-    assert "**data.source**" in message and "line 31: bad JSON" in message
+    assert "**data.source**" in message and "late-error.jsonl, line 31: bad JSON" in message
+    assert str(tmp_path) not in message  # named by the file's own name, not where Gradio put it
+    assert "This file was not used (data.source is still 'e2e-synth')" in message
+    assert message == values.errors_markdown({"data.source": rejection})
+    assert not (tmp_path / "runs" / "uploads").exists()  # checked before anything is stored
 
 
 def test_initial_state_is_the_offline_preset_with_model_sizes(tmp_path):
@@ -123,15 +131,127 @@ def test_upload_copies_the_file_and_offers_its_columns(tmp_path):
     lab = _lab(tmp_path)
     upload = tmp_path / "mine.csv"
     upload.write_text("question,answer,id\nwhat?,that,1\n")
-    source, source_column, target_column, message = lab.upload_task(str(upload))
-    assert source == str(tmp_path / "runs" / "uploads" / "mine.csv") and message == ""
-    assert (tmp_path / "runs" / "uploads" / "mine.csv").read_text() == upload.read_text()
+    source, source_column, target_column, message, rejection = lab.upload_task(str(upload))
+    digest = hashlib.sha256(upload.read_bytes()).hexdigest()[:12]
+    assert source == str(tmp_path / "runs" / "uploads" / f"mine-{digest}.csv") and message == rejection == ""
+    assert Path(source).read_text() == upload.read_text()
     assert source_column["choices"] == ["question", "answer", "id"] and source_column["value"] == "question"
     assert target_column["value"] == "answer"
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
-    _, _, _, message = lab.upload_task(str(bad))
+    _, _, _, message, _ = lab.upload_task(str(bad))
     assert "**data.source**" in message and "unsupported file type '.txt'" in message
+
+
+def test_the_target_picker_never_starts_on_the_source_column(tmp_path):
+    lab = _lab(tmp_path)
+    upload = tmp_path / "t.csv"
+    upload.write_text("x,source\na,b\n")
+    _, source_column, target_column, _, _ = lab.upload_task(str(upload))
+    assert (source_column["value"], target_column["value"]) == ("source", "x")
+
+
+def _tiny_form(lab):
+    initial, override, _, _ = lab.initial_state("offline-tiny")
+    return initial, override
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("badline.jsonl", "".join(json.dumps(r) + "\n" for r in _rows(499)) + "{oops\n", "line 500: bad JSON"),
+    ("binary.csv", bytes(range(256)) * 4, "binary.csv"),
+    ("empty.jsonl", b"", "empty.jsonl"),
+    ("latin1.csv", "source,target\ncaf\xe9,b\n".encode("latin-1"), "latin1.csv"),
+    ("onecol.csv", "text\nhello\nworld\n", "the file has only one column, 'text'"),
+], ids=["badline", "binary", "empty", "latin1", "onecol"])
+def test_a_rejected_upload_blocks_train_export_and_save_until_it_is_cleared(tmp_path, name, content, needle):
+    """While a rejected file is on show, the task is still the old one: Train (and export, save)
+    refuse with the upload's message, and every form edit keeps it; clearing the upload lifts it."""
+    lab = _lab(tmp_path)
+    initial, override = _tiny_form(lab)
+    raw = [initial[f.key] for f in lab.fields]
+    upload = tmp_path / name
+    upload.write_bytes(content if isinstance(content, bytes) else content.encode())
+    source, _, _, shown, rejection = lab.upload_task(str(upload), "e2e-synth")
+    assert source == SKIP and needle in rejection and shown == values.errors_markdown({"data.source": rejection})
+    assert "clear the upload (×)" in rejection and "Traceback" not in rejection
+    messages, run_select, status = lab.train(override, *raw, upload_error=rejection)
+    assert messages == shown and run_select == SKIP and lab.queue.list_runs() == []
+    assert lab.export_spec(override, *raw, upload_error=rejection)[2] == shown
+    assert lab.save_preset("kept-out", override, *raw, upload_error=rejection)[3] == shown
+    assert not (lab.presets_dir / "kept-out.json").exists()
+    rows, messages, _ = lab.form_changed(override, *raw, upload_error=rejection)
+    assert messages == shown and len(rows) == 2  # the table still follows the form
+    # Cleared (the page's state goes back to ""): Train runs the form as shown.
+    messages, _, _ = lab.train(override, *raw, upload_error="")
+    assert messages == "" and len(lab.queue.list_runs()) == 1
+
+
+def test_uploads_are_stored_under_their_own_names_and_a_rejected_one_replaces_nothing(tmp_path):
+    """A queued run's task file is never replaced: a bad file of the same name is not stored, and a
+    good one of the same name is stored beside it."""
+    lab = _lab(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    first = tmp_path / "a" / "task.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in _rows(20)))
+    stored, _, _, _, _ = lab.upload_task(str(first))
+    assert Path(stored).name.startswith("task-") and Path(stored).suffix == ".jsonl"
+    before = Path(stored).read_bytes()
+    bad = tmp_path / "b" / "task.jsonl"
+    bad.write_bytes(b"\xff\xfe not text")
+    assert "task.jsonl" in lab.upload_task(str(bad), stored)[4]
+    assert Path(stored).read_bytes() == before
+    other = tmp_path / "c" / "task.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in _rows(12)))
+    stored_other, _, _, _, _ = lab.upload_task(str(other))
+    assert stored_other != stored and Path(stored).read_bytes() == before
+    assert Path(stored_other).read_bytes() == other.read_bytes()
+    assert lab.upload_task(str(first))[0] == stored  # the same content again: the same file
+    assert sorted(p.name for p in (tmp_path / "runs" / "uploads").iterdir()) == sorted(
+        [Path(stored).name, Path(stored_other).name])
+
+
+def test_one_column_as_source_and_target_is_refused_at_train(tmp_path):
+    lab = _lab(tmp_path)
+    initial, override = _tiny_form(lab)
+    task = tmp_path / "one.jsonl"
+    task.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(20)))
+    initial.update({"data.source": str(task), "data.source_column": "text", "data.target_column": "text"})
+    messages, _, _ = lab.train(override, *[initial[f.key] for f in lab.fields])
+    assert "**data.target_column**" in messages and "the source and target columns are both 'text'" in messages
+    assert lab.queue.list_runs() == []
+
+
+def test_unticking_override_shows_the_chosen_model_s_sizes_again(tmp_path):
+    lab = _lab(tmp_path)
+    ticked = lab.override_changed(True, "tiny-gpt2")
+    assert all(u["interactive"] is True and "value" not in u for u in ticked)  # typed values stay
+    unticked = lab.override_changed(False, "tiny-gpt2")
+    assert [u["value"] for u in unticked] == ["2", "64", "4", "1"] and all(not u["interactive"] for u in unticked)
+    assert [u["value"] for u in lab.override_changed(False, "tiny-t5")][3] == "2"
+
+
+def test_a_selected_run_deleted_on_disk_is_named_once_and_unselected(tmp_path):
+    lab = _lab(tmp_path)
+    run = write_run(tmp_path / "runs" / "20260101-000000-gone", finished=True)
+    other = write_run(tmp_path / "runs" / "20250101-000000-other", finished=True)
+    seen = lab.tick(run.run_id, other.run_id, 0.6, False, {})[-1]
+    shutil.rmtree(run.path)
+    shutil.rmtree(other.path)
+    out = lab.tick(run.run_id, other.run_id, 0.6, False, seen)
+    status, runs, run_choices, overlay_choices, seen = out[0], out[7], out[8], out[9], out[10]
+    assert status.startswith(f"Run **{run.run_id}** no longer exists") and "No run selected" in status
+    assert runs == [] and run_choices["value"] is None and run_choices["choices"] == []
+    assert isinstance(out[1], Figure) and out[2] == "" and out[3].empty and out[6]["choices"] == []  # cleared
+    assert overlay_choices["value"] == ""
+    # The dropdown's change (no run) and later ticks go on quietly, and a new run is listed.
+    again = lab.tick(None, "", 0.6, False, seen)
+    assert "No run selected" in again[0]
+    new = write_run(tmp_path / "runs" / "20270101-000000-new", finished=True)
+    later = lab.tick(None, "", 0.6, False, again[-1])
+    assert later[7][0][0] == new.run_id and later[8]["choices"] == [new.run_id]
+    assert "no longer exists" not in lab.tick(new.run_id, "", 0.6, False, later[-1])[0]
 
 
 def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path, monkeypatch):
@@ -160,8 +280,82 @@ def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path, monkeyp
     assert lab.preset_values("my-recipe") == lab.preset_values("offline-tiny")
     # A presets folder outside the current one (app.py --presets-dir) is named by its absolute path.
     monkeypatch.chdir(REPO_PRESETS)
-    _, saved, command, _ = lab.save_preset("My Recipe", override, *raw)
-    assert command == f"python -m prefixlab train {presets / 'my-recipe.json'}" and Path(saved).is_file()
+    _, saved, command, _ = lab.save_preset("Other Recipe", override, *raw)
+    assert command == f"python -m prefixlab train {presets / 'other-recipe.json'}" and Path(saved).is_file()
+
+
+def _presets_copy(tmp_path):
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    for path in REPO_PRESETS.glob("*.json"):
+        (presets / path.name).write_text(path.read_text())
+    return presets
+
+
+@pytest.mark.parametrize("name", ["offline-tiny", "Offline Tiny!", "my-recipe"])
+def test_save_preset_never_replaces_a_preset(tmp_path, name):
+    """A shipped preset, one saved before, or a name that slugifies to one of them: refused, naming
+    the file, and the file is unchanged."""
+    presets = _presets_copy(tmp_path)
+    lab = Lab(JobQueue(tmp_path / "runs"), page_fields(), presets)
+    initial, override = _tiny_form(lab)
+    initial["training.max_steps"] = "70"
+    raw = [initial[f.key] for f in lab.fields]
+    assert lab.save_preset("my-recipe", override, *raw)[3] == "Saved preset **my-recipe**."
+    slug = values.preset_slug(name)
+    before = (presets / f"{slug}.json").read_bytes()
+    initial["training.max_steps"] = "90"
+    dropdown, saved, command, message = lab.save_preset(name, override, *[initial[f.key] for f in lab.fields])
+    assert dropdown == SKIP and saved is None and command == ""
+    assert message == (f"⚠️ **preset name**: a preset named {slug!r} already exists ({presets / (slug + '.json')}); "
+                       "saving never replaces a preset: type another name")
+    assert (presets / f"{slug}.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("name,file_name", [("!!!", "experiment.json"), ("日本語", "日本語.json"),
+                                            ("x" * 300, "x" * 60 + ".json"), ("My run #2", "my-run-2.json")])
+def test_export_names_the_file_after_any_experiment_name_the_form_accepts(tmp_path, name, file_name):
+    lab = Lab(JobQueue(tmp_path / "runs"), page_fields(), _presets_copy(tmp_path))
+    initial, override = _tiny_form(lab)
+    initial["experiment.name"] = name
+    path, command, message = lab.export_spec(override, *[initial[f.key] for f in lab.fields])
+    assert message == "" and Path(path).name == file_name and command == f"python -m prefixlab train {shlex.quote(file_name)}"
+    assert ExperimentSpec.load(path).name == name
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("!!!", "preset name '!!!' has no letters or digits; type a name such as my-recipe"),
+    ("x" * 300, "preset name is 300 characters long as a file name (xxxxxxxxxxxxxxxxxxxx...); type a name of at "
+                "most 60 letters and digits"),
+])
+def test_save_preset_names_a_preset_name_that_cannot_be_a_file(tmp_path, name, needle):
+    presets = _presets_copy(tmp_path)
+    lab = Lab(JobQueue(tmp_path / "runs"), page_fields(), presets)
+    initial, override = _tiny_form(lab)
+    before = sorted(presets.iterdir())
+    dropdown, saved, _, message = lab.save_preset(name, override, *[initial[f.key] for f in lab.fields])
+    assert message == f"⚠️ **preset name**: {needle}" and saved is None and dropdown == SKIP
+    assert sorted(presets.iterdir()) == before
+    # With no preset name typed, the experiment name is used: "日本語" keeps its letters.
+    initial["experiment.name"] = "日本語"
+    assert lab.save_preset("", override, *[initial[f.key] for f in lab.fields])[3] == "Saved preset **日本語**."
+
+
+def test_a_reloaded_page_offers_presets_saved_since_start_up(tmp_path):
+    """Presets are read from the folder on every page load: a saved one is offered, and the opening
+    preset's file changed on disk refills the form; otherwise the form is left as it is."""
+    presets = _presets_copy(tmp_path)
+    lab = Lab(JobQueue(tmp_path / "runs"), page_fields(), presets)
+    initial, override = _tiny_form(lab)  # what build_app does at start-up
+    unchanged = lab.presets_on_load("offline-tiny")
+    assert all(value == SKIP for value in unchanged[1:])
+    lab.save_preset("later", override, *[initial[f.key] for f in lab.fields])
+    assert "later" in lab.presets_on_load("offline-tiny")[0]["choices"]
+    spec = json.loads((presets / "offline-tiny.json").read_text())
+    spec["training"]["max_steps"] = 123
+    (presets / "offline-tiny.json").write_text(json.dumps(spec))
+    refilled = lab.presets_on_load("offline-tiny")
+    assert refilled[1 + [f.key for f in lab.fields].index("training.max_steps")] == "123"
 
 
 def test_zip_adapter_holds_the_peft_folder(tmp_path):

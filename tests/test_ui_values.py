@@ -8,7 +8,7 @@ from prefixlab.experiment import ExperimentSpec
 from prefixlab.runs import RunInfo
 from prefixlab.ui import values
 from prefixlab.ui.fields import page_fields
-from prefixlab.ui.form import to_component_value
+from prefixlab.ui.form import component_for, to_component_value
 
 FIELDS = page_fields()
 KEYS = [f.key for f in FIELDS]
@@ -186,3 +186,43 @@ def test_grid_html_escapes_and_marks_empty_outputs():
     assert ("<td>&lt;b&gt;x&lt;/b&gt;</td><td><em>(empty)</em></td><td>a &amp; b</td>"
             "<td><em>(only whitespace, 3 characters)</em></td>") in out
     assert values.grid_html(["prompt"], []) == '<p class="grid-empty">no outputs yet</p>'
+
+
+WHOLE = [f.key for f in FIELDS if f.kind == "int" and not (f.optional or f.inferred)]
+
+
+@pytest.mark.parametrize("key", WHOLE)
+def test_a_fraction_in_a_whole_number_box_is_named_not_rounded(key):
+    """The number boxes send 2.5 as typed (form.py sets no precision): it gets the text boxes' message;
+    3.0 is 3. The boxes are built with no rounding."""
+    assert {"prefix.num_virtual_tokens", "training.batch_size", "training.seed", "training.eval_interval",
+            "training.log_interval"} <= set(WHOLE)
+    spec, errors = _check(**{key.replace(".", "__"): 2.5})
+    assert spec is None and errors == {key: "must be a whole number, got '2.5'; round it"}
+    assert values.collect_form(FIELDS, _raw(**{key.replace(".", "__"): 3.0}), False)[key] == 3
+    box = component_for(next(f for f in FIELDS if f.key == key))
+    assert box.preprocess(2.5) == 2.5 and box.preprocess(3) == 3
+
+
+def test_one_column_as_source_and_target_is_refused_for_files_and_hub_datasets(tmp_path):
+    task = tmp_path / "one.csv"
+    task.write_text("text\nhello\nworld\n")
+    spec, _ = _check(data__source=str(task), data__source_column="text", data__target_column="text")
+    assert values.check_task_data(spec) == {"data.target_column": (
+        f"{task}: the source and target columns are both 'text'; a task needs a source column and a different "
+        "target column: set one of them to another column (a file with a single column cannot be a task)")}
+    spec, _ = _check(data__source="someone/dataset", data__source_column="a", data__target_column="a")
+    assert "both 'a'" in values.check_task_data(spec)["data.target_column"]
+    spec, _ = _check(data__source="someone/dataset", data__source_column="a", data__target_column="b")
+    assert values.check_task_data(spec) == {}  # a Hub dataset is otherwise checked by the worker
+
+
+def test_file_names_for_presets_and_exports_keep_letters_of_any_script():
+    assert values.preset_slug("日本語 run") == "日本語-run" and values.preset_slug("Offline Tiny!") == "offline-tiny"
+    assert values.preset_slug("a_b") == "a-b" and values.preset_slug("x" * 60) == "x" * 60
+    with pytest.raises(ValueError, match="preset name is 61 characters long as a file name"):
+        values.preset_slug("x" * 61)
+    assert values.export_file_name("!!!") == "experiment.json"
+    assert values.export_file_name("日本語") == "日本語.json"
+    assert values.export_file_name("a" * 59 + "-b" * 10) == "a" * 59 + ".json"
+    assert values.upload_name("with space é.JSONL", "0123456789abcdef") == "with space é-0123456789ab.jsonl"

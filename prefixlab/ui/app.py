@@ -63,9 +63,19 @@ def build_app(queue: JobQueue, presets_dir: str | Path = REPO_PRESETS) -> tuple[
                 c |= panels.build_comparison_panel()
         c |= panels.build_runs_panel()
         c["seen"] = gr.State({})
+        c["upload_error"] = gr.State("")  # a rejected upload's message while its file is on show
+        c["default_preset"] = gr.State(default)
         c["timer"] = gr.Timer(TIMER_SECONDS)
         wire(demo, lab, c)
     return demo, lab
+
+
+def with_upload(handler):
+    """handler(override, *raw, upload_error=...) as an event function whose first input is the
+    upload_error state: Train, export and save refuse while a rejected upload is on show."""
+    def event(upload_error, override, *raw):
+        return handler(override, *raw, upload_error=upload_error)
+    return event
 
 
 def wire(demo: gr.Blocks, lab: Lab, c: dict) -> None:
@@ -82,20 +92,27 @@ def wire(demo: gr.Blocks, lab: Lab, c: dict) -> None:
     # reloading the form from it would wipe the "Saved preset" message. Not .input either: that also
     # fires when the open dropdown loses focus, and would reset the form to the shown preset.
     c["preset"].select(lab.load_preset, c["preset"], form_outputs)
-    gr.on([comp.change for comp in form_inputs], lab.form_changed, form_inputs,
+    checked_inputs = [c["upload_error"], *form_inputs]
+    gr.on([comp.change for comp in checked_inputs], with_upload(lab.form_changed), checked_inputs,
           [c["accounting"], c["errors"], fields["prefix.encoder_hidden_size"]], trigger_mode="always_last",
           concurrency_id="form", concurrency_limit=4, show_progress="hidden")
     fields["model.name"].change(lab.model_changed, [fields["model.name"], c["override"]], inferred)
-    c["override"].change(lab.override_changed, c["override"], inferred)
-    c["upload"].upload(lab.upload_task, c["upload"],
+    c["override"].change(lab.override_changed, [c["override"], fields["model.name"]], inferred)
+    # A new file replaces the last one's verdict; clearing the upload (×) drops a rejection, and the
+    # upload_error change then rewrites the messages from the form alone.
+    c["upload"].upload(lab.upload_task, [c["upload"], fields["data.source"]],
                        [fields["data.source"], fields["data.source_column"], fields["data.target_column"],
-                        c["errors"]])
-    c["train"].click(lab.train, form_inputs, [c["errors"], c["run"], c["status"]])
+                        c["errors"], c["upload_error"]])
+    c["upload"].clear(lambda: "", None, c["upload_error"])
+    c["train"].click(with_upload(lab.train), checked_inputs, [c["errors"], c["run"], c["status"]])
     c["stop"].click(lab.stop, c["run"], c["status"])
-    c["export"].click(lab.export_spec, form_inputs, [c["spec_file"], c["command"], c["errors"]])
-    c["save"].click(lab.save_preset, [c["preset_name"], *form_inputs],
-                    [c["preset"], c["spec_file"], c["command"], c["errors"]])
+    c["export"].click(with_upload(lab.export_spec), checked_inputs, [c["spec_file"], c["command"], c["errors"]])
+    c["save"].click(lambda name, upload_error, override, *raw: lab.save_preset(
+                        name, override, *raw, upload_error=upload_error),
+                    [c["preset_name"], *checked_inputs], [c["preset"], c["spec_file"], c["command"], c["errors"]])
 
+    # A preset saved since start-up is offered after a reload, and a changed opening preset refills the form.
+    demo.load(lab.presets_on_load, c["default_preset"], [c["preset"], *fields.values(), c["override"], c["errors"]])
     # Reading the run directory: on load (reattach), every timer tick, and when the selection changes.
     demo.load(lab.page_load, None, [c["run"], c["overlay"], c["runs"]])
     for trigger in (c["timer"].tick, c["run"].change, c["overlay"].change, c["smoothing"].release,

@@ -28,7 +28,9 @@ def component_for(field: FieldSpec, choices: tuple = (), value=None) -> gr.compo
         return gr.Textbox(value="" if value is None else str(value), interactive=not field.inferred,
                           placeholder="from the model" if field.inferred else "empty: not set", **common)
     if field.kind == "int":
-        return gr.Number(value=value, precision=0, **common)
+        # No precision=0: Gradio would round 2.5 to 2 before any check. values.collect_form turns
+        # 3.0 into 3 and gives 2.5 to the spec check, which names it ("must be a whole number").
+        return gr.Number(value=value, step=1, **common)
     if field.kind == "float":
         return gr.Number(value=value, **common)
     if field.kind == "choice":

@@ -7,6 +7,8 @@ change since the last tick so a long run does not redraw its finished tables eve
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from prefixlab import compare, plots
-from prefixlab.data import peek_columns, read_records
+from prefixlab.data import DataError, peek_columns, read_records
 from prefixlab.experiment import ExperimentSpec, SpecError
 from prefixlab.runs import JobQueue, RunDir
 from prefixlab.ui import values
@@ -49,6 +51,7 @@ class Lab:
         # Downloads (spec JSON, zipped adapters) live here until the app exits, then go.
         self._exports = tempfile.TemporaryDirectory(prefix="prefixlab-exports-")
         self.exports = Path(self._exports.name)
+        self._opened_with: dict[str, tuple] = {}  # the preset the page was built with: its values
 
     # --- presets ----------------------------------------------------------------------------------
 
@@ -70,6 +73,7 @@ class Lab:
         override, message = False, ""
         if name:
             loaded, override, message = self.preset_values(name)
+            self._opened_with[name] = (loaded, override)
             # A broken preset returns skip-updates (dicts): keep the defaults there.
             raw = [old if isinstance(new, dict) else new for old, new in zip(raw, loaded)]
         initial = dict(zip([f.key for f in self.fields], raw))
@@ -77,6 +81,20 @@ class Lab:
             initial.update(zip(self.inferred_keys, self.model_changed(initial["model.name"], False)))
         rows, errors, _ = self.form_changed(override, *[initial[f.key] for f in self.fields])
         return initial, override, rows, message or errors
+
+    def presets_on_load(self, name: str | None):
+        """Page opened or refreshed: the presets folder as it is now (a preset saved since start-up
+        is offered), and the form refilled when the opening preset's file changed on disk since the
+        app built the page. -> preset dropdown, every form control, override box, message line."""
+        keep = [gr.skip()] * (len(self.fields) + 2)
+        names = self.preset_names()
+        dropdown = gr.update(choices=names)
+        if not name or name not in names:
+            return [dropdown, *keep]
+        field_values, override, message = self.preset_values(name)
+        if (field_values, override) == self._opened_with.get(name):
+            return [dropdown, *keep]
+        return [dropdown, *field_values, override, message]
 
     def load_preset(self, name: str):
         """Preset dropdown -> every form control, the override box and the message line."""
@@ -90,14 +108,25 @@ class Lab:
     def _spec(self, override: bool, raw: list):
         return values.check_form(values.collect_form(self.fields, raw, override))
 
-    def form_changed(self, override: bool, *raw):
-        """Any form edit -> parameter table, field messages, encoder_hidden_size enabled or not."""
+    def _checked(self, override: bool, raw: list, upload_error: str | None):
+        """(spec, errors) of the form, with a rejected upload still on show as an error: Train,
+        export and save refuse while it is there (the form still names the task it had before)."""
+        spec, errors = self._spec(override, raw)
+        errors = values.with_upload_error(errors, upload_error)
+        return (None if errors else spec), errors
+
+    def form_changed(self, override: bool, *raw, upload_error: str | None = None):
+        """Any form edit -> parameter table, field messages, encoder_hidden_size enabled or not.
+
+        A rejected upload's message (`upload_error`, the page's state) stays in the messages until
+        the file is replaced or cleared."""
         spec, errors = self._spec(override, list(raw))
         rows = []
         if spec is not None:
             rows, errors = values.accounting(spec)
         form = dict(zip([f.key for f in self.fields], raw))
         projection_on = form.get("experiment.variants") != "no_projection"
+        errors = values.with_upload_error(errors, upload_error)
         return rows, values.errors_markdown(errors), gr.update(interactive=projection_on)
 
     def model_changed(self, model_name: str, override: bool):
@@ -110,57 +139,110 @@ class Lab:
             return [""] * len(self.inferred_keys)  # the message under Train says why
         return [str(sizes[k]) for k in self.inferred_keys]
 
-    def override_changed(self, override: bool):
-        return [gr.update(interactive=bool(override)) for _ in self.inferred_keys]
+    def override_changed(self, override: bool, model_name: str | None = None):
+        """Ticked: the inferred sizes become editable. Unticked: read-only again, showing the chosen
+        model's values (not whatever was typed while overriding, which the spec no longer uses)."""
+        if override:
+            return [gr.update(interactive=True) for _ in self.inferred_keys]
+        shown = self.model_changed(model_name, False) if model_name else [""] * len(self.inferred_keys)
+        return [gr.update(interactive=False, value=value) for value in shown]
 
-    def upload_task(self, path: str | None):
-        """An uploaded JSONL/CSV -> data.source (a copy the worker can read) and column pickers."""
+    def upload_task(self, path: str | None, current_source: str | None = None):
+        """An uploaded JSONL/CSV -> data.source (a stored copy the worker can read), column pickers,
+        messages, and the upload's rejection ("" when accepted; the page keeps it as state).
+
+        The file is checked where Gradio put it, every line, before anything is stored; an accepted
+        file is stored as runs/uploads/<name>-<hash of its content><suffix>, so it never replaces
+        the file of another upload that a queued or finished run reads. A rejected one is never
+        stored, and data.source keeps `current_source`."""
         if not path:
-            return gr.skip(), gr.skip(), gr.skip(), ""
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
+        name = Path(path).name
+        try:
+            columns = peek_columns(path)
+            read_records(path)  # every line, so a bad line far down is named now, not by a failed run
+            if len(columns) < 2:
+                raise DataError(f"{path}: the file has only one column, {columns[0]!r}; a task file needs a "
+                                "source column and a different target column (e.g. 'source' and 'target'); "
+                                "add the missing column")
+        except (ValueError, OSError) as err:
+            # Named by its own name, not by the temporary folder Gradio put it in.
+            detail = str(err).replace(str(Path(path)), name).replace(path, name)
+            rejection = values.upload_rejected(detail, current_source)
+            return gr.skip(), gr.skip(), gr.skip(), values.errors_markdown({"data.source": rejection}), rejection
+        try:
+            target = self._store_upload(Path(path))
+        except OSError as err:
+            rejection = values.upload_rejected(
+                f"{name}: could not be stored in {self.queue.runs_dir / 'uploads'} ({err.strerror or err})",
+                current_source)
+            return gr.skip(), gr.skip(), gr.skip(), values.errors_markdown({"data.source": rejection}), rejection
+        source = columns.index("source") if "source" in columns else 0
+        others = [c for c in columns if c != columns[source]]
+        target_column = "target" if "target" in others else others[0]
+        return (str(target), gr.update(choices=columns, value=columns[source]),
+                gr.update(choices=columns, value=target_column), "", "")
+
+    def _store_upload(self, path: Path) -> Path:
+        """Copy a checked upload to runs/uploads/<name>-<content hash><suffix> (atomically; the
+        same content uploaded again is the same file, and is not rewritten)."""
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
         uploads = self.queue.runs_dir / "uploads"
         uploads.mkdir(parents=True, exist_ok=True)
-        target = uploads / Path(path).name
-        shutil.copyfile(path, target)
-        try:
-            columns = peek_columns(str(target))
-            read_records(target)  # every line, so a bad line far down is named now, not by a failed run
-        except ValueError as err:
-            # data.source keeps its value: setting it would fire the form's change event, whose
-            # (file-blind) check then replaces this message with "" before anyone can read it.
-            return gr.skip(), gr.skip(), gr.skip(), values.errors_markdown({"data.source": str(err)})
-        pick = lambda wanted, i: wanted if wanted in columns else columns[min(i, len(columns) - 1)]  # noqa: E731
-        return (str(target), gr.update(choices=columns, value=pick("source", 0)),
-                gr.update(choices=columns, value=pick("target", 1)), "")
+        target = uploads / values.upload_name(path.name, digest)
+        if not target.is_file():
+            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            shutil.copyfile(path, partial)
+            os.replace(partial, target)
+        return target
 
-    def export_spec(self, override: bool, *raw):
-        """-> (spec file, CLI command, messages)."""
-        spec, errors = self._spec(override, list(raw))
+    def export_spec(self, override: bool, *raw, upload_error: str | None = None):
+        """-> (spec file, CLI command, messages). The file is named after the experiment
+        ("experiment.json" for a name with no letters or digits)."""
+        spec, errors = self._checked(override, list(raw), upload_error)
         if spec is None:
             return None, "", values.errors_markdown(errors)
-        path = self.exports / f"{values.preset_slug(spec.name)}.json"
+        path = self.exports / values.export_file_name(spec.name)
         command = values.cli_command(path.name)
         path.write_text(values.spec_file_text(spec, command), encoding="utf-8")
         return str(path), command, ""
 
-    def save_preset(self, name: str, override: bool, *raw):
-        """-> (preset dropdown, saved file, CLI command, messages)."""
-        spec, errors = self._spec(override, list(raw))
+    def save_preset(self, name: str, override: bool, *raw, upload_error: str | None = None):
+        """-> (preset dropdown, saved file, CLI command, messages). Never replaces a preset: a name
+        whose file exists (shipped or saved, "Offline Tiny!" is offline-tiny.json) is refused."""
+        spec, errors = self._checked(override, list(raw), upload_error)
+        slug = None
         try:
             slug = values.preset_slug(name or (spec.name if spec else ""))
         except ValueError as err:
             errors = errors or {"preset name": str(err)}
+        path = self.presets_dir / f"{slug}.json"
+        if slug and not errors and path.exists():
+            errors = {"preset name": f"a preset named {slug!r} already exists ({path}); saving never replaces "
+                                     "a preset: type another name"}
         if spec is None or errors:
             return gr.skip(), None, "", values.errors_markdown(errors)
-        path = self.presets_dir / f"{slug}.json"
         command = values.cli_command(path.resolve())
-        path.write_text(values.spec_file_text(spec, command), encoding="utf-8")
+        try:
+            # "x": created here, never over a preset that appeared since the check above.
+            with open(path, "x", encoding="utf-8") as out:
+                out.write(values.spec_file_text(spec, command))
+        except FileExistsError:
+            return gr.skip(), None, "", values.errors_markdown(
+                {"preset name": f"a preset named {slug!r} already exists ({path}); type another name"})
+        except OSError as err:
+            return gr.skip(), None, "", values.errors_markdown(
+                {"preset name": f"could not write {path} ({err.strerror or err}); check the presets folder "
+                                "(app.py --presets-dir) or type another name"})
         return gr.update(choices=self.preset_names(), value=slug), str(path), command, f"Saved preset **{slug}**."
 
     # --- jobs -------------------------------------------------------------------------------------
 
-    def train(self, override: bool, *raw):
-        """Train -> submit to the queue and return at once: (messages, run dropdown, status)."""
-        spec, errors = self._spec(override, list(raw))
+    def train(self, override: bool, *raw, upload_error: str | None = None):
+        """Train -> submit to the queue and return at once: (messages, run dropdown, status).
+
+        Refused, with the upload's message, while a rejected upload is on show."""
+        spec, errors = self._checked(override, list(raw), upload_error)
         if spec is not None:
             # A model whose config cannot be read, or sizes that do not fit it, would only fail in
             # the worker: say so beside the field instead of queueing a run that cannot start.
@@ -219,9 +301,24 @@ class Lab:
         if ids != seen.get("ids"):  # the dropdowns change only when a run appears (not every step)
             out_runs[1:] = [gr.update(choices=ids), gr.update(choices=[""] + ids)]
             seen["ids"] = ids
+        # A run whose folder was deleted on disk: unselect it in the same update that drops it from
+        # the choices (a dropdown holding a value it no longer offers fails every later event).
+        if overlay and overlay not in ids:
+            out_runs[2] = gr.update(choices=[""] + ids, value="")
+            overlay = ""
+        panels = [gr.skip()] * 6
+        if run_id and run_id not in ids:
+            out_runs[1] = gr.update(choices=ids, value=None)
+            seen["gone"], run_id = run_id, None
+            seen.pop("run", None)
+            panels = self.empty_panels()  # not the deleted run's chart and tables
         if not run_id:
-            return [values.status_markdown("", {}), *[gr.skip()] * 6, *out_runs, seen]
-        run = self.queue.run_dir(run_id)
+            status_md = values.status_markdown("", {})
+            if seen.get("gone"):
+                status_md = f"Run **{seen['gone']}** no longer exists (its folder was removed).\n\n{status_md}"
+            return [status_md, *panels, *out_runs, seen]
+        seen.pop("gone", None)
+        run = RunDir(self.queue.runs_dir / run_id)  # listed above; reads as empty if deleted since
         status = run.read_status()
         log_tail = run.log_tail(20) if status.get("state") == "failed" else ""
         status_md = values.status_markdown(run_id, status, log_tail)
@@ -232,11 +329,17 @@ class Lab:
         seen["run"] = signature
         return [status_md, *self.run_panels(run, overlay, smoothing, log_scale), *out_runs, seen]
 
+    @staticmethod
+    def empty_panels() -> list:
+        """run_panels with no run: an empty chart, tables and grid, no adapters."""
+        return [plots.loss_figure({}), "", pd.DataFrame([], columns=list(compare.COMPARISON_COLUMNS)),
+                plots.parameter_figure([]), values.grid_html([], []), gr.update(choices=[], value=None)]
+
     def run_panels(self, run: RunDir, overlay, smoothing, log_scale) -> list:
         """Chart, point count, comparison table, parameter bars, output grid, adapter choices of a run."""
         runs_metrics = {run.run_id: run.read_metrics()}
         if overlay and overlay != run.run_id:
-            runs_metrics[overlay] = self.queue.run_dir(overlay).read_metrics()
+            runs_metrics[overlay] = RunDir(self.queue.runs_dir / overlay).read_metrics()
         curves = plots.loss_curves(runs_metrics, smoothing)
         counts = plots.curve_counts(curves)
         points = f"{counts['train']} training points, {counts['eval']} validation points"
@@ -268,7 +371,10 @@ class Lab:
         """-> a zip of runs/<id>/adapters/<variant> (adapter_config.json + adapter_model.safetensors)."""
         if not run_id or not variant:
             raise gr.Error("select a run and one of its trained adapters first")
-        folder = self.queue.run_dir(run_id).adapter_path(variant)
+        try:
+            folder = self.queue.run_dir(run_id).adapter_path(variant)
+        except ValueError:
+            raise gr.Error(f"run {run_id} no longer exists (its folder was removed); choose another run") from None
         if not (folder / "adapter_config.json").is_file():
             raise gr.Error(f"run {run_id} has no saved adapter {variant!r} yet")
         base = self.exports / f"{run_id}-{variant}"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prefixlab import compare
 from prefixlab.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
-from prefixlab.data import DataError, load_task, resolve_source
+from prefixlab.data import DataError, check_columns, load_task, resolve_source
 from prefixlab.experiment import ExperimentSpec, SpecError, position_errors, spec_from_form
 from prefixlab.ui.fields import FieldSpec
 from prefixlab.zoo import load_model_config, position_limit
@@ -42,11 +42,21 @@ def collect_form(fields: list[FieldSpec], raw: list, override: bool) -> dict:
             continue
         if isinstance(value, str) and value == "" and f.optional:
             value = None
+        if f.kind == "int" and isinstance(value, float):
+            # A number box sends 2.5 as typed (no rounding on the page): a whole float is that
+            # number, any other one is passed as the text typed, so the spec names it like a text
+            # box's value ("must be a whole number, got '2.5'; round it").
+            value = int(value) if value.is_integer() else _typed(value)
         if f.kind == "lines" and isinstance(value, str):
             # One item a line; passed as a list because spec_from_form rejects "" for a list field.
             value = [line.strip() for line in value.splitlines() if line.strip()]
         values[f.key] = value
     return values
+
+
+def _typed(number: float) -> str:
+    """A float as a person would have typed it: 2.5 -> "2.5", 1e+20 -> "1e+20"."""
+    return repr(number)
 
 
 def check_form(values: dict) -> tuple[ExperimentSpec | None, dict[str, str]]:
@@ -126,8 +136,16 @@ def spec_file_text(spec: ExperimentSpec, command: str) -> str:
 def check_task_data(spec: ExperimentSpec) -> dict[str, str]:
     """{form key: message} for a local data file or folder that the worker would reject: every line is
     read with the chosen columns, so a bad line 500 is named here rather than in a failed run. The
-    built-in task is shipped and checked by its tests; a Hub dataset is checked by the worker."""
-    if resolve_source(spec.data.source)[0] != "file":
+    built-in task is shipped and checked by its tests; a Hub dataset is checked by the worker, except
+    for one column chosen as both source and target, which is refused for every source but the
+    built-in task."""
+    kind, where = resolve_source(spec.data.source)
+    try:
+        if kind != "builtin":
+            check_columns(where, spec.data.source_column, spec.data.target_column)
+    except DataError as err:
+        return {"data.target_column": str(err)}
+    if kind != "file":
         return {}
     try:
         load_task(spec.data)
@@ -140,12 +158,59 @@ def check_task_data(spec: ExperimentSpec) -> dict[str, str]:
     return {}
 
 
+# A saved preset's or exported spec's file name (without .json), in characters: 60 characters of up
+# to 4 UTF-8 bytes each stay under the usual 255-byte limit on a file name.
+MAX_SLUG_CHARS = 60
+
+
+def _slug(name: str) -> str:
+    """Letters (any script) and digits, lower case, runs of anything else as one "-"."""
+    return re.sub(r"[\W_]+", "-", name or "").strip("-").lower()
+
+
 def preset_slug(name: str) -> str:
-    """A file name for a saved preset: "My run #2" -> "my-run-2"."""
-    slug = re.sub(r"[^a-zA-Z0-9]+", "-", name).strip("-").lower()
+    """A file name for a saved preset: "My run #2" -> "my-run-2", "日本語" -> "日本語".
+
+    Raises ValueError naming the preset name and the fix when it has no letters or digits, or is
+    too long for a file name."""
+    slug = _slug(name)
     if not slug:
         raise ValueError(f"preset name {name!r} has no letters or digits; type a name such as my-recipe")
+    if len(slug) > MAX_SLUG_CHARS:
+        raise ValueError(f"preset name is {len(slug)} characters long as a file name ({slug[:20]}...); "
+                         f"type a name of at most {MAX_SLUG_CHARS} letters and digits")
     return slug
+
+
+def export_file_name(experiment_name: str) -> str:
+    """The exported spec's file name: the experiment name as a slug ("offline-tiny.json"), cut to
+    MAX_SLUG_CHARS, or "experiment.json" for a name with no letters or digits ("!!!")."""
+    slug = _slug(experiment_name)[:MAX_SLUG_CHARS].strip("-")
+    return f"{slug or 'experiment'}.json"
+
+
+def upload_name(original: str, digest: str) -> str:
+    """Where an accepted upload is stored: its name with the content's hash before the suffix
+    ("task.jsonl" -> "task-3f2a9c1b7d4e.jsonl"), so a later file of the same name never replaces
+    the one a queued or finished run reads."""
+    path = Path(original)
+    return f"{path.stem}-{digest[:12]}{path.suffix.lower()}"
+
+
+def upload_rejected(detail: str, current_source: str | None) -> str:
+    """The message for a rejected upload: what is wrong with the file (its name and line), that it
+    was not used, and what to do. Train, export and save refuse with it while the file is shown."""
+    kept = f"data.source is still {current_source!r}" if current_source else "data.source is unchanged"
+    return (f"{detail.rstrip('. ')}. This file was not used ({kept}): upload a fixed file, or clear the upload (×) "
+            "to go on without it.")
+
+
+def with_upload_error(errors: dict[str, str], upload_error: str | None) -> dict[str, str]:
+    """`errors` with a rejected upload's message first, on data.source (it replaces any other
+    data.source message: the file is what to fix first)."""
+    if not upload_error:
+        return errors
+    return {"data.source": upload_error, **{k: v for k, v in errors.items() if k != "data.source"}}
 
 
 def form_from_spec(spec: ExperimentSpec) -> tuple[dict, bool]:
