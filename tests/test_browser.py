@@ -217,6 +217,15 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
     layers = page.locator("#f-prefix-num_layers textarea")
     assert layers.input_value() == str(tiny_config("gpt2").n_layer) and layers.is_disabled()
     wait_for(lambda: set(accounting(page)) == {"no_projection", "projection"}, 10, "the parameter table")
+    # Overriding, then unticking: the read-only fields show the model's sizes again, not the typed 7.
+    page.locator("#override-inferred input").check()
+    wait_for(lambda: not layers.is_disabled(), 10, "num_layers to be editable")
+    set_text(page, "f-prefix-num_layers", 7)
+    wait_for(lambda: "num_layers" in form_errors(page), 10, "the message on num_layers=7")
+    page.locator("#override-inferred input").uncheck()
+    wait_for(lambda: layers.input_value() == str(tiny_config("gpt2").n_layer) and layers.is_disabled(), 10,
+             "num_layers to show the model's value again")
+    wait_for(lambda: form_errors(page) == "", 10, "no form messages")
     shot(page, "01-loaded")
 
     # 2. A Hub preset offline gives the clear message beside model.name; the offline preset comes back.
@@ -382,9 +391,10 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
     wait_for(lambda: "cancelled" in status(page), 60, "the second run to be cancelled")
     shot(page, "09-cancelled")
 
-    # 10. A reload finds both runs, from the run directory.
+    # 10. A reload finds both runs, from the run directory, and the preset saved in stage 8.
     page.reload()
     runs = wait_for(lambda: len(table(page, "runs")) >= 2 and table(page, "runs"), 20, "the runs table")
+    assert "browser-recipe" in dropdown_options(page, "preset")
     states = {row[0]: row[3] for row in runs}
     assert states == {first_run: "done", second_run: "cancelled"}
     wait_for(lambda: second_run in status(page), 10, "the newest run to be selected again")
@@ -395,7 +405,7 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
     shot(page, "10-reloaded-overlay")
 
     # 11. An uploaded task file: a line that is not JSON is named (file and line) above the form, no
-    # traceback, and the task stays what it was.
+    # traceback, and the task stays what it was; while the file is shown, Train refuses with its message.
     bad = tmp_path / "bad-task.jsonl"
     bad.write_text('{"table": "name[A]", "text": "A."}\n{"table": "name[B]", "text": "B."}\nnot json at all\n')
     page.locator("#upload-task input[type=file]").set_input_files(str(bad))
@@ -406,6 +416,11 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
     time.sleep(1.5)  # it stays: nothing the upload changed clears it
     assert "bad-task.jsonl, line 3" in form_errors(page)
     assert page.locator("#f-data-source input").input_value() == "e2e-synth"
+    runs_before = sorted(p.name for p in lab_dirs.runs.iterdir())
+    page.locator("#train").click()
+    time.sleep(1.5)
+    assert "bad-task.jsonl, line 3" in form_errors(page) and "clear the upload" in form_errors(page)
+    assert sorted(p.name for p in lab_dirs.runs.iterdir()) == runs_before  # nothing queued, nothing stored
     shot(page, "11-upload-bad-line")
 
     # 12. A good JSONL (columns id, table, text): its columns become the pickers' choices, picking
@@ -415,10 +430,14 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
     good = tmp_path / "my-task.jsonl"
     good.write_text("".join(json.dumps(row) + "\n" for row in rows))
     page.locator("#upload-task button[aria-label=Clear]").click()
+    wait_for(lambda: form_errors(page) == "", 10, "the cleared upload's message to go")
     page.locator("#upload-task input[type=file]").set_input_files(str(good))
-    wait_for(lambda: page.locator("#f-data-source input").input_value().endswith("my-task.jsonl"), 20,
+    wait_for(lambda: page.locator("#f-data-source input").input_value().endswith(".jsonl"), 20,
              "data.source to be the uploaded file")
-    assert page.locator("#f-data-source input").input_value() == str(lab_dirs.runs / "uploads" / "my-task.jsonl")
+    # Stored under its own name: the file's name and its content's hash.
+    stored = Path(page.locator("#f-data-source input").input_value())
+    assert stored.parent == lab_dirs.runs / "uploads" and re.fullmatch(r"my-task-[0-9a-f]{12}\.jsonl", stored.name)
+    assert stored.read_bytes() == good.read_bytes()
     assert dropdown_options(page, "f-data-source_column") == ["id", "table", "text"]
     assert dropdown_options(page, "f-data-target_column") == ["id", "table", "text"]
     choose(page, "f-data-source_column", "table")
