@@ -217,9 +217,10 @@ class Lab:
         except ValueError as err:
             errors = errors or {"preset name": str(err)}
         path = self.presets_dir / f"{slug}.json"
+        taken = {"preset name": f"a preset named {slug!r} already exists ({path}); saving never replaces a "
+                                "preset: type another name"}
         if slug and not errors and path.exists():
-            errors = {"preset name": f"a preset named {slug!r} already exists ({path}); saving never replaces "
-                                     "a preset: type another name"}
+            errors = taken
         if spec is None or errors:
             return gr.skip(), None, "", values.errors_markdown(errors)
         command = values.cli_command(path.resolve())
@@ -228,8 +229,7 @@ class Lab:
             with open(path, "x", encoding="utf-8") as out:
                 out.write(values.spec_file_text(spec, command))
         except FileExistsError:
-            return gr.skip(), None, "", values.errors_markdown(
-                {"preset name": f"a preset named {slug!r} already exists ({path}); type another name"})
+            return gr.skip(), None, "", values.errors_markdown(taken)
         except OSError as err:
             return gr.skip(), None, "", values.errors_markdown(
                 {"preset name": f"could not write {path} ({err.strerror or err}); check the presets folder "
