@@ -242,6 +242,33 @@ def test_the_position_limit_is_where_gpt2_stops_working():
             model(input_ids=torch.zeros(1, limit - 11, dtype=torch.long))
 
 
+def test_the_position_limit_holds_for_opt_and_bart_too():
+    """OPT's learned positions shift by the prefix like GPT-2's; BART's decoder's do too (its encoder's
+    do not), so a target of limit - num_virtual_tokens tokens fits and one more fails."""
+    from transformers import BartConfig, BartForConditionalGeneration, OPTConfig, OPTForCausalLM
+
+    from prefixlab import PrefixTuningConfig
+    from prefixlab.zoo import position_limit
+
+    torch.manual_seed(0)
+    opt = OPTForCausalLM(OPTConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   ffn_dim=32, max_position_embeddings=64, word_embed_proj_dim=16))
+    bart = BartForConditionalGeneration(BartConfig(
+        vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64))
+    assert position_limit(opt.config) == position_limit(bart.config) == 64
+    ids = lambda n: torch.ones(1, n, dtype=torch.long)  # noqa: E731
+    opt = get_peft_model(opt, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=10))
+    bart = get_peft_model(bart, PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=10))
+    with torch.no_grad():
+        opt(input_ids=ids(54))
+        bart(input_ids=ids(64), labels=ids(54))
+        with pytest.raises(IndexError):
+            opt(input_ids=ids(55))
+        with pytest.raises(IndexError):
+            bart(input_ids=ids(10), labels=ids(55))
+
+
 def test_lengths_past_the_model_s_positions_fail_before_any_training(tmp_path):
     """max_length + prefix over tiny-gpt2's 512 positions, and a max_new_tokens that leaves the real
     prompts no room, fail at setup with the field and the largest value that fits; nothing trains."""
