@@ -140,6 +140,13 @@ def cmd_train(args) -> int:
     owner = is_main_process()
     if args.spec is not None:
         spec = ExperimentSpec.load(args.spec)
+        if owner:  # what the worker would fail on at setup: a bad-input error, and no failed run folder
+            from prefixlab import preflight
+
+            problems = preflight.check(spec)
+            if problems:
+                raise CliError("; ".join(f"{key}: {message}" for key, message in problems.items())
+                               + f" (in {args.spec})")
         if args.run_dir:
             path = folder(args.run_dir, "--run-dir", create=True)
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own new run id

@@ -27,8 +27,8 @@ ACCOUNTING_COLUMNS = ("variant", "trainable", "total", "trainable %", "stored in
 
 
 @lru_cache(maxsize=32)
-def _model_config(name: str):
-    # Cached per model name: the page recomputes the accounting on every form change.
+def model_config(name: str):
+    """load_model_config, cached per model name: the page recomputes the accounting on every edit."""
     return load_model_config(name)
 
 
@@ -51,7 +51,7 @@ def with_task_type(prefix, model_name: str):
 
 def filled_prefix(model_name: str, prefix):
     """`prefix` with task_type and the sizes inferred from the model's config (no weights loaded)."""
-    return infer_sizes(with_task_type(prefix, model_name), _model_config(model_name))
+    return infer_sizes(with_task_type(prefix, model_name), model_config(model_name))
 
 
 def variant_accounting(model_name: str, prefix) -> dict:

@@ -347,3 +347,29 @@ def test_train_under_several_processes_needs_a_run_dir(tmp_path, monkeypatch, ca
     assert capsys.readouterr().err.strip() == (
         "error: under accelerate launch every process must write the same run: pass --run-dir DIR")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("case", ["missing file", "bad line", "too long", "wrong size"])
+def test_train_spec_refuses_what_the_worker_would_fail_on_before_making_a_run(tmp_path, capsys, case):
+    """A spec whose data, sizes or lengths the worker would reject at setup: exit 2 with the field and
+    the message, and no run folder (the page refuses the same specs beside its form)."""
+    bad = tmp_path / "task.jsonl"
+    bad.write_text('{"source": "a", "target": "b"}\n{"source": "c", target}\n')
+    document = tiny_spec_dict(**({"source": str(tmp_path / "missing.jsonl")} if case == "missing file" else
+                                 {"source": str(bad)} if case == "bad line" else {}))
+    if case == "too long":
+        document["training"]["max_length"] = 600
+    if case == "wrong size":
+        document["prefix"]["num_layers"] = 7
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(document))
+    runs = tmp_path / "runs"
+    assert main(["train", str(spec_path), "--runs-dir", str(runs), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith(f" (in {spec_path})"), err
+    assert err.startswith({"missing file": "error: data.source: ", "bad line": "error: data.source: ",
+                           "too long": "error: training.max_length: 600 tokens after the 4-token prefix",
+                           "wrong size": "error: prefix.num_layers: num_layers=7 does not match"}[case]), err
+    if case == "bad line":
+        assert "line 2" in err
+    assert not runs.exists()

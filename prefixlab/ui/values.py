@@ -14,12 +14,11 @@ import shlex
 import time
 from pathlib import Path
 
-from prefixlab import compare
+from prefixlab import compare, preflight
 from prefixlab.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
-from prefixlab.data import DataError, check_columns, load_task, resolve_source
-from prefixlab.experiment import ExperimentSpec, SpecError, position_errors, spec_from_form
+from prefixlab.experiment import ExperimentSpec, SpecError, spec_from_form
 from prefixlab.ui.fields import FieldSpec
-from prefixlab.zoo import load_model_config, position_limit
+from prefixlab.zoo import load_model_config
 
 ACCOUNTING_HEADERS = ["variant", "trainable", "total", "trainable %", "stored in adapter", "formula"]
 RUNS_HEADERS = ["run", "name", "model", "state", "step", "started (UTC)", "train loss", "val loss"]
@@ -89,28 +88,12 @@ def inferred_sizes(model_name: str, num_virtual_tokens: int = 1) -> dict[str, in
 
 
 def accounting(spec: ExperimentSpec) -> tuple[list[list], dict[str, str]]:
-    """(table rows, errors): exact per-variant parameter counts for the spec, without weights.
-
-    A model whose config cannot be read (offline, a typo) or sizes that do not fit it give an error
-    on the field responsible instead of rows; lengths past the model's positions, beside the rows.
-    """
-    rows = []
-    for variant in spec.variants:
-        try:
-            counts = compare.variant_accounting(spec.model.name, variant.prefix)
-        except ValueError as err:
-            return [], {_field_for_error(str(err)): str(err)}
-        rows.append([variant.name, counts["trainable"], counts["total"], counts["trainable %"],
-                     counts["stored"], counts["formula"]])
-    return rows, position_errors(spec, position_limit(load_model_config(spec.model.name)))
-
-
-def _field_for_error(message: str) -> str:
-    """The form key a core error is about: an inferred size it names, or else the model."""
-    for name in INFERRED_FIELDS + ("encoder_hidden_size", "num_virtual_tokens"):
-        if message.startswith(f"{name}=") or f" {name}=" in message:
-            return f"prefix.{name}"
-    return "model.name"
+    """(table rows, errors): exact per-variant parameter counts for the spec, without weights
+    (preflight.accounting: errors on the field responsible, with no rows when the model's config
+    cannot be read or sizes do not fit it)."""
+    rows, errors = preflight.accounting(spec)
+    return [[r["variant"], r["trainable"], r["total"], r["trainable %"], r["stored"], r["formula"]]
+            for r in rows], errors
 
 
 # --- the experiment as a file and a command ------------------------------------------------------
@@ -134,28 +117,8 @@ def spec_file_text(spec: ExperimentSpec, command: str) -> str:
 
 
 def check_task_data(spec: ExperimentSpec) -> dict[str, str]:
-    """{form key: message} for a local data file or folder that the worker would reject: every line is
-    read with the chosen columns, so a bad line 500 is named here rather than in a failed run. The
-    built-in task is shipped and checked by its tests; a Hub dataset is checked by the worker, except
-    for one column chosen as both source and target, which is refused for every source but the
-    built-in task."""
-    kind, where = resolve_source(spec.data.source)
-    try:
-        if kind != "builtin":
-            check_columns(where, spec.data.source_column, spec.data.target_column)
-    except DataError as err:
-        return {"data.target_column": str(err)}
-    if kind != "file":
-        return {}
-    try:
-        load_task(spec.data)
-    except DataError as err:
-        message = str(err)
-        for role in ("source", "target"):
-            if f"no {role} column" in message or f"the {role} column" in message:
-                return {f"data.{role}_column": message}
-        return {"data.source": message}
-    return {}
+    """preflight.task_data_errors: a local task file's every line, read with the chosen columns."""
+    return preflight.task_data_errors(spec)
 
 
 # A saved preset's or exported spec's file name (without .json), in characters: 60 characters of up
