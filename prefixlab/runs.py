@@ -91,16 +91,28 @@ def _not_utf8(err: UnicodeDecodeError) -> str:
     return f"not UTF-8 text (byte 0x{err.object[err.start]:02x} at position {err.start})"
 
 
-def read_json(path: str | Path) -> dict | None:
+class RunFileUnreadable(OSError):
+    """A run file the system would not let us read, even after retries (an I/O error, too many open
+    files): its content is unknown, not bad, so no state may be inferred from it."""
+
+
+def read_json(path: str | Path, attempts: int = 3) -> dict | None:
     """The JSON object at `path`, or None when it does not exist (yet). Raises RunFileError, naming
-    the file, when it cannot be read or is not a JSON object."""
+    the file, when its content is not a JSON object (files are written whole by a rename, so bad
+    content stays bad), and RunFileUnreadable when reading fails `attempts` times."""
     path = Path(path)
+    for attempt in range(attempts):
+        try:
+            text = path.read_bytes()
+            break
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if attempt == attempts - 1:
+                raise RunFileUnreadable(f"cannot read {path}: {err.strerror or err}") from None
+            time.sleep(0.05)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise RunFileError(f"cannot read {path}: {err.strerror}") from None
+        data = json.loads(text.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise RunFileError(f"{path} is {_not_utf8(err)}") from None
     except json.JSONDecodeError as err:
@@ -172,8 +184,10 @@ class RunDir:
 
     # readers
     def read_status(self) -> dict:
-        """status.json; {} before it exists. An unreadable one reads as a failed run whose error
-        names the file, so the page and the queue go on (a bad run folder must not stop them)."""
+        """status.json; {} before it exists. One whose content is bad reads as a failed run whose
+        error names the file, so the page and the queue go on (a bad run folder must not stop them).
+        One the system would not let us read raises RunFileUnreadable: its run may be alive, so
+        nothing (a queue starting another run, say) may act as if it were not."""
         try:
             return read_json(self.status_path) or {}
         except RunFileError as err:
@@ -224,8 +238,9 @@ class RunDir:
         atomic_write_json(self.spec_path, spec.to_dict())
 
     def update_status(self, **changes) -> dict:
-        """Merge `changes` into status.json (stamping updated_at) and return the new status."""
-        status = {**self.read_status(), **changes, "updated_at": time.time()}
+        """Merge `changes` into status.json (stamping updated_at) and return the new status. Never
+        writes what read_status makes up for a bad file: RunFileError / RunFileUnreadable instead."""
+        status = {**(read_json(self.status_path) or {}), **changes, "updated_at": time.time()}
         atomic_write_json(self.status_path, status)
         return status
 
@@ -457,6 +472,9 @@ class JobQueue:
         if proc is None:
             return why_worker_dead(status, self.heartbeat_timeout)
         if proc.poll() is not None:  # also reaps our own zombie child
+            if status.get("pid") not in (None, proc.pid):  # another worker (a CLI's) took the run first
+                self._children.pop(run.run_id, None)
+                return why_worker_dead(status, self.heartbeat_timeout)
             return _exit_reason(proc.returncode)
         heartbeat = status.get("heartbeat") or status.get("updated_at") or 0
         if time.time() - heartbeat > self.heartbeat_timeout:

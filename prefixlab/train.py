@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from prefixlab.config import TaskType
 from prefixlab.experiment import ExperimentSpec, GenerationSpec, SpecError, TrainingSpec
 from prefixlab.devices import make_accelerator, peak_gpu_memory, release_gpu_memory
-from prefixlab.runs import CANCELLED, DONE, FAILED, RUNNING, RunDir, append_jsonl, atomic_write_json
+from prefixlab.runs import (CANCELLED, DONE, FAILED, RUNNING, RunDir, RunFileError, append_jsonl,
+                            atomic_write_json)
 
 HEARTBEAT_INTERVAL_S = 2.0
 
@@ -99,6 +100,7 @@ class StatusWriter:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
+        self._written: dict = {}  # everything this worker has put in status.json
 
     def start(self, **changes) -> None:
         self.update(**changes)
@@ -109,13 +111,21 @@ class StatusWriter:
         if not self.enabled:
             return
         with self._lock:
-            self.run.update_status(**changes, heartbeat=time.time())
+            self._written.update(changes)
+            try:
+                self.run.update_status(**changes, heartbeat=time.time())
+            except RunFileError:  # bad content, not ours: the worker owns the file, so it rewrites it
+                now = time.time()
+                atomic_write_json(self.run.status_path, {**self._written, "heartbeat": now, "updated_at": now})
 
     def _beat(self, interval: float) -> None:
         while not self._done.wait(interval):
             if self.run.cancel_requested():  # a Stop sent before our SIGTERM handler existed
                 self.stop.set()
-            self.update()
+            try:
+                self.update()
+            except OSError as err:  # RunFileUnreadable, a full disk: this beat is lost, the next retries
+                print(f"prefixlab worker: heartbeat not written ({err})", file=sys.stderr)
 
     def finish(self, **changes) -> None:
         self._done.set()

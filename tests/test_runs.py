@@ -7,12 +7,14 @@ a fraction of a second per run. tests/test_worker_e2e.py does the same with the 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +30,7 @@ from prefixlab.runs import (
     JobQueue,
     RunDir,
     RunFileError,
+    RunFileUnreadable,
     append_jsonl,
     atomic_write_json,
     read_jsonl,
@@ -355,3 +358,70 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def test_a_status_json_the_system_cannot_read_is_never_taken_for_a_failed_run(queue, monkeypatch):
+    """An OS error reading status.json (a stale NFS handle, too many open files) says nothing about the
+    run: a read retries, then raises; the queue starts nothing on it, and no status is written from it.
+    (Made up as failed, it once let the queue start a second run beside a live one.)"""
+    live, waiting = queue.submit(spec("live")), queue.submit(spec("waiting"))
+    queue.poll()
+    worker_pid(queue, live)
+    path, real, failures = queue.run_dir(live).status_path, Path.read_bytes, []
+
+    def flaky(self):
+        if self == path and failures:
+            failures.pop()
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", flaky)
+    failures[:] = [1, 1]  # two failures: the third attempt reads it
+    assert queue.run_dir(live).read_status()["state"] == RUNNING
+    failures[:] = [1] * 3
+    with pytest.raises(RunFileUnreadable, match="Stale file handle"):
+        queue.poll()
+    failures[:] = [1] * 3
+    with pytest.raises(RunFileUnreadable):
+        queue.run_dir(live).update_status(step=1)
+    monkeypatch.undo()
+    assert queue.run_dir(live).read_status()["state"] == RUNNING and queue.active_run() == live
+    assert queue.poll() is None and queue.run_dir(waiting).read_status()["state"] == QUEUED
+    for run_id in (waiting, live):
+        queue.cancel(run_id)
+    wait_for(lambda: queue.run_dir(live).read_status()["state"] == CANCELLED)
+
+
+def test_a_worker_rewrites_a_status_json_whose_content_is_bad():
+    """Someone else wrote garbage into a live run's status.json: its worker owns the file and writes
+    back everything it has recorded, instead of keeping (or merging into) a made-up failed state."""
+    import tempfile
+    import threading
+
+    from prefixlab.train import StatusWriter
+
+    run = RunDir(Path(tempfile.mkdtemp()) / "run")
+    run.path.mkdir()
+    writer = StatusWriter(run, threading.Event(), enabled=True)
+    writer.update(state=RUNNING, pid=os.getpid(), step=2)
+    run.status_path.write_text("{not json")
+    assert run.read_status()["state"] == FAILED  # what the page shows meanwhile
+    writer.update(step=3)
+    status = run.read_status()
+    assert (status["state"], status["pid"], status["step"]) == (RUNNING, os.getpid(), 3)
+
+
+def test_a_run_another_worker_took_is_not_failed_when_the_queue_s_worker_refuses_it(tmp_path):
+    """`train --run-dir` from a terminal claims a queued run just as the queue starts it: the queue's
+    worker refuses (exit 2), and the run, alive in the other worker, is not marked failed."""
+    queue = JobQueue(tmp_path / "runs", worker_command=[sys.executable, "-c", "import sys; sys.exit(2)"])
+    taken, waiting = queue.submit(spec("taken")), queue.submit(spec("waiting"))
+    queue.poll()
+    queue._children[taken].wait()  # refused
+    queue.run_dir(taken).update_status(pid=os.getpid(), heartbeat=time.time())  # the other worker: us
+    assert queue.poll() is None  # the device is still busy with it
+    assert queue.run_dir(taken).read_status()["state"] == RUNNING
+    assert queue.run_dir(waiting).read_status()["state"] == QUEUED
+    queue.run_dir(taken).update_status(pid=None, heartbeat=0)  # "us" gone: a dead worker after all
+    assert queue.poll() == waiting
+    assert queue.run_dir(taken).read_status()["state"] == FAILED
