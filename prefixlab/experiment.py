@@ -334,8 +334,9 @@ class ExperimentSpec:
 def position_errors(spec: ExperimentSpec, limit: int | None) -> dict[str, str]:
     """{field: message} for lengths that would run past a model with `limit` positions
     (zoo.position_limit; None: no limit). The prefix takes the first positions, so a training example
-    gets `limit - num_virtual_tokens`; generation needs at least one prompt token besides (the real
-    prompts are checked where they are known: train.check_generation_room)."""
+    gets `limit - num_virtual_tokens`, and so do the new tokens after a one-token prompt (the last new
+    token is never fed back; the real prompts are checked where they are known:
+    train.check_generation_room)."""
     if limit is None:
         return {}
     longest = max(range(len(spec.variants)), key=lambda i: spec.variants[i].prefix.num_virtual_tokens)
@@ -351,10 +352,10 @@ def position_errors(spec: ExperimentSpec, limit: int | None) -> dict[str, str]:
         errors["training.max_length"] = (
             f"{spec.training.max_length} tokens after the {prefix}-token prefix run past {model}'s {limit} "
             f"positions; set it to at most {limit - prefix}")
-    if spec.generation.max_new_tokens + prefix + 1 > limit:
+    if spec.generation.max_new_tokens + prefix > limit:
         errors["generation.max_new_tokens"] = (
             f"{spec.generation.max_new_tokens} new tokens after the {prefix}-token prefix and a prompt run past "
-            f"{model}'s {limit} positions; set it to at most {limit - prefix - 1}")
+            f"{model}'s {limit} positions; set it to at most {limit - prefix}")
     return errors
 
 

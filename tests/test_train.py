@@ -279,35 +279,45 @@ def test_lengths_past_the_model_s_positions_fail_before_any_training(tmp_path):
     assert train_lines(run) == []
 
     spec = tiny_spec()
-    spec.generation.max_new_tokens = 480  # fits 4 + 1 + 480, not the e2e sources (over 40 bytes each)
+    spec.generation.max_new_tokens = 480  # fits 4 + 480, not the e2e sources (over 40 bytes each)
     run = start(tmp_path, spec, "gen")
     assert run_worker(run.path, progress=False) == FAILED
     error = run.read_status()["error"]
     assert error.startswith("generation.max_new_tokens: 480 new tokens after a ") and error.endswith(
         "-token prompt and the 4-token prefix run past tiny-gpt2's 512 positions; "
-        f"set it to at most {512 - 4 - int(error.split('after a ')[1].split('-token')[0])} or use a shorter prompt")
+        f"set it to at most {512 - 4 - int(error.split('after a ')[1].split('-token')[0]) + 1} or use a shorter prompt")
     assert train_lines(run) == []
 
 
-def test_generate_outputs_refuses_a_prompt_with_no_room_and_fills_one_that_fits():
-    """The CLI's and the page's generation path: exactly the room left generates, one more token is refused."""
+@pytest.mark.parametrize("arch", ["gpt2", "bart"])
+def test_generate_outputs_fills_exactly_the_room_left_and_refuses_one_more_token(arch, monkeypatch):
+    """The CLI's and the page's generation path on 64-position models: exactly the room left generates
+    (the last new token is never fed back), one more is refused by name, and without the check the
+    model itself fails there."""
+    from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel
+
+    import prefixlab.train as train_module
     from prefixlab.data import encode_prompts
     from prefixlab.experiment import SpecError
     from prefixlab.train import generate_outputs
     from prefixlab.zoo import load_base
 
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     spec = tiny_spec()
-    _, tokenizer, task_type = load_base("tiny-gpt2")
-    torch.manual_seed(0)  # a 64-position GPT-2 with tiny-gpt2's vocabulary: the wall is near
-    base = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=64, vocab_size=384,
-                                      pad_token_id=0, eos_token_id=1, bos_token_id=1))
+    tokenizer = load_base("tiny-gpt2")[1]  # ByT5's: 384 ids, pad 0, eos 1
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        task_type, base = "CAUSAL_LM", GPT2LMHeadModel(GPT2Config(
+            n_embd=16, n_layer=1, n_head=2, n_positions=64, vocab_size=384, pad_token_id=0, eos_token_id=1,
+            bos_token_id=1))
+    else:
+        task_type, base = "SEQ_2_SEQ_LM", BartForConditionalGeneration(BartConfig(
+            vocab_size=384, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+            pad_token_id=0, eos_token_id=1, bos_token_id=1, decoder_start_token_id=1, forced_eos_token_id=None))
     model = get_peft_model(base, dataclasses.replace(spec.variants[0].prefix, task_type=task_type), adapter_name="v")
     source = "name[Aromi] | food[Thai]"
     prompt_len = encode_prompts([source], tokenizer, task_type, spec.data.separator, max_length=64)["input_ids"].shape[1]
-    room = 64 - 4 - prompt_len
-    spec.generation.max_new_tokens = room
+    room = 64 - 4 - (prompt_len - 1 if arch == "gpt2" else 0)
     steps = []
 
     def never_stop(module, args, logits):  # no EOS: every generation runs to max_new_tokens
@@ -315,9 +325,14 @@ def test_generate_outputs_refuses_a_prompt_with_no_room_and_fills_one_that_fits(
         return logits.index_fill(-1, torch.tensor([1]), -math.inf)
 
     base.lm_head.register_forward_hook(never_stop)
+    spec.generation.max_new_tokens = room
     outputs = generate_outputs(model, tokenizer, task_type, spec, source, ["v"], "cpu")
     assert set(outputs) == {"base", "v"} and len(steps) == 2 * room  # one step per new token, both models
     spec.generation.max_new_tokens = room + 1
-    with pytest.raises(SpecError, match=rf"^generation.max_new_tokens: {room + 1} new tokens after a "
-                                        rf"{prompt_len}-token prompt .* set it to at most {room} "):
+    prompt = f"{prompt_len}-token prompt and " if arch == "gpt2" else ""
+    with pytest.raises(SpecError, match=rf"^generation.max_new_tokens: {room + 1} new tokens after (a )?{prompt}"
+                                        rf"the 4-token prefix .* set it to at most {room}\b"):
+        generate_outputs(model, tokenizer, task_type, spec, source, ["v"], "cpu")
+    monkeypatch.setattr(train_module, "check_generation_room", lambda *args: None)
+    with pytest.raises(IndexError):
         generate_outputs(model, tokenizer, task_type, spec, source, ["v"], "cpu")

@@ -98,16 +98,17 @@ def test_accounting_rows_and_a_size_that_does_not_fit_the_model():
 
 def test_lengths_past_the_model_s_positions_are_named_beside_the_rows():
     """tiny-gpt2 has 512 positions and the form's prefix 4 tokens: max_length 508 fits, 509 does not;
-    generation needs one prompt token too. tiny-llama (rotary positions) has no such wall."""
-    spec, errors = _check(training__max_length=508, generation__max_new_tokens=507)
+    so do 508 new tokens after a one-token prompt (the last is never fed back). tiny-llama (rotary
+    positions) has no such wall."""
+    spec, errors = _check(training__max_length=508, generation__max_new_tokens=508)
     assert errors == {} and values.accounting(spec)[1] == {}
-    spec, _ = _check(training__max_length=509, generation__max_new_tokens=508)
+    spec, _ = _check(training__max_length=509, generation__max_new_tokens=509)
     rows, errors = values.accounting(spec)
     assert len(rows) == 2 and errors == {
         "training.max_length": "509 tokens after the 4-token prefix run past tiny-gpt2's 512 positions; "
                                "set it to at most 508",
-        "generation.max_new_tokens": "508 new tokens after the 4-token prefix and a prompt run past tiny-gpt2's "
-                                     "512 positions; set it to at most 507"}
+        "generation.max_new_tokens": "509 new tokens after the 4-token prefix and a prompt run past tiny-gpt2's "
+                                     "512 positions; set it to at most 508"}
     spec, _ = _check(prefix__num_virtual_tokens=512)
     assert values.accounting(spec)[1] == {
         "prefix.num_virtual_tokens": "512 virtual tokens leave no room in tiny-gpt2's 512 positions; use at most 511"}
