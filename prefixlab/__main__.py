@@ -46,7 +46,9 @@ def folder(path: str, flag: str, *, create: bool = False) -> Path:
 
 
 def train_again(run) -> str:
-    return f"to train this spec again: python -m prefixlab train {shlex.quote(str(run.spec_path))}"
+    """The command that trains a run's spec again, as a new run beside it."""
+    return (f"to train this spec again: python -m prefixlab train {shlex.quote(str(run.spec_path))} "
+            f"--runs-dir {shlex.quote(str(run.path.parent))}")
 
 
 def worker_of(status: dict) -> tuple[str, str | None]:
@@ -130,23 +132,23 @@ def interrupted(run, owner: bool) -> str:
 
 
 def cmd_train(args) -> int:
-    from prefixlab.runs import FAILED, QUEUED, RunDir, atomic_write_json, new_run_id, new_status
+    from prefixlab.runs import FAILED, QUEUED, RUNNING, RunDir, atomic_write_json, new_run_id, new_status
     from prefixlab.train import is_main_process, run_worker
 
     if args.spec is None and args.run_dir is None:
         raise CliError("train needs SPEC.json, --run-dir DIR (with spec.json inside), or both")
     # Under `accelerate launch` every process runs this; only the first owns status.json (the others
-    # would find it running, by the first, and must not reset it).
+    # would find it running, by the first, and must not reset it). The read-only checks run in every
+    # process, so all of them refuse what the first refuses, before any of them writes.
     owner = is_main_process()
     if args.spec is not None:
         spec = ExperimentSpec.load(args.spec)
-        if owner:  # what the worker would fail on at setup: a bad-input error, and no failed run folder
-            from prefixlab import preflight
+        from prefixlab import preflight
 
-            problems = preflight.check(spec)
-            if problems:
-                raise CliError("; ".join(f"{key}: {message}" for key, message in problems.items())
-                               + f" (in {args.spec})")
+        problems = preflight.check(spec)  # what the worker would fail on at setup: bad input, no run folder
+        if problems:
+            raise CliError("; ".join(f"{key}: {message}" for key, message in problems.items())
+                           + f" (in {args.spec})")
         if args.run_dir:
             path = folder(args.run_dir, "--run-dir", create=True)
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own new run id
@@ -156,7 +158,8 @@ def cmd_train(args) -> int:
             path = runs_dir / new_run_id(spec.name, runs_dir)
         run = RunDir(path)
         status = run.read_status()
-        if owner and status.get("state") not in (None, QUEUED):
+        # The other processes may find the first one's run already started; a finished run, never.
+        if status.get("state") not in ((None, QUEUED) if owner else (None, QUEUED, RUNNING)):
             raise CliError(f"{path} already holds a run ({held_by(status)}); pick a new --run-dir or leave it out")
         run.write_spec(spec)
         if owner:
@@ -225,7 +228,7 @@ def no_adapters(run, spec: ExperimentSpec) -> str:
                 f"(every training.eval_interval={spec.training.eval_interval} steps)")
     if state == "failed":
         return (f"{run.path} failed before saving any adapters ({status.get('error') or 'no error recorded'}); "
-                f"nothing to generate with: fix the cause, then {train_again(run)}")
+                f"nothing to generate with; fix the cause, then, {train_again(run)}")
     return f"{run.path} is {state} but {run.adapters_path} holds no adapters; {train_again(run)}"
 
 

@@ -16,6 +16,7 @@ import csv
 import io
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,10 +174,16 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read the file ({err.strerror}); check its permissions") from None
 
 
+def _lines(text: str) -> list[str]:
+    """The lines of a text file: split at \n, \r\n or \r only. str.splitlines also splits at
+    U+2028 and U+0085, which JSON strings may hold raw."""
+    return re.split(r"\r\n|\r|\n", text)
+
+
 def _json_lines(path: Path, text: str) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a JSON Lines text."""
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -344,7 +351,7 @@ def peek_columns(path: str | Path, lines: int = 20) -> list[str]:
     elif suffix == ".json" and text.lstrip().startswith("["):
         records = _json_array(path, text)[:lines]
     else:
-        records = _json_lines(path, "\n".join(text.splitlines()[:lines]))
+        records = _json_lines(path, "\n".join(_lines(text)[:lines]))
     columns: dict[str, None] = {}  # an ordered set
     for _, record in records:
         columns.update(dict.fromkeys(record))

@@ -234,6 +234,9 @@ class ExperimentSpec:
                                 f"{name!r} cannot name a variant; use letters, digits, _ and -")
             if name == "base":
                 raise SpecError(f"variants[{i}].name", "'base' is the name of the untuned model; rename it")
+            if _module_dict_attribute(name):
+                raise SpecError(f"variants[{i}].name", f"{name!r} is the name of a torch.nn.ModuleDict attribute, "
+                                                       "which cannot name an adapter; rename it")
         for i, v in enumerate(self.variants):
             where = "prefix" if _is_form_shaped(self.variants) else f"variants[{i}].prefix"
             if v.prefix.num_virtual_tokens is None:
@@ -329,6 +332,13 @@ class ExperimentSpec:
     @property
     def variant_names(self) -> list[str]:
         return [v.name for v in self.variants]
+
+
+def _module_dict_attribute(name: str) -> bool:
+    """Whether a prefix named `name` would clash with an attribute of the ModuleDict holding them."""
+    import torch
+
+    return hasattr(torch.nn.ModuleDict(), name)
 
 
 def position_errors(spec: ExperimentSpec, limit: int | None) -> dict[str, str]:

@@ -189,8 +189,9 @@ class PrefixTuningModel(nn.Module):
         try:  # the module name first: a name ModuleDict refuses must leave no half-added adapter
             self.prompt_encoder[adapter_name] = encoder
         except (KeyError, TypeError) as e:
-            raise ValueError(f"adapter_name={adapter_name!r} cannot name an adapter ({e.args[0]}); "
-                             "use letters, digits, '_' or '-'") from None
+            fix = ("it is the name of a torch.nn.ModuleDict attribute; rename it" if hasattr(self.prompt_encoder,
+                   str(adapter_name)) else "use letters, digits, '_' or '-'")
+            raise ValueError(f"adapter_name={adapter_name!r} cannot name an adapter ({e.args[0]}); {fix}") from None
         self.peft_config[adapter_name] = filled
 
     def set_adapter(self, adapter_name: str) -> None:

@@ -145,13 +145,14 @@ def test_train_run_dir_starts_only_a_queued_run(finished_run, tmp_path, capsys):
     metrics = run.metrics_path.read_text()
     assert main(["train", "--run-dir", str(run.path), "--no-progress"]) == 2
     assert capsys.readouterr().err == (f"error: {run.path} is already done; to train this spec again: "
-                                       f"python -m prefixlab train {run.spec_path}\n")
+                                       f"python -m prefixlab train {run.spec_path} --runs-dir {run.path.parent}\n")
     assert run.metrics_path.read_text() == metrics and run.read_status()["state"] == "done"  # untouched
 
     run.update_status(state="failed", error="ModelLoadError: no model 'nope'")
     assert main(["train", "--run-dir", str(run.path)]) == 2
     assert capsys.readouterr().err == (f"error: {run.path} has failed (ModelLoadError: no model 'nope'); to train "
-                                       f"this spec again: python -m prefixlab train {run.spec_path}\n")
+                                       f"this spec again: python -m prefixlab train {run.spec_path} "
+                                       f"--runs-dir {run.path.parent}\n")
     run.update_status(state="cancelled", step=1)
     assert main(["train", "--run-dir", str(run.path)]) == 2
     assert f"{run.path} was cancelled at step 1; to train this spec again" in capsys.readouterr().err
@@ -170,7 +171,7 @@ def test_train_run_dir_on_a_running_run_names_its_worker_or_says_it_died(finishe
     assert main(["train", "--run-dir", str(run.path)]) == 2
     assert capsys.readouterr().err == (
         f"error: {run.path} is marked running but its worker died (process {gone} is gone); "
-        f"to train this spec again: python -m prefixlab train {run.spec_path}\n")
+        f"to train this spec again: python -m prefixlab train {run.spec_path} --runs-dir {run.path.parent}\n")
     # What JobQueue._launch leaves just before its worker starts: only that worker may take it.
     run.update_status(pid=None, heartbeat=time.time())
     assert main(["train", "--run-dir", str(run.path)]) == 2
@@ -263,7 +264,8 @@ def test_generate_on_a_run_that_failed_or_died_before_its_first_checkpoint(tmp_p
     assert main(["generate", "--run-dir", str(run.path), "--prompt", "x"]) == 2
     assert capsys.readouterr().err == (
         f"error: {run.path} failed before saving any adapters (ModelLoadError: no model 'nope'); nothing to "
-        f"generate with: fix the cause, then to train this spec again: python -m prefixlab train {run.spec_path}\n")
+        f"generate with; fix the cause, then, to train this spec again: python -m prefixlab train {run.spec_path} "
+        f"--runs-dir {run.path.parent}\n")
     gone = dead_pid()
     run.update_status(state="running", pid=gone, heartbeat=time.time(), error=None)
     assert main(["generate", "--run-dir", str(run.path), "--prompt", "x"]) == 2
@@ -373,3 +375,19 @@ def test_train_spec_refuses_what_the_worker_would_fail_on_before_making_a_run(tm
     if case == "bad line":
         assert "line 2" in err
     assert not runs.exists()
+
+
+def test_a_second_process_refuses_a_finished_run_without_touching_it(finished_run, tmp_path, monkeypatch, capsys):
+    """Under accelerate launch, a process other than the first must refuse what the first refuses (a
+    finished run's folder) before writing anything: its spec.json stays the finished run's."""
+    import prefixlab.train
+
+    monkeypatch.setattr(prefixlab.train, "is_main_process", lambda: False)
+    spec = tiny_spec_dict()
+    spec["name"] = "another"
+    spec_path = tmp_path / "another.json"
+    spec_path.write_text(json.dumps(spec))
+    before = finished_run.spec_path.read_bytes()
+    assert main(["train", str(spec_path), "--run-dir", str(finished_run.path)]) == 2
+    assert "already holds a run (done)" in capsys.readouterr().err
+    assert finished_run.spec_path.read_bytes() == before

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 
 from prefixlab import data
 from prefixlab.config import TaskType
-from prefixlab.data import DataError
+from prefixlab.data import DataError, read_records
 from prefixlab.e2e import generate_splits
 from prefixlab.tiny import EOS_ID, PAD_ID, tiny_model, tiny_tokenizer
 
@@ -493,3 +493,11 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone():
         alone = data.encode_prompts([source], tok, CAUSAL, SEP)
         expected = model.generate(**alone, **settings)[0, alone["input_ids"].shape[1]:]
         assert together[row].tolist() == expected.tolist()
+
+
+def test_a_jsonl_line_may_hold_raw_line_separator_characters(tmp_path):
+    """U+2028 and U+0085 are valid raw inside JSON strings; only \\n, \\r\\n and \\r end a line."""
+    path = tmp_path / "odd.jsonl"
+    path.write_text('{"source": "a\u2028b", "target": "c\u0085d"}\r\n{"source": "f", "target": "g"}\n',
+                    encoding="utf-8")
+    assert [(r["source"], r["target"]) for _, r in read_records(path)] == [("a\u2028b", "c\u0085d"), ("f", "g")]

@@ -133,6 +133,8 @@ def test_stray_prefix_projection_form_value_is_ignored_with_a_warning():
         ({"name": 5}, "experiment.name", ["must be text, got 5"]),
         ({"variants": [{"name": "a", "prefix": {"num_virtual_tokens": 4}, "extra": 1}]}, "variants[0].extra",
          ["unknown key", "a name and a prefix"]),
+        ({"variants": [{"name": "update", "prefix": {"num_virtual_tokens": 4}}]}, "variants[0].name",
+         ["'update' is the name of a torch.nn.ModuleDict attribute", "rename it"]),
         ({"variants": [{"name": "a.b", "prefix": {"num_virtual_tokens": 4}}]}, "variants[0].name",
          ["'a.b' cannot name a variant"]),  # a folder, not a module name: add_adapter would refuse it
         ({"variants": [{"name": "a", "prefix": {"num_virtual_tokens": 4, "inference_mode": True}}]},

@@ -149,6 +149,11 @@ def test_the_target_picker_never_starts_on_the_source_column(tmp_path):
     upload.write_text("x,source\na,b\n")
     _, source_column, target_column, _, _ = lab.upload_task(str(upload))
     assert (source_column["value"], target_column["value"]) == ("source", "x")
+    for header, picked in [("target,input", ("input", "target")), ("a,b,c", ("a", "b")),
+                           ("target,x,source", ("source", "target")), ("x,source,y", ("source", "x"))]:
+        upload.write_text(header + "\n" + ",".join("v" * len(header.split(","))) + "\n")
+        _, source_column, target_column, _, _ = lab.upload_task(str(upload))
+        assert (source_column["value"], target_column["value"]) == picked, header
 
 
 def _tiny_form(lab):

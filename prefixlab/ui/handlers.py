@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -177,10 +178,14 @@ class Lab:
                 f"{name}: could not be stored in {self.queue.runs_dir / 'uploads'} ({err.strerror or err})",
                 current_source)
             return gr.skip(), gr.skip(), gr.skip(), values.errors_markdown({"data.source": rejection}), rejection
-        source = columns.index("source") if "source" in columns else 0
-        others = [c for c in columns if c != columns[source]]
-        target_column = "target" if "target" in others else others[0]
-        return (str(target), gr.update(choices=columns, value=columns[source]),
+        # "source" and "target" where the file has them, else the first column the other does not take.
+        if "target" in columns:
+            target_column = "target"
+            source_column = "source" if "source" in columns else next(c for c in columns if c != "target")
+        else:
+            source_column = "source" if "source" in columns else columns[0]
+            target_column = next(c for c in columns if c != source_column)
+        return (str(target), gr.update(choices=columns, value=source_column),
                 gr.update(choices=columns, value=target_column), "", "")
 
     def _store_upload(self, path: Path) -> Path:
@@ -191,7 +196,8 @@ class Lab:
         uploads.mkdir(parents=True, exist_ok=True)
         target = uploads / values.upload_name(path.name, digest)
         if not target.is_file():
-            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            # Unique per call: two sessions storing the same file at once each write their own.
+            partial = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
             shutil.copyfile(path, partial)
             os.replace(partial, target)
         return target
