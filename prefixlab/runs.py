@@ -91,6 +91,21 @@ def _not_utf8(err: UnicodeDecodeError) -> str:
     return f"not UTF-8 text (byte 0x{err.object[err.start]:02x} at position {err.start})"
 
 
+def _json_object(raw: bytes, whole_file: bool = True) -> tuple[dict | None, str | None]:
+    """(the JSON object `raw` holds, None), or (None, what is wrong with it, for "<file> ..."):
+    `whole_file`, a run's JSON file; else one line of a JSON Lines file."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return None, f"is {_not_utf8(err)}"
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno} column {err.colno}" if whole_file else f"column {err.colno}"
+        return None, f"is not valid JSON ({err.msg}: {where})"
+    if not isinstance(data, dict):
+        return None, f"{'holds' if whole_file else 'is'} a JSON {type(data).__name__}, not an object"
+    return data, None
+
+
 class RunFileUnreadable(OSError):
     """A run file the system would not let us read, even after retries (an I/O error, too many open
     files): its content is unknown, not bad, so no state may be inferred from it."""
@@ -111,14 +126,9 @@ def read_json(path: str | Path, attempts: int = 3) -> dict | None:
             if attempt == attempts - 1:
                 raise RunFileUnreadable(f"cannot read {path}: {err.strerror or err}") from None
             time.sleep(0.05)
-    try:
-        data = json.loads(text.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise RunFileError(f"{path} is {_not_utf8(err)}") from None
-    except json.JSONDecodeError as err:
-        raise RunFileError(f"{path} is not valid JSON ({err.msg}: line {err.lineno} column {err.colno})") from None
-    if not isinstance(data, dict):
-        raise RunFileError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    data, problem = _json_object(text)
+    if problem:
+        raise RunFileError(f"{path} {problem}")
     return data
 
 
@@ -139,15 +149,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
     for number, raw in enumerate(data.split(b"\n")[:-1], start=1):  # the last is b"" or unfinished
         if not raw.strip():
             continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-            problem = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
-        except UnicodeDecodeError as err:
-            problem = _not_utf8(err)
-        except json.JSONDecodeError as err:
-            problem = f"not valid JSON ({err.msg}: column {err.colno})"
+        record, problem = _json_object(raw, whole_file=False)
         if problem:
-            warnings.warn(f"{path} line {number} is {problem}; skipped it", stacklevel=2)
+            warnings.warn(f"{path} line {number} {problem}; skipped it", stacklevel=2)
         else:
             records.append(record)
     return records
@@ -322,8 +326,7 @@ def why_worker_dead(status: dict, heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S
     queue is starting its worker (for callers that are not a queue, such as the CLI; a queue that
     finds such a run on disk knows the app that started it has stopped).
     """
-    heartbeat = status.get("heartbeat") or status.get("updated_at") or 0
-    stale = time.time() - heartbeat > heartbeat_timeout
+    stale = heartbeat_stale(status, heartbeat_timeout)
     pid = status.get("pid")
     if pid is None:
         if starting_is_alive and not stale:
@@ -331,9 +334,13 @@ def why_worker_dead(status: dict, heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S
         return "the worker never recorded its pid (the app stopped while starting it?)"
     if not pid_alive(pid):
         return f"process {pid} is gone"
-    if stale:
-        return f"no heartbeat for over {heartbeat_timeout:.0f} s"
-    return None
+    return stale
+
+
+def heartbeat_stale(status: dict, heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S) -> str | None:
+    """"no heartbeat for over N s" when status.json's heartbeat is that old, else None."""
+    heartbeat = status.get("heartbeat") or status.get("updated_at") or 0
+    return f"no heartbeat for over {heartbeat_timeout:.0f} s" if time.time() - heartbeat > heartbeat_timeout else None
 
 
 class JobQueue:
@@ -476,10 +483,7 @@ class JobQueue:
                 self._children.pop(run.run_id, None)
                 return why_worker_dead(status, self.heartbeat_timeout)
             return _exit_reason(proc.returncode)
-        heartbeat = status.get("heartbeat") or status.get("updated_at") or 0
-        if time.time() - heartbeat > self.heartbeat_timeout:
-            return f"no heartbeat for over {self.heartbeat_timeout:.0f} s"
-        return None
+        return heartbeat_stale(status, self.heartbeat_timeout)
 
     def _mark_dead_workers(self) -> None:
         for info in self.list_runs():
