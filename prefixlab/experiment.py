@@ -362,11 +362,20 @@ def position_errors(spec: ExperimentSpec, limit: int | None) -> dict[str, str]:
         errors["training.max_length"] = (
             f"{spec.training.max_length} tokens after the {prefix}-token prefix run past {model}'s {limit} "
             f"positions; set it to at most {limit - prefix}")
-    if spec.generation.max_new_tokens + prefix > limit:
+    room = generation_room(limit, prefix, prompt_len=1, causal=True)  # the least any prompt leaves
+    if spec.generation.max_new_tokens > room:
         errors["generation.max_new_tokens"] = (
             f"{spec.generation.max_new_tokens} new tokens after the {prefix}-token prefix and a prompt run past "
-            f"{model}'s {limit} positions; set it to at most {limit - prefix}")
+            f"{model}'s {limit} positions; set it to at most {room}")
     return errors
+
+
+def generation_room(limit: int, prefix: int, prompt_len: int, causal: bool) -> int:
+    """How many new tokens fit a model with `limit` positions after a `prefix`-token prefix and a
+    `prompt_len`-token prompt. The last new token is never fed back, so a causal LM uses prefix +
+    prompt + new - 1 positions, a seq2seq decoder prefix + new (its start token, then all new tokens
+    but the last; the prompt goes to the encoder)."""
+    return limit - prefix - (prompt_len - 1 if causal else 0)
 
 
 def default_variants(prefix: PrefixTuningConfig, choice: str = "both") -> list[VariantSpec]:

@@ -533,9 +533,9 @@ def prompts_for(spec: ExperimentSpec, examples: list[dict]) -> list[tuple[str, s
 def check_generation_room(peft_model, task_type, spec: ExperimentSpec, adapter_names: list[str],
                           prompt_len: int) -> None:
     """Raise SpecError on generation.max_new_tokens when a prompt of `prompt_len` tokens, the longest
-    of the adapters' prefixes and the new tokens do not fit the model's position table. The last new
-    token is never fed back, so a causal LM uses prefix + prompt + new - 1 positions, a seq2seq
-    decoder prefix + new (its start token, then all new tokens but the last)."""
+    of the adapters' prefixes and the new tokens do not fit the model's position table
+    (experiment.generation_room)."""
+    from prefixlab.experiment import generation_room
     from prefixlab.zoo import position_limit
 
     limit = position_limit(peft_model.base_model.config)
@@ -543,13 +543,13 @@ def check_generation_room(peft_model, task_type, spec: ExperimentSpec, adapter_n
         return
     prefix = max(peft_model.peft_config[name].num_virtual_tokens for name in adapter_names)
     causal = TaskType(task_type) == TaskType.CAUSAL_LM
-    used = prefix + (prompt_len - 1 if causal else 0)
+    room = generation_room(limit, prefix, prompt_len, causal)
     wanted = spec.generation.max_new_tokens
-    if used + wanted > limit:
+    if wanted > room:
         prompt = f"a {prompt_len}-token prompt and " if causal else ""
         raise SpecError("generation.max_new_tokens",
                         f"{wanted} new tokens after {prompt}the {prefix}-token prefix run past "
-                        f"{spec.model.name}'s {limit} positions; set it to at most {max(limit - used, 0)}"
+                        f"{spec.model.name}'s {limit} positions; set it to at most {max(room, 0)}"
                         + (" or use a shorter prompt" if causal else ""))
 
 
