@@ -239,16 +239,16 @@ def test_json_array_errors_name_the_item_not_a_line(tmp_path):
 ])
 def test_a_bad_file_gets_one_message_from_every_reader(tmp_path, name, text):
     """The page fills its column pickers with peek_columns and checks the upload with read_records, then
-    the chosen columns with check_task_data (load_task); all of them name the same problem."""
+    the chosen columns with preflight.task_data_errors (load_task); all of them name the same problem."""
     from prefixlab.experiment import DataSpec
-    from prefixlab.ui.values import check_task_data
+    from prefixlab.preflight import task_data_errors
 
     msg = _error(tmp_path, name, text)
     for reader in (data.peek_columns, data.read_records):
         with pytest.raises(DataError) as info:
             reader(tmp_path / name)
         assert str(info.value) == msg
-    assert check_task_data(SimpleNamespace(data=DataSpec(source=str(tmp_path / name)))) == {"data.source": msg}
+    assert task_data_errors(SimpleNamespace(data=DataSpec(source=str(tmp_path / name)))) == {"data.source": msg}
 
 
 def test_split_with_no_examples(tmp_path):

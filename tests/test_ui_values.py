@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from prefixlab import preflight
 from prefixlab.experiment import ExperimentSpec
 from prefixlab.runs import RunInfo
 from prefixlab.ui import values
@@ -209,13 +210,13 @@ def test_one_column_as_source_and_target_is_refused_for_files_and_hub_datasets(t
     task = tmp_path / "one.csv"
     task.write_text("text\nhello\nworld\n")
     spec, _ = _check(data__source=str(task), data__source_column="text", data__target_column="text")
-    assert values.check_task_data(spec) == {"data.target_column": (
+    assert preflight.task_data_errors(spec) == {"data.target_column": (
         f"{task}: the source and target columns are both 'text'; a task needs a source column and a different "
         "target column: set one of them to another column (a file with a single column cannot be a task)")}
     spec, _ = _check(data__source="someone/dataset", data__source_column="a", data__target_column="a")
-    assert "both 'a'" in values.check_task_data(spec)["data.target_column"]
+    assert "both 'a'" in preflight.task_data_errors(spec)["data.target_column"]
     spec, _ = _check(data__source="someone/dataset", data__source_column="a", data__target_column="b")
-    assert values.check_task_data(spec) == {}  # a Hub dataset is otherwise checked by the worker
+    assert preflight.task_data_errors(spec) == {}  # a Hub dataset is otherwise checked by the worker
 
 
 def test_file_names_for_presets_and_exports_keep_letters_of_any_script():

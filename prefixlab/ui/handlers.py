@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from prefixlab import compare, plots
+from prefixlab import compare, plots, preflight
 from prefixlab.data import DataError, peek_columns, read_records
 from prefixlab.experiment import ExperimentSpec, SpecError
 from prefixlab.runs import JobQueue, RunDir
@@ -250,10 +250,9 @@ class Lab:
         Refused, with the upload's message, while a rejected upload is on show."""
         spec, errors = self._checked(override, list(raw), upload_error)
         if spec is not None:
-            # A model whose config cannot be read, or sizes that do not fit it, would only fail in
-            # the worker: say so beside the field instead of queueing a run that cannot start.
-            _, errors = values.accounting(spec)
-            errors = errors or values.check_task_data(spec)
+            # What the worker would fail on at setup (model config, sizes, lengths, the task file's
+            # lines): say so beside the field instead of queueing a run that cannot start.
+            errors = preflight.check(spec)
         if errors:
             return values.errors_markdown(errors), gr.skip(), gr.skip()
         run_id = self.queue.submit(spec)

@@ -116,11 +116,6 @@ def spec_file_text(spec: ExperimentSpec, command: str) -> str:
     return json.dumps({"_command": command, **spec.to_dict()}, indent=2)
 
 
-def check_task_data(spec: ExperimentSpec) -> dict[str, str]:
-    """preflight.task_data_errors: a local task file's every line, read with the chosen columns."""
-    return preflight.task_data_errors(spec)
-
-
 # A saved preset's or exported spec's file name (without .json), in characters: 60 characters of up
 # to 4 UTF-8 bytes each stay under the usual 255-byte limit on a file name.
 MAX_SLUG_CHARS = 60
