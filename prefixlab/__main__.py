@@ -20,6 +20,7 @@ import os
 import shlex
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from prefixlab.experiment import ExperimentSpec
@@ -132,8 +133,7 @@ def interrupted(run, owner: bool) -> str:
 
 
 def cmd_train(args) -> int:
-    from prefixlab.runs import FAILED, QUEUED, RUNNING, RunDir, atomic_write_json, new_run_id, new_status
-    from prefixlab.train import is_main_process, run_worker
+    from prefixlab.train import is_main_process
 
     if args.spec is None and args.run_dir is None:
         raise CliError("train needs SPEC.json, --run-dir DIR (with spec.json inside), or both")
@@ -141,6 +141,30 @@ def cmd_train(args) -> int:
     # would find it running, by the first, and must not reset it). The read-only checks run in every
     # process, so all of them refuse what the first refuses, before any of them writes.
     owner = is_main_process()
+    with ExitStack() as stack:  # the run's worker lock, from the checks to the worker's end
+        return train_in(args, owner, stack)
+
+
+def claim(run, owner: bool, stack: ExitStack) -> None:
+    """Take the run's worker lock (the first process only) before reading its state, so that no
+    other worker (the page's queue) can start it between the check and the start."""
+    from prefixlab.runs import RunBusy, worker_lock
+
+    if not owner:
+        return
+    try:
+        stack.enter_context(worker_lock(run.path))
+    except RunBusy:
+        status = run.read_status()
+        state = "its worker is starting" if status.get("state") in (None, "queued") else held_by(status)
+        raise CliError(f"{run.path} is already being trained by another worker ({state}); "
+                       "wait for it, or stop it (Stop on the page)") from None
+
+
+def train_in(args, owner: bool, stack: ExitStack) -> int:
+    from prefixlab.runs import FAILED, QUEUED, RUNNING, RunDir, atomic_write_json, new_run_id, new_status
+    from prefixlab.train import run_worker
+
     if args.spec is not None:
         spec = ExperimentSpec.load(args.spec)
         from prefixlab import preflight
@@ -156,7 +180,9 @@ def cmd_train(args) -> int:
         else:
             runs_dir = folder(args.runs_dir, "--runs-dir", create=True)
             path = runs_dir / new_run_id(spec.name, runs_dir)
+            path.mkdir()
         run = RunDir(path)
+        claim(run, owner, stack)
         status = run.read_status()
         # The other processes may find the first one's run already started; a finished run, never.
         if status.get("state") not in ((None, QUEUED) if owner else (None, QUEUED, RUNNING)):
@@ -170,6 +196,7 @@ def cmd_train(args) -> int:
             raise CliError(f"{run.spec_path} does not exist; pass SPEC.json as well, or submit from the page")
         run.read_spec()  # a bad spec.json: one clear line now, not a failed run
         if owner:
+            claim(run, owner, stack)
             check_startable(run, run.read_status())
     print(f"run directory: {run.path}", file=sys.stderr)
     try:

@@ -10,6 +10,7 @@
     runs/<id>/summary.json    parameter counts, final losses, tokens/s, wall time
     runs/<id>/log.txt         the worker's log, traceback included on failure
     runs/<id>/cancel          present when a stop was requested (SIGTERM is sent as well)
+    runs/<id>/worker.lock     held (flock) by the one worker training the run; empty
 
 JSON files are replaced atomically and JSONL lines appended whole, so a reader (the page, once a
 second) never sees half a record and a killed worker loses nothing it already wrote.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 import re
 import secrets
 import signal
@@ -29,7 +31,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; status.json's pid and heartbeat still guard
+    fcntl = None
 
 from prefixlab.experiment import ExperimentSpec, SpecError
 
@@ -155,6 +162,75 @@ def read_jsonl(path: str | Path) -> list[dict]:
         else:
             records.append(record)
     return records
+
+
+# ---------------------------------------------------------------------------------------------
+# One worker per run
+# ---------------------------------------------------------------------------------------------
+
+
+class RunBusy(RuntimeError):
+    """Another worker holds the run (its worker.lock); the message names the run."""
+
+
+_held_locks: dict[Path, list] = {}  # run folder -> [fd, depth], the worker locks this process holds
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def worker_lock(run_path: str | Path) -> Iterator[None]:
+    """Hold `run_path`/worker.lock for the block: at most one worker trains a run at a time, even
+    when a CLI `train --run-dir` and the page's queue start the same queued run at the same instant
+    (each reads `queued` before either writes `running`). Re-entrant within a process; released by
+    the kernel when the process dies, so a killed worker leaves no stale lock. Raises RunBusy,
+    having written nothing, when another process holds it."""
+    key = Path(run_path).resolve()
+    with _held_guard:
+        held = _held_locks.get(key)
+        if held is not None:
+            held[1] += 1
+        elif fcntl is not None:
+            fd = os.open(key / "worker.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            for attempt in range(20):  # worker_lock_held's probe holds it for microseconds
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.025)
+            else:
+                os.close(fd)
+                raise RunBusy(f"{key} is being trained by another worker")
+            _held_locks[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        with _held_guard:
+            held = _held_locks.get(key)
+            if held is not None:
+                held[1] -= 1
+                if held[1] == 0:
+                    del _held_locks[key]
+                    os.close(held[0])  # closing the last descriptor releases the flock
+
+
+def worker_lock_held(run_path: str | Path) -> bool:
+    """True while some worker (this process or another) holds the run's worker.lock."""
+    key = Path(run_path).resolve()
+    if key in _held_locks:
+        return True
+    if fcntl is None or not (key / "worker.lock").exists():
+        return False
+    try:
+        fd = os.open(key / "worker.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: never blocks another such test
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the shared lock, if taken
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,10 +456,10 @@ class JobQueue:
             run = self.run_dir(run_id)
             status = run.read_status()
             state = status.get("state")
-            if state == QUEUED:
+            if state == QUEUED and not worker_lock_held(run.path):
                 run.update_status(state=CANCELLED, finished_at=time.time())
                 return CANCELLED
-            if state == RUNNING:
+            if state in (QUEUED, RUNNING):  # queued but locked: a worker is starting it
                 # The file reaches a worker that has not yet installed its SIGTERM handler and
                 # recorded its pid (it checks the file when it starts and with each heartbeat);
                 # a SIGTERM before that would kill it without saving.
@@ -428,7 +504,8 @@ class JobQueue:
             # A worker that died between the two calls above is no longer active, but is not yet
             # marked failed either: mark it now, before its successor starts (dead stays dead).
             self._mark_dead_workers()
-            queued = [i for i in self.list_runs() if i.state == QUEUED]
+            # A queued run whose lock is held is being started by a worker of its own (a CLI's).
+            queued = [i for i in self.list_runs() if i.state == QUEUED and not worker_lock_held(i.path)]
             if not queued:
                 return None
             return self._launch(RunDir(queued[-1].path))  # oldest first
@@ -476,13 +553,16 @@ class JobQueue:
         """None while the run's worker is alive and beating, else why it is not."""
         status = run.read_status()
         proc = self._children.get(run.run_id)
+        if proc is not None and proc.poll() is not None:  # also reaps our own zombie child
+            if status.get("pid") in (None, proc.pid) and not worker_lock_held(run.path):
+                return _exit_reason(proc.returncode)
+            # Another worker (a CLI's) took the run first; ours found it locked and left.
+            self._children.pop(run.run_id, None)
+            proc = None
         if proc is None:
+            if status.get("pid") is None and worker_lock_held(run.path):
+                return None  # a worker holds the run and is about to record its pid
             return why_worker_dead(status, self.heartbeat_timeout)
-        if proc.poll() is not None:  # also reaps our own zombie child
-            if status.get("pid") not in (None, proc.pid):  # another worker (a CLI's) took the run first
-                self._children.pop(run.run_id, None)
-                return why_worker_dead(status, self.heartbeat_timeout)
-            return _exit_reason(proc.returncode)
         return heartbeat_stale(status, self.heartbeat_timeout)
 
     def _mark_dead_workers(self) -> None:

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +34,7 @@ from prefixlab.config import TaskType
 from prefixlab.experiment import ExperimentSpec, GenerationSpec, SpecError, TrainingSpec
 from prefixlab.devices import make_accelerator, peak_gpu_memory, release_gpu_memory
 from prefixlab.runs import (CANCELLED, DONE, FAILED, RUNNING, RunDir, RunFileError, append_jsonl,
-                            atomic_write_json)
+                            atomic_write_json, worker_lock)
 
 HEARTBEAT_INTERVAL_S = 2.0
 
@@ -609,10 +610,17 @@ def run_worker(run_dir: str | Path, *, progress: bool | None = None) -> str:
 
     Never raises for a training failure: the state becomes `failed`, the one-line error goes to
     status.json and the traceback to log.txt. `progress`: a terminal bar (default: when stderr is a
-    terminal).
+    terminal). Raises runs.RunBusy, having written nothing, when another worker holds the run.
     """
     run = RunDir(run_dir)
     main = is_main_process()
+    # One worker per run (the first process of an `accelerate launch` holds it for all of them);
+    # RunBusy, before anything is written, when another worker has the run.
+    with worker_lock(run.path) if main else nullcontext():
+        return _work(run, main, progress)
+
+
+def _work(run: RunDir, main: bool, progress: bool | None) -> str:
     log = run.log if main else (lambda message: None)
     stop, previous = install_stop_handler()
     status = StatusWriter(run, stop, enabled=main)

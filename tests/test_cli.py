@@ -391,3 +391,29 @@ def test_a_second_process_refuses_a_finished_run_without_touching_it(finished_ru
     assert main(["train", str(spec_path), "--run-dir", str(finished_run.path)]) == 2
     assert "already holds a run (done)" in capsys.readouterr().err
     assert finished_run.spec_path.read_bytes() == before
+
+
+def test_train_run_dir_refuses_a_queued_run_another_worker_has_locked(finished_run, tmp_path, capsys):
+    """The page's queue launched a worker on this run a moment ago; it holds worker.lock but has
+    not yet written `running`. A `train --run-dir` now must not train the run a second time."""
+    run = copy_run(finished_run, tmp_path, state="queued")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom prefixlab.runs import worker_lock\n"
+                               "with worker_lock(sys.argv[1]):\n print('held', flush=True)\n sys.stdin.read()",
+                               str(run.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        status = run.status_path.read_bytes()
+        assert main(["train", "--run-dir", str(run.path)]) == 2
+        assert capsys.readouterr().err == (f"error: {run.path} is already being trained by another worker "
+                                           "(its worker is starting); wait for it, or stop it (Stop on the page)\n")
+        assert run.status_path.read_bytes() == status
+        # train SPEC --run-dir: refused before the spec is overwritten
+        spec_before = run.spec_path.read_bytes()
+        other = tmp_path / "other.json"
+        other.write_text(json.dumps(tiny_spec_dict()))
+        assert main(["train", str(other), "--run-dir", str(run.path)]) == 2
+        assert "is already being trained by another worker" in capsys.readouterr().err
+        assert run.spec_path.read_bytes() == spec_before
+    finally:
+        holder.kill()
+        holder.wait()

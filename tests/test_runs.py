@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -28,6 +29,7 @@ from prefixlab.runs import (
     QUEUED,
     RUNNING,
     JobQueue,
+    RunBusy,
     RunDir,
     RunFileError,
     RunFileUnreadable,
@@ -35,6 +37,8 @@ from prefixlab.runs import (
     atomic_write_json,
     read_jsonl,
     why_worker_dead,
+    worker_lock,
+    worker_lock_held,
 )
 
 FAKE_WORKER = textwrap.dedent("""
@@ -425,3 +429,102 @@ def test_a_run_another_worker_took_is_not_failed_when_the_queue_s_worker_refuses
     queue.run_dir(taken).update_status(pid=None, heartbeat=0)  # "us" gone: a dead worker after all
     assert queue.poll() == waiting
     assert queue.run_dir(taken).read_status()["state"] == FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+# One worker per run: worker.lock
+
+
+HOLD_LOCK = textwrap.dedent("""
+    import sys
+    from prefixlab.runs import worker_lock
+    with worker_lock(sys.argv[1]):
+        print("held", flush=True)
+        sys.stdin.read()  # until the test closes our stdin, or kills us
+""")
+
+
+@pytest.fixture
+def hold_lock():
+    """hold_lock(run_path) -> a subprocess holding the run's worker lock (another worker)."""
+    procs = []
+
+    def start(path):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "held"
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_worker_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path, hold_lock):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not worker_lock_held(run)
+    holder = hold_lock(run)
+    assert worker_lock_held(run)
+    with pytest.raises(RunBusy, match=str(run)):
+        with worker_lock(run):
+            pass
+    holder.kill()  # SIGKILL: no clean-up ran, the kernel drops the lock
+    holder.wait()
+    assert not worker_lock_held(run)
+    with worker_lock(run):
+        assert worker_lock_held(run)
+        with worker_lock(run):  # re-entrant: the CLI holds it, then run_worker takes it again
+            pass
+        assert worker_lock_held(run)
+    assert not worker_lock_held(run)
+
+
+def test_run_worker_refuses_a_run_another_worker_holds_and_writes_nothing(tmp_path, hold_lock):
+    from prefixlab.train import run_worker
+
+    run = RunDir(tmp_path / "run")
+    run.write_spec(spec())
+    atomic_write_json(run.status_path, {"state": QUEUED})
+    hold_lock(run.path)
+    before = {p.name: p.read_bytes() for p in run.path.iterdir()}
+    with pytest.raises(RunBusy):
+        run_worker(run.path)
+    assert {p.name: p.read_bytes() for p in run.path.iterdir()} == before
+
+
+def test_the_queue_leaves_a_queued_run_alone_while_another_worker_holds_it(queue, hold_lock):
+    """A CLI `train --run-dir` took the lock but has not yet written `running`: the queue must not
+    start the run too, nor cancel it as if it were still waiting."""
+    claimed, waiting = queue.submit(spec("claimed")), queue.submit(spec("waiting"))
+    holder = hold_lock(queue.run_dir(claimed).path)
+    assert queue.poll() == waiting  # skipped the claimed run, though it is older
+    queue.run_dir(waiting).path.joinpath("release").touch()
+    wait_for(lambda: queue.run_dir(waiting).read_status()["state"] == DONE)
+    assert queue.poll() is None
+    assert queue.cancel(claimed) == QUEUED  # a stop request the starting worker finds
+    assert queue.run_dir(claimed).cancel_requested()
+    assert queue.run_dir(claimed).read_status()["state"] == QUEUED
+    holder.kill()
+    holder.wait()
+    queue.run_dir(claimed).cancel_path.unlink()
+    assert queue.poll() == claimed  # the holder died before starting it: it is queued again
+
+
+def test_a_queue_worker_that_finds_the_run_locked_does_not_fail_it(tmp_path, hold_lock):
+    """The queue marked the run running and launched its worker, but a CLI worker got the lock
+    first and has not yet recorded its pid: the queue's worker leaves, and the run is not failed."""
+    queue = JobQueue(tmp_path / "runs", worker_command=[sys.executable, "-c", "import sys; sys.exit(2)"])
+    run_id = queue.submit(spec("raced"))
+    run = queue.run_dir(run_id)
+    queue._launch(run)  # as poll does: running, pid None, worker started
+    holder = hold_lock(run.path)
+    queue._children[run_id].wait()
+    assert queue.poll() is None
+    assert run.read_status()["state"] == RUNNING
+    holder.kill()
+    holder.wait()
+    queue.poll()  # lock gone and no pid ever recorded: dead after all
+    assert run.read_status()["state"] == FAILED
