@@ -16,7 +16,9 @@ import contextlib
 import dataclasses
 import inspect
 import os
-from typing import Any, Optional
+import tempfile
+import warnings
+from typing import Any, Iterator, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -142,6 +144,15 @@ def _uses_activation_checkpointing(model: nn.Module) -> bool:
     return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
+def _drop_token_type_ids(kwargs: dict) -> None:
+    """PEFT drops token_type_ids for prompt learning, with this warning; so do we, so that the same
+    call gives the same logits (GPT-2, say, would add them to its input embeddings)."""
+    if kwargs.get("token_type_ids") is not None:
+        warnings.warn("Token type ids are not supported for parameter efficient tuning. Ignoring token type ids",
+                      stacklevel=3)
+    kwargs.pop("token_type_ids", None)
+
+
 def freeze(model: nn.Module) -> None:
     for param in model.parameters():
         param.requires_grad_(False)
@@ -165,6 +176,7 @@ class PrefixTuningModel(nn.Module):
         self.peft_config: dict[str, PrefixTuningConfig] = {}
         self.prompt_encoder = nn.ModuleDict()
         self.active_adapter = adapter_name
+        self._adapters_disabled = False
         self._cache_kwarg = cache_kwarg_name(model)
         freeze(model)
         self.add_adapter(adapter_name, config)
@@ -211,6 +223,26 @@ class PrefixTuningModel(nn.Module):
     def active_peft_config(self) -> PrefixTuningConfig:
         return self.peft_config[self.active_adapter]
 
+    @property
+    def active_adapters(self) -> list[str]:
+        """[active_adapter] (PEFT's list form; one prefix is active at a time)."""
+        return [self.active_adapter]
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped transformers model (frozen), as PEFT returns it."""
+        return self.base_model
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Inside the block, forward and generate are the base model's own, with no prefix (PEFT's
+        context manager, e.g. for a reference model's outputs)."""
+        was_disabled = self._adapters_disabled
+        self._adapters_disabled = True
+        try:
+            yield
+        finally:
+            self._adapters_disabled = was_disabled
+
     def _check_adapter(self, adapter_name: str) -> None:
         if adapter_name not in self.peft_config:
             raise ValueError(f"adapter_name={adapter_name!r} not found; adapters: {sorted(self.peft_config)}")
@@ -254,6 +286,10 @@ class PrefixTuningModel(nn.Module):
         in them). For seq2seq, decoder_attention_mask (batch, target_seq) is extended by the prefix.
         Returns the base model's output (logits (batch, seq, vocab), loss when labels are given).
         """
+        _drop_token_type_ids(kwargs)
+        if self._adapters_disabled:
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                   labels=labels, **kwargs)
         name = adapter_name or self.active_adapter
         self._check_adapter(name)
         config = self.peft_config[name]
@@ -286,6 +322,9 @@ class PrefixTuningModel(nn.Module):
         """
         if input_ids is None:
             raise ValueError("generate needs input_ids (batch, prompt_len)")
+        _drop_token_type_ids(kwargs)
+        if self._adapters_disabled:
+            return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         name = adapter_name or self.active_adapter
         self._check_adapter(name)
         n = self.peft_config[name].num_virtual_tokens
@@ -340,16 +379,34 @@ class PrefixTuningModel(nn.Module):
         with torch.no_grad(), no_autocast:
             return encoder.prefix_states().detach().float().cpu().contiguous()
 
-    def save_pretrained(self, save_directory: str, selected_adapters: Optional[list[str]] = None) -> None:
-        """PEFT's layout: "default" in save_directory, any other adapter in save_directory/<name>."""
+    def save_pretrained(self, save_directory: str, safe_serialization: bool = True,
+                        selected_adapters: Optional[list[str]] = None, is_main_process: bool = True,
+                        **kwargs) -> None:
+        """PEFT's layout: "default" in save_directory, any other adapter in save_directory/<name>.
+
+        safe_serialization=False writes adapter_model.bin (torch.save) instead of .safetensors;
+        is_main_process=False writes nothing (the other processes of a distributed run). Other PEFT
+        keywords that mean nothing for a prefix (state_dict, save_embedding_layers) are accepted and
+        ignored, as PEFT does for prompt learning; unknown ones raise TypeError.
+        """
+        unknown = sorted(set(kwargs) - _IGNORED_SAVE_KWARGS)
+        if unknown:
+            raise TypeError(f"save_pretrained() got unexpected keyword arguments {unknown}")
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory={save_directory!r} is a file; pass a directory path")
-        for name in selected_adapters or list(self.peft_config):
+        names = selected_adapters or list(self.peft_config)
+        for name in names:
             self._check_adapter(name)
+        if not is_main_process:
+            return
+        for name in names:
             out_dir = save_directory if name == "default" else os.path.join(save_directory, name)
             os.makedirs(out_dir, exist_ok=True)
-            save_file({SAVED_KEY: self.get_prompt_embedding_to_save(name)}, os.path.join(out_dir, WEIGHTS_NAME),
-                      metadata={"format": "pt"})
+            tensors = {SAVED_KEY: self.get_prompt_embedding_to_save(name)}
+            if safe_serialization:
+                save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
+            else:
+                torch.save(tensors, os.path.join(out_dir, LEGACY_WEIGHTS_NAME))
             base_name = self.peft_config[name].base_model_name_or_path or (
                 self.base_model.__dict__.get("name_or_path") or None
             )
@@ -357,25 +414,53 @@ class PrefixTuningModel(nn.Module):
             dataclasses.replace(self.peft_config[name], inference_mode=True,
                                 base_model_name_or_path=base_name).save_pretrained(out_dir)
 
+    def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
+                    commit_message: str = "Upload prefix-tuning adapter", revision: Optional[str] = None,
+                    create_pr: bool = False, selected_adapters: Optional[list[str]] = None,
+                    safe_serialization: bool = True):
+        """Upload the adapter files (what save_pretrained writes, nothing of the base model) to the
+        Hub repository `repo_id`, creating it if needed; returns huggingface_hub's CommitInfo.
+        Load it back with from_pretrained(base, repo_id) here or in PEFT."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory(prefix="prefixlab-push-") as folder:
+            self.save_pretrained(folder, safe_serialization=safe_serialization, selected_adapters=selected_adapters)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                                     revision=revision, create_pr=create_pr)
+
     @classmethod
     def from_pretrained(
-        cls, model: nn.Module, model_id: str, adapter_name: str = "default", is_trainable: bool = False
+        cls, model: nn.Module, model_id: str, adapter_name: str = "default", is_trainable: bool = False,
+        config: Optional[PrefixTuningConfig] = None, **hub_kwargs,
     ) -> "PrefixTuningModel":
-        """Wrap `model` with the adapter saved in directory `model_id` (by prefixlab or PEFT)."""
-        config = _adapter_config(model_id, is_trainable, model.config)
+        """Wrap `model` with the adapter saved by prefixlab or PEFT in folder `model_id`, or in the
+        Hub repository `model_id` (hub_kwargs: subfolder, revision, token, cache_dir). `config`
+        replaces the folder's adapter_config.json. Without is_trainable the model is put in eval
+        mode (dropout off), as PEFT does."""
+        folder = adapter_folder(model_id, **hub_kwargs)
+        config = _adapter_config(folder, is_trainable, model.config, config)
         wrapped = cls(model, config, adapter_name)
-        wrapped._load_weights(model_id, adapter_name)
+        wrapped._load_weights(folder, adapter_name)
+        if not is_trainable:
+            wrapped.eval()
         return wrapped
 
-    def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False) -> None:
-        """Add the adapter saved in directory `model_id` under `adapter_name` (not made active)."""
-        self.add_adapter(adapter_name, _adapter_config(model_id, is_trainable, self.base_model.config))
+    def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False,
+                     config: Optional[PrefixTuningConfig] = None, **hub_kwargs) -> None:
+        """Add the adapter saved in folder or Hub repository `model_id` under `adapter_name` (not made
+        active); without is_trainable the model is put in eval mode, as PEFT does."""
+        folder = adapter_folder(model_id, **hub_kwargs)
+        self.add_adapter(adapter_name, _adapter_config(folder, is_trainable, self.base_model.config, config))
         try:
-            self._load_weights(model_id, adapter_name)
+            self._load_weights(folder, adapter_name)
         except Exception:
             del self.peft_config[adapter_name]
             del self.prompt_encoder[adapter_name]
             raise
+        if not is_trainable:
+            self.eval()
 
     def _load_weights(self, model_id: str, adapter_name: str) -> None:
         tensor = _read_prompt_embeddings(model_id)
@@ -389,9 +474,44 @@ class PrefixTuningModel(nn.Module):
         encoder.load_prompt_embeddings(tensor)
 
 
-def _adapter_config(model_id: str, is_trainable: bool, model_config) -> PrefixTuningConfig:
-    """The saved config, checked against the model it is loaded onto."""
-    data = read_config_file(model_id)
+_IGNORED_SAVE_KWARGS = frozenset({"state_dict", "save_embedding_layers"})
+_HUB_KWARGS = ("revision", "token", "cache_dir")
+
+
+def adapter_folder(model_id: str, subfolder: Optional[str] = None, **hub_kwargs) -> str:
+    """The local folder of adapter `model_id`: a folder as given (joined with `subfolder`), or the
+    files of Hub repository `model_id` downloaded to the Hugging Face cache (only the cache when
+    offline or the Hub does not answer). AdapterFileError says what failed and what to do."""
+    from . import zoo  # the Hub reachability rules the model loader uses
+
+    unknown = sorted(set(hub_kwargs) - set(_HUB_KWARGS))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}; the Hub ones are subfolder, {', '.join(_HUB_KWARGS)}")
+    model_id = os.fspath(model_id)
+    if zoo._local_folder(model_id) is not None:  # an existing folder, or a string written like a path
+        return os.path.join(model_id, subfolder) if subfolder else model_id
+    from huggingface_hub import snapshot_download
+
+    local_only, why = zoo._cache_only(model_id)
+    inside = f"{subfolder}/" if subfolder else ""
+    try:
+        root = snapshot_download(model_id, allow_patterns=[inside + CONFIG_NAME, inside + WEIGHTS_NAME,
+                                                           inside + LEGACY_WEIGHTS_NAME],
+                                 local_files_only=local_only, **hub_kwargs)
+    except Exception as err:  # noqa: BLE001 - HTTP, repo-not-found, offline-cache misses: all "cannot get it"
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        cause = f"; {why} and it is not in the local cache" if why else ""
+        raise AdapterFileError(
+            f"adapter {model_id!r} is not a local folder and could not be fetched from the Hugging Face Hub "
+            f"({type(err).__name__}: {detail}){cause}. Pass the folder save_pretrained wrote (a relative one "
+            "as ./name), or check the repo id, its access rights and your network") from err
+    return os.path.join(root, subfolder) if subfolder else root
+
+
+def _adapter_config(model_id: str, is_trainable: bool, model_config,
+                    given: Optional[PrefixTuningConfig] = None) -> PrefixTuningConfig:
+    """The saved config (or `given` instead), checked against the model it is loaded onto."""
+    data = read_config_file(model_id) if given is None else as_prefix_tuning_config(given).to_json_dict()
     if data.get("peft_type") not in (None, "PREFIX_TUNING"):
         raise AdapterFileError(
             f"{os.path.join(model_id, CONFIG_NAME)}: peft_type={data.get('peft_type')!r} is not a prefix-tuning "
