@@ -334,6 +334,12 @@ class PrefixTuningModel(nn.Module):
             attention_mask = _default_attention_mask(input_ids, kwargs.get("generation_config") or
                                                      getattr(self.base_model, "generation_config", None))
         rows = input_ids.shape[0] * _generation_expand_size(self.base_model, kwargs)
+        # Without use_cache each step feeds the whole input again, yet the attention layers still append
+        # it to the prefix cache they are handed, so the prefix would grow by the input every step (PEFT
+        # has the same bug). Decoding with the cache gives the tokens step-by-step recomputation gives.
+        config = kwargs.get("generation_config") or getattr(self.base_model, "generation_config", None)
+        if kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
+            kwargs["use_cache"] = True
         if self._is_seq2seq(name):
             kwargs["decoder_attention_mask"] = _prepend_ones(kwargs.get("decoder_attention_mask"), n)
         else:

@@ -56,15 +56,18 @@ def test_logits_and_loss_equal_peft_on_a_padded_batch(arch, projection):
     assert not torch.allclose(got.logits, base.logits, atol=1e-3)  # the prefix matters
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("arch, projection", PARAMS)
-def test_greedy_generation_equals_decoding_with_peft_forward(arch, projection):
+def test_greedy_generation_equals_decoding_with_peft_forward(arch, projection, use_cache):
     ours, ref = peft_pair(arch, projection)
     prompt = padded_batch(arch)["input_ids"][:1]
     steps = 6
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = manual_greedy(ref, prompt, steps, decoder_start(ours))  # PEFT forward, no cache
-    generated = ours.generate(input_ids=prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    # use_cache=False: T5 would append each step's whole decoder input to the prefix cache (PEFT too)
+    generated = ours.generate(input_ids=prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                              use_cache=use_cache)
     assert torch.equal(generated, expected)
     assert torch.equal(generated, manual_greedy(ours, prompt, steps, decoder_start(ours)))
 
