@@ -5,7 +5,8 @@ that a PEFT-written adapter_config.json loads here and ours loads in PEFT. Unlik
 validated in `__post_init__` and every error names the field, the value and what to do.
 
 Sizes that come from the model (INFERRED_FIELDS) stay None until `infer_sizes` fills them from a
-`transformers.PretrainedConfig`, the same rules as PEFT's `_prepare_prompt_learning_config`.
+`transformers.PretrainedConfig`, by the rules of PEFT's `_prepare_prompt_learning_config` except where
+those do not fit an encoder-decoder model's decoder (see `infer_sizes`).
 """
 
 from __future__ import annotations
@@ -223,6 +224,10 @@ def read_config_file(directory: str) -> dict:
 _LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer")
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
 _HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
+# Encoder-decoder models: the prefix feeds the decoder's self-attention, while num_hidden_layers and
+# num_attention_heads are the encoder's (T5 num_layers, BART encoder_layers / encoder_attention_heads).
+_DECODER_LAYER_KEYS = ("num_decoder_layers", "decoder_layers")  # T5 family, ProphetNet; BART family
+_DECODER_HEAD_KEYS = ("decoder_attention_heads", "num_decoder_attention_heads")  # BART family; ProphetNet
 
 
 def _model_config_dict(model_config) -> dict:
@@ -235,11 +240,28 @@ def _first_key(data: dict, keys: tuple[str, ...]):
     return next((data[k] for k in keys if data.get(k) is not None), None)
 
 
-def _model_num_layers(model_config, data: dict) -> Optional[int]:
+def _model_num_layers(model_config, data: dict, is_seq2seq: bool = False) -> tuple[Optional[int], str]:
+    """The layer count the prefix needs, and what gives it (for messages): the decoder's for seq2seq."""
+    name = type(model_config).__name__
+    key = next((k for k in _DECODER_LAYER_KEYS if data.get(k) is not None), None) if is_seq2seq else None
+    if key is not None:
+        return data[key], f"{name}.{key}, the decoder's layer count,"
     # The attribute first: transformers maps num_hidden_layers to n_layer / encoder_layers, and the dict
     # entry was removed in transformers#41250 (same order as PEFT).
     value = getattr(model_config, "num_hidden_layers", None)
-    return value if value is not None else _first_key(data, _LAYER_KEYS)
+    return (value if value is not None else _first_key(data, _LAYER_KEYS)), name
+
+
+def _model_token_dim(data: dict, heads: Optional[int]) -> tuple[Optional[int], str]:
+    """The width of one token's key (or value) over all heads, and what gives it (for messages).
+
+    T5-family configs give the per-head size d_kv, and num_heads * d_kv need not be d_model
+    (flan-t5-small: 6 * 64 = 384, d_model 512); elsewhere the hidden size is split over the heads
+    (grouped-query attention: see `_model_kv_heads_and_head_dim`).
+    """
+    if data.get("d_kv") is not None and heads is not None:
+        return heads * data["d_kv"], "num_heads*d_kv"
+    return _first_key(data, _HIDDEN_KEYS), "its hidden size"
 
 
 def _model_kv_heads_and_head_dim(data: dict, token_dim: int, heads: int) -> Optional[tuple[int, int]]:
@@ -268,11 +290,17 @@ def _mismatch(field_name: str, value: Any, expected: Any, source: str) -> ValueE
 def infer_sizes(config: PrefixTuningConfig, model_config) -> PrefixTuningConfig:
     """A copy of `config` with None sizes filled from `model_config` (a transformers PretrainedConfig).
 
-    Same rules as PEFT's `_prepare_prompt_learning_config`: layers from num_hidden_layers / num_layers /
+    PEFT's `_prepare_prompt_learning_config` rules: layers from num_hidden_layers / num_layers /
     n_layer; token_dim from hidden_size / n_embd / d_model; heads from num_attention_heads / n_head /
     num_heads / encoder_attention_heads; for grouped-query attention the prefix holds key/value heads,
     so token_dim = num_key_value_heads * head_dim and num_attention_heads = num_key_value_heads;
-    encoder_hidden_size falls back to token_dim. Explicit values that do not fit the model raise.
+    encoder_hidden_size falls back to token_dim. Unlike PEFT (whose sizes for these fail in the model's
+    forward), an encoder-decoder model's prefix feeds its decoder, so layers come from
+    num_decoder_layers / decoder_layers and heads from decoder_attention_heads /
+    num_decoder_attention_heads first; and T5-family configs give token_dim = num_heads * d_kv.
+    Explicit values that do not fit the model raise, except PEFT's own num_layers (the encoder's count)
+    on a model whose decoder has fewer layers, which works (the extra layers go unused), so PEFT's
+    adapters for it load.
     """
     if config.num_virtual_tokens is None:
         _fail("num_virtual_tokens", None, "set num_virtual_tokens to the prefix length, e.g. 20")
@@ -286,22 +314,22 @@ def infer_sizes(config: PrefixTuningConfig, model_config) -> PrefixTuningConfig:
               f"the model ({type(model_config).__name__}) is {'an encoder-decoder' if is_seq2seq else 'a decoder-only'}"
               f" model; use task_type='{expected_task.value}'")
 
-    num_layers = _fill_or_check("num_layers", config.num_layers, _model_num_layers(model_config, data),
-                                _LAYER_KEYS, model_config)
-    hidden = _first_key(data, _HIDDEN_KEYS)
-    heads = _first_key(data, _HEAD_KEYS)
+    num_layers = _num_layers(config.num_layers, model_config, data, is_seq2seq)
+    head_keys = (_DECODER_HEAD_KEYS if is_seq2seq else ()) + _HEAD_KEYS
+    heads = _first_key(data, head_keys)
+    hidden, hidden_source = _model_token_dim(data, heads)
     token_dim, num_heads = config.token_dim, config.num_attention_heads
     if token_dim is None and hidden is None:
         raise _missing("token_dim", _HIDDEN_KEYS, model_config)
     if num_heads is None and heads is None:
-        raise _missing("num_attention_heads", _HEAD_KEYS, model_config)
+        raise _missing("num_attention_heads", head_keys, model_config)
     token_dim = hidden if token_dim is None else token_dim
     num_heads = heads if num_heads is None else num_heads
     kv = _model_kv_heads_and_head_dim(data, token_dim, num_heads)
     allowed_dims = {hidden} | ({kv[0] * kv[1]} if kv else set())
     allowed_heads = {heads} | ({kv[0]} if kv else set())
     if hidden is not None and token_dim not in allowed_dims:
-        raise _mismatch("token_dim", token_dim, hidden, "its hidden size")
+        raise _mismatch("token_dim", token_dim, hidden, hidden_source)
     if heads is not None and num_heads not in allowed_heads:
         raise _mismatch("num_attention_heads", num_heads, heads, "its attention head count")
     if kv is not None:
@@ -323,13 +351,23 @@ def infer_sizes(config: PrefixTuningConfig, model_config) -> PrefixTuningConfig:
     )
 
 
-def _fill_or_check(name: str, value: Optional[int], model_value: Optional[int], keys, model_config) -> int:
+def _num_layers(value: Optional[int], model_config, data: dict, is_seq2seq: bool) -> int:
+    model_value, source = _model_num_layers(model_config, data, is_seq2seq)
+    peft_value, _ = _model_num_layers(model_config, data)  # the encoder's count for seq2seq
+    if value is not None and model_value is not None and peft_value is not None and model_value < value == peft_value:
+        return value  # PEFT's value: a cache with more layers than the decoder reads, laid out as PEFT does
+    keys = (_DECODER_LAYER_KEYS if is_seq2seq else ()) + _LAYER_KEYS
+    return _fill_or_check("num_layers", value, model_value, keys, model_config, source)
+
+
+def _fill_or_check(name: str, value: Optional[int], model_value: Optional[int], keys, model_config,
+                   source: Optional[str] = None) -> int:
     if value is None:
         if model_value is None:
             raise _missing(name, keys, model_config)
         return model_value
     if model_value is not None and value != model_value:
-        raise _mismatch(name, value, model_value, f"{type(model_config).__name__}")
+        raise _mismatch(name, value, model_value, source or type(model_config).__name__)
     return value
 
 
