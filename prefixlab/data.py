@@ -261,7 +261,7 @@ def _csv_error(path: Path, text: str, start: int, line: int, err: csv.Error, at_
 def _csv_table(path: Path, text: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
     """(column names, rows) of a CSV text whose first non-blank line is the header; rows are
     (line, {column: text}) pairs, checked lazily to have one field per header column. Unnamed
-    columns (an empty header field) are left out, as in `peek_columns`."""
+    columns (an empty header field) are left out."""
     records = _csv_records(path, text)
     header_line, header = next(records, (1, []))
     named = [name for name in header if name]
@@ -284,16 +284,25 @@ def _csv_table(path: Path, text: str) -> tuple[list[str], Iterator[tuple[int, di
     return named, rows()
 
 
-def _records(path: Path) -> tuple[str, list[tuple[int, dict]]]:
-    """("line" or "item", records): the unit records are numbered in, and `read_records(path)`."""
+def _parse(path: Path, limit: int | None = None) -> tuple[str, list[str] | None, list[tuple[int, dict]]]:
+    """(unit, header, records) of a task file: the unit records are numbered in ("line", or "item"
+    for a JSON array), the CSV header (None for JSON), and the first `limit` records (all for None;
+    a JSON array is parsed, and its items checked, whole)."""
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .csv")
     text = _read_text(path)
     if path.suffix.lower() == ".csv":
-        return "line", list(_csv_table(path, text)[1])
+        header, rows = _csv_table(path, text)
+        return "line", header, list(itertools.islice(rows, limit))
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        return "item", _json_array(path, text)
-    return "line", _json_lines(path, text)
+        return "item", None, _json_array(path, text)[:limit]
+    return "line", None, _json_lines(path, text if limit is None else "\n".join(_lines(text)[:limit]))
+
+
+def _records(path: Path) -> tuple[str, list[tuple[int, dict]]]:
+    """("line" or "item", records): the unit records are numbered in, and `read_records(path)`."""
+    unit, _, records = _parse(path)
+    return unit, records
 
 
 def read_records(path: str | Path) -> list[tuple[int, dict]]:
@@ -334,26 +343,17 @@ def read_examples(path: str | Path, source_column: str = "source", target_column
     return [to_example(f"{path}, {unit} {n}", rec, source_column, target_column) for n, rec in records]
 
 
-def peek_columns(path: str | Path, lines: int = 20) -> list[str]:
-    """Column names of a data file, for pickers: the CSV header (its first `lines` rows checked as
-    `read_records` checks them), or the keys of the first `lines` JSON lines or JSON array items (an
-    array is parsed, and its items checked, whole). A bad line further down is reported when the
-    data is loaded, with the same message."""
+def read_table(path: str | Path, lines: int = 20) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(columns, read_records(path)) from one read of the file, for the page's upload: the columns
+    are the CSV header, or the keys of the first `lines` JSON records (for the column pickers)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in FILE_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .csv")
-    text = _read_text(path)
-    if suffix == ".csv":
-        header, rows = _csv_table(path, text)
-        list(itertools.islice(rows, lines))
-        records = [(1, dict.fromkeys(header))]
-    elif suffix == ".json" and text.lstrip().startswith("["):
-        records = _json_array(path, text)[:lines]
-    else:
-        records = _json_lines(path, "\n".join(_lines(text)[:lines]))
-    columns: dict[str, None] = {}  # an ordered set
-    for _, record in records:
+    _, header, records = _parse(path)
+    return _columns(path, header, records[:lines]), records
+
+
+def _columns(path: Path, header: list[str] | None, records: list[tuple[int, dict]]) -> list[str]:
+    columns = dict.fromkeys(header) if header is not None else {}  # an ordered set
+    for _, record in records if header is None else ():
         columns.update(dict.fromkeys(record))
     if not columns:
         raise DataError(f"{path}: no columns found (the file is empty); add a header line or JSON records")

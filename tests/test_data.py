@@ -98,16 +98,20 @@ def test_json_array_file(tmp_path):
     assert data.read_examples(path) == [{"source": "s", "target": "t"}] * 3
 
 
-def test_peek_columns(tmp_path):
+def test_read_table_columns(tmp_path):
     (tmp_path / "d.csv").write_text("meaning,reference\nx,y\n", encoding="utf-8")
     write_jsonl(tmp_path / "d.jsonl", [{"mr": 1, "ref": 2}, {"mr": 1, "ref": 2, "note": 3}])
-    assert data.peek_columns(tmp_path / "d.csv") == ["meaning", "reference"]
-    assert data.peek_columns(tmp_path / "d.jsonl") == ["mr", "ref", "note"]
+    assert data.read_table(tmp_path / "d.csv") == (["meaning", "reference"], [(2, {"meaning": "x", "reference": "y"})])
+    assert data.read_table(tmp_path / "d.jsonl")[0] == ["mr", "ref", "note"]
+    (tmp_path / "long.jsonl").write_text('{"a": 1}\n' * 30 + '{"a": 1, "b": 2}\n', encoding="utf-8")
+    columns, records = data.read_table(tmp_path / "long.jsonl")
+    assert columns == ["a"] and len(records) == 31  # columns from the first records, every record read
     (tmp_path / "long.jsonl").write_text('{"a": 1}\n' * 30 + "not json\n", encoding="utf-8")
-    assert data.peek_columns(tmp_path / "long.jsonl") == ["a"]  # only the first records are read
+    with pytest.raises(DataError, match=r"long\.jsonl, line 31: bad JSON"):
+        data.read_table(tmp_path / "long.jsonl")
     (tmp_path / "empty.csv").write_text("", encoding="utf-8")
     with pytest.raises(DataError, match=r"empty\.csv: no columns found \(the file is empty\)"):
-        data.peek_columns(tmp_path / "empty.csv")
+        data.read_table(tmp_path / "empty.csv")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +189,7 @@ def test_csv_row_with_more_or_fewer_fields_than_the_header(tmp_path):
     (tmp_path / "ok.csv").write_text("\nsource,target,\na,b,\n\n,,\nc,,\n", encoding="utf-8")
     assert data.read_records(tmp_path / "ok.csv") == [(3, {"source": "a", "target": "b"}),
                                                       (6, {"source": "c", "target": ""})]
-    assert data.peek_columns(tmp_path / "ok.csv") == ["source", "target"]
+    assert data.read_table(tmp_path / "ok.csv")[0] == ["source", "target"]
 
 
 def test_csv_header_that_names_a_column_twice(tmp_path):
@@ -238,13 +242,13 @@ def test_json_array_errors_name_the_item_not_a_line(tmp_path):
     ("items.json", '[{"source": "a", "target": "b"}, 5]'),
 ])
 def test_a_bad_file_gets_one_message_from_every_reader(tmp_path, name, text):
-    """The page fills its column pickers with peek_columns and checks the upload with read_records, then
+    """The page fills its column pickers and checks the upload with read_table, then
     the chosen columns with preflight.task_data_errors (load_task); all of them name the same problem."""
     from prefixlab.experiment import DataSpec
     from prefixlab.preflight import task_data_errors
 
     msg = _error(tmp_path, name, text)
-    for reader in (data.peek_columns, data.read_records):
+    for reader in (data.read_table, data.read_records):
         with pytest.raises(DataError) as info:
             reader(tmp_path / name)
         assert str(info.value) == msg

@@ -18,7 +18,7 @@ import gradio as gr
 import pandas as pd
 
 from prefixlab import compare, plots, preflight
-from prefixlab.data import DataError, peek_columns, read_records
+from prefixlab.data import DataError, read_table
 from prefixlab.experiment import ExperimentSpec, SpecError
 from prefixlab.runs import JobQueue, RunDir
 from prefixlab.ui import values
@@ -160,8 +160,7 @@ class Lab:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
         name = Path(path).name
         try:
-            columns = peek_columns(path)
-            read_records(path)  # every line, so a bad line far down is named now, not by a failed run
+            columns, _ = read_table(path)  # every line, so a bad line far down is named now, not by a failed run
             if len(columns) < 2:
                 raise DataError(f"{path}: the file has only one column, {columns[0]!r}; a task file needs a "
                                 "source column and a different target column (e.g. 'source' and 'target'); "
