@@ -267,11 +267,9 @@ def run_line(info) -> list[str]:
     """One run for `runs`: id, name, model, state, step / total, started (UTC), error. A run marked
     running whose worker is gone shows as failed with the queue's words (the page's queue writes
     them within a second; this command writes nothing)."""
-    from prefixlab.runs import RunDir
-
     state, error = info.state, info.error if info.state == "failed" else None
     if state == "running":
-        worker, detail = worker_of(RunDir(info.path).read_status())
+        worker, detail = worker_of(info.status)
         if worker == "dead":
             state, error = "failed", f"worker died without reporting: {detail} (status.json still says running)"
     error = " ".join((error or "").split())  # one line per run

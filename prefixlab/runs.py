@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -373,6 +373,7 @@ class RunInfo:
     updated_at: float | None
     finished_at: float | None
     error: str | None
+    status: dict = field(default_factory=dict, repr=False, compare=False)  # status.json as read, whole
 
 
 def _exit_reason(returncode: int) -> str:
@@ -595,4 +596,4 @@ class JobQueue:
                        model=model.get("name", ""), state=status.get("state", QUEUED),
                        step=status.get("step") or 0, total_steps=status.get("total_steps"),
                        started_at=status.get("started_at"), updated_at=status.get("updated_at"),
-                       finished_at=status.get("finished_at"), error=status.get("error"))
+                       finished_at=status.get("finished_at"), error=status.get("error"), status=status)
