@@ -386,6 +386,9 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
     wait_for(lambda: page.locator("#run-select input").input_value() != first_run, 10,
              "the second run to be selected")
     second_run = page.locator("#run-select input").input_value()
+    # The first run's generations and adapter zip do not stay on show under the second run's status.
+    wait_for(lambda: not html_table(page, "generated")[1], 10, "the first run's generations to be cleared")
+    assert page.locator("#adapter-file a[download]").count() == 0
     wait_for(lambda: "running" in status(page), RUN_TIMEOUT_S, "the second run to start", page=page)
     page.locator("#stop").click()
     wait_for(lambda: "cancelled" in status(page), 60, "the second run to be cancelled")

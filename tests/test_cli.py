@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from prefixlab import get_peft_model
 from prefixlab.__main__ import CliError, _import, main
@@ -248,6 +249,32 @@ def test_page_generation_matches_the_workers_samples(finished_run):
     # The page's "generate with every variant" box shows what the worker wrote for the same prompt.
     assert dict(rows) == sample["outputs"]
     assert [name for name, _ in rows][0] == "base" and len(seen) == 2
+
+
+def test_page_generation_reads_adapters_the_worker_saved_again(finished_run, tmp_path, monkeypatch):
+    """The page keeps the last run's model loaded; a checkpoint saved since (every eval_interval
+    steps, and the final one) must replace the cached adapters, without reloading the base."""
+    from safetensors.torch import load_file
+
+    from prefixlab.model import WEIGHTS_NAME
+    from prefixlab.train import save_adapter
+    from prefixlab.ui import generate
+
+    run = RunDir(shutil.copytree(finished_run.path, tmp_path / "run"))
+    generate.generate_all(run.path, "name[x]")
+    loads = []
+    monkeypatch.setattr(generate, "load_base", lambda name: loads.append(name))  # must not be called
+    cached = generate._cache["model"]
+    variant = "projection"
+    with torch.no_grad():  # the worker's next checkpoint: another prefix, saved the worker's way
+        cached.prompt_encoder[variant].embedding.weight.mul_(-3.0)
+    save_adapter(cached, variant, run.adapter_path(variant))
+    saved = load_file(run.adapter_path(variant) / WEIGHTS_NAME)["prompt_embeddings"]
+    with torch.no_grad():
+        cached.prompt_encoder[variant].embedding.weight.mul_(0.0)  # what the stale cache would hold
+    generate.generate_all(run.path, "name[x]")
+    reloaded = generate._cache["model"].prompt_encoder[variant].embedding.weight
+    assert torch.equal(reloaded, saved) and loads == []
 
 
 def test_generate_before_any_checkpoint_says_so(tmp_path, capsys):

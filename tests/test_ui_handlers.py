@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import shutil
 import zipfile
@@ -374,3 +375,34 @@ def test_zip_adapter_holds_the_peft_folder(tmp_path):
         assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
     with pytest.raises(gr.Error, match="no saved adapter 'no_projection'"):
         lab.zip_adapter(run.run_id, "no_projection")
+
+
+def test_the_adapter_picked_stays_picked_while_the_run_saves_again(tmp_path):
+    """The timer redraws a running run's panels whenever its files change; the adapter the user
+    picked for download must survive that (it snapped back to the first one every second)."""
+    lab = _lab(tmp_path)
+    run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=False)
+    for variant in ("no_projection", "projection"):
+        (run.adapter_path(variant)).mkdir(parents=True)
+        (run.adapter_path(variant) / "adapter_config.json").write_text("{}")
+    adapters = lab.tick(run.run_id, "", 0.6, False, {}, "projection")[6]
+    assert adapters["choices"] == ["no_projection", "projection"] and adapters["value"] == "projection"
+    assert lab.tick(run.run_id, "", 0.6, False, {}, None)[6]["value"] == "no_projection"
+    shutil.rmtree(run.adapter_path("projection"))
+    assert lab.tick(run.run_id, "", 0.6, False, {}, "projection")[6] == {"choices": ["no_projection"],
+                                                                          "value": "no_projection",
+                                                                          "__type__": "update"}
+
+
+@pytest.mark.parametrize("state, error, says", [
+    ("queued", None, "has no trained adapter yet; wait until it saves one"),
+    ("cancelled", None, "was cancelled and saved no adapter, so there is nothing to generate with; press Train"),
+    ("failed", "ModelLoadError: no model 'x'", "is failed (ModelLoadError: no model 'x') and saved no adapter"),
+])
+def test_a_run_without_adapters_says_why_on_generate_and_download(tmp_path, state, error, says):
+    lab = _lab(tmp_path)
+    run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=False)
+    run.update_status(state=state, error=error)
+    for call in (lambda: lab.generate(run.run_id, "a prompt"), lambda: lab.zip_adapter(run.run_id, None)):
+        with pytest.raises(gr.Error, match=re.escape(says)):
+            call()

@@ -86,7 +86,7 @@ def wire(demo: gr.Blocks, lab: Lab, c: dict) -> None:
     form_outputs = [*fields.values(), c["override"], c["errors"]]
     run_outputs = [c["status"], c["chart"], c["points"], c["comparison"], c["bars"], c["grid"], c["variant"],
                    c["runs"], c["run"], c["overlay"], c["seen"]]
-    run_inputs = [c["run"], c["overlay"], c["smoothing"], c["log_scale"], c["seen"]]
+    run_inputs = [c["run"], c["overlay"], c["smoothing"], c["log_scale"], c["seen"], c["variant"]]
 
     # .select (the user picked a preset), not .change: Save as preset selects the saved name, and
     # reloading the form from it would wipe the "Saved preset" message. Not .input either: that also
@@ -121,4 +121,6 @@ def wire(demo: gr.Blocks, lab: Lab, c: dict) -> None:
                 show_progress="hidden", trigger_mode="always_last")
     c["generate"].click(lab.generate, [c["run"], c["prompt"]], c["generated"], concurrency_id="generate",
                         concurrency_limit=1)
+    # Another run selected: the last one's generations and adapter zip would sit under its status.
+    c["run"].change(lambda: ("", None), None, [c["generated"], c["adapter_file"]], show_progress="hidden")
     c["zip"].click(lab.zip_adapter, [c["run"], c["variant"]], c["adapter_file"])

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from prefixlab.model import PrefixTuningModel
+from prefixlab.model import WEIGHTS_NAME, PrefixTuningModel
 from prefixlab.runs import RunDir
 from prefixlab.train import generate_outputs
 from prefixlab.zoo import load_base
 
 _lock = threading.Lock()  # one generation at a time: the cached model is shared
-_cache: dict = {}  # {"key": (run path, adapters), "model": ..., "tokenizer": ..., "task_type": ...}
+_cache: dict = {}  # {"key": (run path, adapters, their files' stamps), "model": ..., "tokenizer": ..., ...}
 
 
 def trained_variants(run: RunDir) -> list[str]:
@@ -29,19 +29,45 @@ def trained_variants(run: RunDir) -> list[str]:
                   if not p.name.startswith(".") and (p / "adapter_config.json").is_file())
 
 
+def _stamp(folder: Path) -> tuple:
+    """What changes when the worker saves the adapter again (a new folder renamed into place)."""
+    try:
+        info = (folder / WEIGHTS_NAME).stat()
+    except FileNotFoundError:
+        return ()
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
 def _load(run: RunDir, variants: list[str]):
-    """Base + every adapter of the run, cached for the last (run, adapters) pair."""
-    key = (str(run.path), tuple(variants))
+    """Base + every adapter of the run, cached for the last run; the adapters are read again when
+    the worker has saved newer ones (every eval_interval steps, and at the end), the base is not."""
+    key = (str(run.path), tuple(variants), tuple(_stamp(run.adapter_path(v)) for v in variants))
     if _cache.get("key") != key:
-        _cache.clear()
-        spec = run.read_spec()
-        base, tokenizer, task_type = load_base(spec.model.name)
+        same_run = _cache.get("key", (None,))[0] == key[0]
+        spec = _cache["spec"] if same_run else run.read_spec()
+        if same_run:
+            base, tokenizer, task_type = _cache["model"].get_base_model(), _cache["tokenizer"], _cache["task_type"]
+        else:
+            _cache.clear()
+            base, tokenizer, task_type = load_base(spec.model.name)
         model = PrefixTuningModel.from_pretrained(base, str(run.adapter_path(variants[0])), adapter_name=variants[0])
         for name in variants[1:]:
             model.load_adapter(str(run.adapter_path(name)), adapter_name=name)
         model.eval()
         _cache.update(key=key, model=model, tokenizer=tokenizer, task_type=task_type, spec=spec)
     return _cache
+
+
+def no_adapters_message(run: RunDir) -> str:
+    """Why a run has no adapter to generate with or download, by its state (for the page)."""
+    status = run.read_status()
+    state = status.get("state") or "queued"
+    if state in ("queued", "running"):
+        return (f"run {run.run_id} has no trained adapter yet; wait until it saves one (at the end, or every "
+                "training.eval_interval steps)")
+    why = f" ({status['error']})" if state == "failed" and status.get("error") else ""
+    return (f"run {run.run_id} {'was ' if state == 'cancelled' else 'is '}{state}{why} and saved no adapter, so "
+            "there is nothing to generate with; press Train to run its experiment again")
 
 
 @torch.no_grad()
@@ -57,8 +83,7 @@ def generate_all(run_path: str | Path, prompt: str, on_progress=None) -> list[li
     run = RunDir(run_path)
     variants = trained_variants(run)
     if not variants:
-        raise ValueError(f"run {run.run_id} has no trained adapter yet; wait until it saves one (at the "
-                         "end, or every training.eval_interval steps)")
+        raise ValueError(no_adapters_message(run))
     report = on_progress or (lambda fraction, text: None)
     with _lock:
         report(0.0, "loading base model and adapters")

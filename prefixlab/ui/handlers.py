@@ -24,7 +24,7 @@ from prefixlab.runs import JobQueue, RunDir
 from prefixlab.ui import values
 from prefixlab.ui.fields import FieldSpec
 from prefixlab.ui.form import to_component_value
-from prefixlab.ui.generate import generate_all, trained_variants
+from prefixlab.ui.generate import generate_all, no_adapters_message, trained_variants
 
 RUN_FILES = ("status.json", "metrics.jsonl", "samples.jsonl", "summary.json")
 
@@ -288,11 +288,12 @@ class Lab:
             rows.append(values.run_row(info, run.read_summary(), run.read_metrics()))
         return rows
 
-    def tick(self, run_id, overlay, smoothing, log_scale, seen):
+    def tick(self, run_id, overlay, smoothing, log_scale, seen, variant=None):
         """Timer (about 1 s) and run selection: redraw what changed on disk since `seen`.
 
         Returns status, chart, points, comparison, bars, grid, adapter dropdown, runs table, run
-        dropdown, overlay dropdown and the new `seen`.
+        dropdown, overlay dropdown and the new `seen`. `variant`, the adapter picked, stays picked
+        while the run still has it.
         """
         seen = dict(seen or {})
         infos = self.queue.list_runs()
@@ -331,7 +332,7 @@ class Lab:
         if signature == seen.get("run"):
             return [status_md, *[gr.skip()] * 6, *out_runs, seen]
         seen["run"] = signature
-        return [status_md, *self.run_panels(run, overlay, smoothing, log_scale), *out_runs, seen]
+        return [status_md, *self.run_panels(run, overlay, smoothing, log_scale, variant), *out_runs, seen]
 
     @staticmethod
     def empty_panels() -> list:
@@ -339,8 +340,9 @@ class Lab:
         return [plots.loss_figure({}), "", pd.DataFrame([], columns=list(compare.COMPARISON_COLUMNS)),
                 plots.parameter_figure([]), values.grid_html([], []), gr.update(choices=[], value=None)]
 
-    def run_panels(self, run: RunDir, overlay, smoothing, log_scale) -> list:
-        """Chart, point count, comparison table, parameter bars, output grid, adapter choices of a run."""
+    def run_panels(self, run: RunDir, overlay, smoothing, log_scale, variant=None) -> list:
+        """Chart, point count, comparison table, parameter bars, output grid, adapter choices of a run
+        (`variant` kept selected while it is one of them)."""
         runs_metrics = {run.run_id: run.read_metrics()}
         if overlay and overlay != run.run_id:
             runs_metrics[overlay] = RunDir(self.queue.runs_dir / overlay).read_metrics()
@@ -355,7 +357,7 @@ class Lab:
             pd.DataFrame(rows, columns=list(compare.COMPARISON_COLUMNS)),
             plots.parameter_figure([r for r in rows if r["trainable"] is not None]),
             values.grid_html(headers, grid),
-            gr.update(choices=adapters, value=adapters[0] if adapters else None),
+            gr.update(choices=adapters, value=variant if variant in adapters else (adapters[0] if adapters else None)),
         ]
 
     # --- generation and downloads -------------------------------------------------------------------
@@ -373,12 +375,17 @@ class Lab:
 
     def zip_adapter(self, run_id, variant):
         """-> a zip of runs/<id>/adapters/<variant> (adapter_config.json + adapter_model.safetensors)."""
-        if not run_id or not variant:
+        if not run_id:
             raise gr.Error("select a run and one of its trained adapters first")
         try:
-            folder = self.queue.run_dir(run_id).adapter_path(variant)
+            run = self.queue.run_dir(run_id)
         except ValueError:
             raise gr.Error(f"run {run_id} no longer exists (its folder was removed); choose another run") from None
+        if not trained_variants(run):
+            raise gr.Error(no_adapters_message(run))
+        if not variant:
+            raise gr.Error("select one of the run's trained adapters first")
+        folder = run.adapter_path(variant)
         if not (folder / "adapter_config.json").is_file():
             raise gr.Error(f"run {run_id} has no saved adapter {variant!r} yet")
         base = self.exports / f"{run_id}-{variant}"
