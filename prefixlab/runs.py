@@ -213,6 +213,20 @@ def worker_lock(run_path: str | Path) -> Iterator[None]:
                     os.close(held[0])  # closing the last descriptor releases the flock
 
 
+@contextmanager
+def _folder_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` for the block, waiting for it (held for milliseconds)."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def worker_lock_held(run_path: str | Path) -> bool:
     """True while some worker (this process or another) holds the run's worker.lock."""
     key = Path(run_path).resolve()
@@ -497,8 +511,9 @@ class JobQueue:
 
     def poll(self) -> str | None:
         """Reap dead workers, then start the oldest queued run if the device is free. Returns the
-        id of the run started, if one was."""
-        with self._lock:
+        id of the run started, if one was. Queues of several apps on one runs folder take turns
+        (runs/.queue.lock), so no two start the same run or two runs at once."""
+        with self._lock, _folder_lock(self.runs_dir / ".queue.lock"):
             self._mark_dead_workers()
             if self.active_run() is not None:
                 return None
@@ -563,7 +578,9 @@ class JobQueue:
         if proc is None:
             if status.get("pid") is None and worker_lock_held(run.path):
                 return None  # a worker holds the run and is about to record its pid
-            return why_worker_dead(status, self.heartbeat_timeout)
+            # No pid yet, heartbeat fresh: another app's queue is starting its worker (a worker whose
+            # app stopped meanwhile still records its pid; one never started goes stale).
+            return why_worker_dead(status, self.heartbeat_timeout, starting_is_alive=True)
         return heartbeat_stale(status, self.heartbeat_timeout)
 
     def _mark_dead_workers(self) -> None:

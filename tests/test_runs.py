@@ -290,13 +290,35 @@ def test_restarted_queue_finds_dead_and_live_workers_on_disk(queue, tmp_path):
     queue.poll()  # reap our child
 
 
-def test_run_left_starting_by_a_stopped_app_is_marked_failed(tmp_path):
+def test_run_left_starting_by_a_stopped_app_is_marked_failed_once_its_heartbeat_is_stale(tmp_path):
     queue = JobQueue(tmp_path / "runs")
     run = queue.run_dir(queue.submit(spec()))
     run.update_status(state=RUNNING, pid=None, heartbeat=time.time())  # as _launch leaves it
-    assert JobQueue(queue.runs_dir).poll() is None
+    other = JobQueue(queue.runs_dir, heartbeat_timeout=0.5)
+    assert other.poll() is None  # fresh: another app may be starting its worker right now
+    assert run.read_status()["state"] == RUNNING
+    time.sleep(0.6)
+    assert other.poll() is None
     assert run.read_status()["error"] == ("worker died without reporting: the worker never recorded its pid "
                                           "(the app stopped while starting it?)")
+
+
+def test_two_apps_on_one_runs_folder_run_its_queue_once(queue):
+    """A second `python app.py` on the same runs folder: neither queue fails the run the other is
+    starting, and no run starts twice or beside another."""
+    other = JobQueue(queue.runs_dir, worker_command=queue.worker_command)
+    first, second = queue.submit(spec("first")), queue.submit(spec("second"))
+    assert queue.poll() == first
+    for _ in range(5):  # the other app's timer ticks while the first app's worker starts and runs
+        assert other.poll() is None
+        assert queue.run_dir(first).read_status()["state"] == RUNNING
+    worker_pid(queue, first)
+    queue.run_dir(first).path.joinpath("release").touch()
+    wait_for(lambda: queue.run_dir(first).read_status()["state"] == DONE)
+    assert other.poll() == second  # whichever app polls next starts it
+    assert queue.poll() is None
+    queue.run_dir(second).path.joinpath("release").touch()
+    wait_for(lambda: queue.run_dir(second).read_status()["state"] == DONE)
 
 
 def test_stale_heartbeat_marks_a_frozen_worker_failed(tmp_path):
@@ -426,7 +448,8 @@ def test_a_run_another_worker_took_is_not_failed_when_the_queue_s_worker_refuses
     assert queue.poll() is None  # the device is still busy with it
     assert queue.run_dir(taken).read_status()["state"] == RUNNING
     assert queue.run_dir(waiting).read_status()["state"] == QUEUED
-    queue.run_dir(taken).update_status(pid=None, heartbeat=0)  # "us" gone: a dead worker after all
+    stale = {**queue.run_dir(taken).read_status(), "pid": None, "heartbeat": 1.0, "updated_at": 1.0}
+    atomic_write_json(queue.run_dir(taken).status_path, stale)  # "us" gone long ago: dead after all
     assert queue.poll() == waiting
     assert queue.run_dir(taken).read_status()["state"] == FAILED
 
@@ -526,5 +549,34 @@ def test_a_queue_worker_that_finds_the_run_locked_does_not_fail_it(tmp_path, hol
     assert run.read_status()["state"] == RUNNING
     holder.kill()
     holder.wait()
-    queue.poll()  # lock gone and no pid ever recorded: dead after all
+    assert queue.poll() is None  # lock gone, no pid yet, heartbeat fresh: still counted as starting
+    assert run.read_status()["state"] == RUNNING
+    atomic_write_json(run.status_path, {**run.read_status(), "heartbeat": 1.0, "updated_at": 1.0})
+    queue.poll()  # no pid ever recorded and the heartbeat stale: dead after all
     assert run.read_status()["state"] == FAILED
+
+
+def test_queues_of_two_apps_take_turns_on_the_runs_folder_lock(queue):
+    """While another app's queue is inside poll (holding runs/.queue.lock), this one waits rather
+    than deciding from the same `queued` state and starting the same run."""
+    import threading
+
+    run_id = queue.submit(spec())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.read()",
+         str(queue.runs_dir / ".queue.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = []
+        thread = threading.Thread(target=lambda: started.append(queue.poll()))
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive() and queue.run_dir(run_id).read_status()["state"] == QUEUED
+    finally:
+        holder.kill()
+        holder.wait()
+    thread.join(10)
+    assert started == [run_id]
+    queue.run_dir(run_id).path.joinpath("release").touch()
+    wait_for(lambda: queue.run_dir(run_id).read_status()["state"] == DONE)
