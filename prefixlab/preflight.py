@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefixlab import compare
 from prefixlab.config import INFERRED_FIELDS
+from prefixlab.devices import mixed_precision_for
 from prefixlab.data import DataError, check_columns, load_task, resolve_source
 from prefixlab.experiment import ExperimentSpec, position_errors
 from prefixlab.zoo import position_limit
@@ -57,7 +58,17 @@ def task_data_errors(spec: ExperimentSpec) -> dict[str, str]:
     return {}
 
 
+def precision_errors(spec: ExperimentSpec) -> dict[str, str]:
+    """{"training.precision": why} when this machine's training device cannot train in the chosen
+    precision (fp16 or bf16 on a CPU, bf16 on an older GPU): the worker runs here and would refuse."""
+    try:
+        mixed_precision_for(spec.training.precision)
+    except ValueError as err:
+        return {"training.precision": str(err).removeprefix("training.precision: ")}
+    return {}
+
+
 def check(spec: ExperimentSpec) -> dict[str, str]:
     """Every problem a run of `spec` would fail on at setup that can be known without weights:
     {dotted field: message}, empty when the spec may run."""
-    return accounting(spec)[1] or task_data_errors(spec)
+    return {**precision_errors(spec), **(accounting(spec)[1] or task_data_errors(spec))}

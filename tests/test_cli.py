@@ -444,3 +444,17 @@ def test_train_run_dir_refuses_a_queued_run_another_worker_has_locked(finished_r
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_train_refuses_a_precision_this_machine_cannot_train_in_before_making_a_run(tmp_path, capsys,
+                                                                                     monkeypatch):
+    """fp16 needs a GPU: refused like any other setup failure, naming the field, with no run folder."""
+    from prefixlab import devices
+
+    monkeypatch.setattr(devices, "training_device_type", lambda: "cpu")  # as here; also on a GPU machine
+    spec_path = tmp_path / "fp16.json"
+    spec_path.write_text(json.dumps({**tiny_spec_dict(), "training": {**tiny_spec_dict()["training"],
+                                                                       "precision": "fp16"}}))
+    assert main(["train", str(spec_path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.startswith("error: training.precision: fp16 needs a CUDA or Apple MPS GPU")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -76,6 +76,18 @@ def test_train_with_a_bad_value_names_the_field_and_submits_nothing(tmp_path):
     assert lab.queue.list_runs() == []
 
 
+def test_train_in_a_precision_the_machine_cannot_do_is_refused_beside_the_field(tmp_path, monkeypatch):
+    from prefixlab import devices
+
+    monkeypatch.setattr(devices, "training_device_type", lambda: "cpu")
+    lab = _lab(tmp_path)
+    initial, override, _, _ = lab.initial_state("offline-tiny")
+    initial["training.precision"] = "fp16"
+    messages, _, _ = lab.train(override, *[initial[f.key] for f in lab.fields])
+    assert "**training.precision**" in messages and "fp16 needs a CUDA or Apple MPS GPU" in messages
+    assert lab.queue.list_runs() == []
+
+
 def test_train_with_a_model_that_cannot_load_says_so_and_submits_nothing(tmp_path):
     lab = _lab(tmp_path)
     initial, override, _, _ = lab.initial_state("offline-tiny")
