@@ -514,6 +514,7 @@ class JobQueue:
         id of the run started, if one was. Queues of several apps on one runs folder take turns
         (runs/.queue.lock), so no two start the same run or two runs at once."""
         with self._lock, _folder_lock(self.runs_dir / ".queue.lock"):
+            self._reap_finished()
             self._mark_dead_workers()
             if self.active_run() is not None:
                 return None
@@ -582,6 +583,12 @@ class JobQueue:
             # app stopped meanwhile still records its pid; one never started goes stale).
             return why_worker_dead(status, self.heartbeat_timeout, starting_is_alive=True)
         return heartbeat_stale(status, self.heartbeat_timeout)
+
+    def _reap_finished(self) -> None:
+        """Forget (and reap: no zombie per run) our workers that exited after writing a final state."""
+        for run_id, proc in list(self._children.items()):
+            if proc.poll() is not None and RunDir(self.runs_dir / run_id).read_status().get("state") in FINAL_STATES:
+                del self._children[run_id]
 
     def _mark_dead_workers(self) -> None:
         for info in self.list_runs():

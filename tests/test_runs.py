@@ -580,3 +580,15 @@ def test_queues_of_two_apps_take_turns_on_the_runs_folder_lock(queue):
     assert started == [run_id]
     queue.run_dir(run_id).path.joinpath("release").touch()
     wait_for(lambda: queue.run_dir(run_id).read_status()["state"] == DONE)
+
+
+def test_finished_workers_are_reaped_not_left_as_zombies(queue):
+    run_id = queue.submit(spec())
+    queue.poll()
+    pid = worker_pid(queue, run_id)
+    queue.run_dir(run_id).path.joinpath("release").touch()
+    wait_for(lambda: queue.run_dir(run_id).read_status()["state"] == DONE)
+    wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z")  # exited, not yet waited
+    queue.poll()
+    assert run_id not in queue._children
+    assert not Path(f"/proc/{pid}").exists()  # waited for: gone from the process table
