@@ -8,6 +8,7 @@ directory about once a second.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -33,13 +34,25 @@ def main(argv=None) -> None:
     from prefixlab.ui import build_app
     from prefixlab.ui.app import CSS, REPO_PRESETS
 
-    queue = JobQueue(args.runs_dir)
-    queue.start_background()
+    try:
+        queue = JobQueue(args.runs_dir)
+    except OSError as err:
+        sys.exit(f"error: --runs-dir {args.runs_dir}: cannot create it ({err.strerror or err}); "
+                 "pass a folder you can write to")
     demo, _ = build_app(queue, args.presets_dir or REPO_PRESETS)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    _, local_url, share_url = demo.queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-        prevent_thread_lock=True, quiet=True, css=CSS)
+    try:
+        _, local_url, share_url = demo.queue(default_concurrency_limit=4).launch(
+            server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+            prevent_thread_lock=True, quiet=True, css=CSS)
+    except OSError as err:  # gradio's advice names its own settings; ours is --port / --host
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        sys.exit(f"error: cannot listen on {args.host}:{args.port} ({detail.split('. ')[0]}); is another app "
+                 "using the port? Pass another --port, or stop the other app")
+    # Only a page that is up runs the queue (a failed start must not start workers), and SIGTERM
+    # (a service manager, `kill`) exits like Ctrl-C, removing the page's temporary downloads.
+    queue.start_background()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print(f"prefixlab running at {local_url}", flush=True)
     if share_url:
         print(f"public link: {share_url}", flush=True)

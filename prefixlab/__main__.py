@@ -223,6 +223,9 @@ def cmd_generate(args) -> int:
     from prefixlab.zoo import load_base
 
     run = RunDir(folder(args.run_dir, "--run-dir"))
+    if not run.spec_path.exists():
+        raise CliError(f"{run.path} is not a run folder (it has no spec.json); pass one of the folders "
+                       "`python -m prefixlab runs` lists")
     spec = run.read_spec()
     if args.max_new_tokens is not None:
         spec.generation.max_new_tokens = args.max_new_tokens

@@ -277,6 +277,12 @@ def test_page_generation_reads_adapters_the_worker_saved_again(finished_run, tmp
     assert torch.equal(reloaded, saved) and loads == []
 
 
+def test_generate_on_a_folder_that_is_not_a_run_says_so(tmp_path, capsys):
+    assert main(["generate", "--run-dir", str(tmp_path), "--prompt", "x"]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path} is not a run folder (it has no spec.json); pass one "
+                                       "of the folders `python -m prefixlab runs` lists\n")
+
+
 def test_generate_before_any_checkpoint_says_so(tmp_path, capsys):
     run = RunDir(tmp_path / "run")
     run.write_spec(ExperimentSpec.from_dict(tiny_spec_dict()))

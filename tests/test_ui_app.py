@@ -57,3 +57,62 @@ def test_model_choices_put_real_models_first_only_where_the_hub_answers():
     assert MODEL_PRESETS[offline_first[0]].offline and not MODEL_PRESETS[online_first[0]].offline
     label, name = model_choices(False)[0]
     assert label.startswith(f"{name}: ") and "no download" in label
+
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_app(tmp_path, *flags):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, str(APP), *flags], cwd=APP.parent, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_port_in_use_or_a_runs_folder_that_cannot_be_made_is_one_line_naming_the_flag(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _start_app(tmp_path, "--port", str(port), "--runs-dir", str(tmp_path / "runs"))
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{port} (")
+    assert "Pass another --port" in err
+    assert not any((tmp_path / "runs").glob("*/spec.json"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = _start_app(tmp_path, "--port", str(_free_port()), "--runs-dir", str(blocker / "runs"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err.strip() == f"error: --runs-dir {blocker / 'runs'}: cannot create it (Not a directory); pass a " \
+                          "folder you can write to"
+
+
+def test_sigterm_stops_the_app_like_ctrl_c_and_removes_its_temporary_downloads(tmp_path):
+    import signal
+
+    proc = _start_app(tmp_path, "--port", str(_free_port()), "--runs-dir", str(tmp_path / "runs"))
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("prefixlab running at "), (line, proc.stderr.read() if proc.poll() else "")
+        assert len(list((tmp_path / "tmp").glob("prefixlab-exports-*"))) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert list((tmp_path / "tmp").glob("prefixlab-exports-*")) == []

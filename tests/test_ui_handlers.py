@@ -140,6 +140,16 @@ def test_initial_state_is_the_offline_preset_with_model_sizes(tmp_path):
     assert [r[0] for r in rows] == ["no_projection", "projection"]
 
 
+def test_an_upload_is_named_by_an_absolute_path_so_exported_specs_work_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lab = Lab(JobQueue("runs"), page_fields(), REPO_PRESETS)  # app.py's default: relative to its folder
+    upload = tmp_path / "mine.csv"
+    upload.write_text("question,answer\nwhat?,that\n")
+    source = lab.upload_task(str(upload))[0]
+    digest = hashlib.sha256(upload.read_bytes()).hexdigest()[:12]
+    assert source == str(tmp_path / "runs" / "uploads" / f"mine-{digest}.csv")
+
+
 def test_upload_copies_the_file_and_offers_its_columns(tmp_path):
     lab = _lab(tmp_path)
     upload = tmp_path / "mine.csv"

@@ -199,7 +199,7 @@ class Lab:
             partial = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
             shutil.copyfile(path, partial)
             os.replace(partial, target)
-        return target
+        return target.resolve()  # an exported spec or preset then works from any working directory
 
     def export_spec(self, override: bool, *raw, upload_error: str | None = None):
         """-> (spec file, CLI command, messages). The file is named after the experiment
