@@ -73,7 +73,7 @@ def test_inspect_a_model_without_a_spec(capsys):
         (["train", "{tmp}/missing.json"], "cannot read spec file"),
         (["inspect"], "inspect needs SPEC.json or --model NAME"),
         (["inspect", "--model", "tiny-gpt2", "--prefix-length", "0"], "num_virtual_tokens=0"),
-        (["generate", "--run-dir", "{tmp}/empty", "--prompt", "x"], "spec.json does not exist"),
+        (["generate", "--run-dir", "{tmp}/empty", "--prompt", "x"], "empty is not a run folder (it has no spec.json)"),
         # a corrupt spec.json in a run folder, a spec file that is not UTF-8: the file is named
         (["train", "--run-dir", "{tmp}/corrupt"],
          "{tmp}/corrupt/spec.json is not valid JSON (Expecting property name enclosed in double quotes: line 2 "
