@@ -248,18 +248,18 @@ def cmd_generate(args) -> int:
 
 def no_adapters(run, spec: ExperimentSpec) -> str:
     """Why a run has no adapters to generate with, and what to do, by its state."""
-    status = run.read_status()
-    state = status.get("state") or "queued"
-    worker, detail = worker_of(status) if state == "running" else (None, None)
-    if worker == "dead":
+    from prefixlab.runs import why_no_adapters
+
+    kind, detail = why_no_adapters(run.read_status())
+    if kind == "died":
         return f"{run.path} has no adapters: its worker died ({detail}) before the first checkpoint; {train_again(run)}"
-    if state in ("running", "queued"):
+    if kind == "waiting":
         return (f"{run.adapters_path} holds no adapters yet; wait for the first checkpoint "
                 f"(every training.eval_interval={spec.training.eval_interval} steps)")
-    if state == "failed":
-        return (f"{run.path} failed before saving any adapters ({status.get('error') or 'no error recorded'}); "
+    if kind == "failed":
+        return (f"{run.path} failed before saving any adapters ({detail}); "
                 f"nothing to generate with; fix the cause, then, {train_again(run)}")
-    return f"{run.path} is {state} but {run.adapters_path} holds no adapters; {train_again(run)}"
+    return f"{run.path} is {kind} but {run.adapters_path} holds no adapters; {train_again(run)}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -284,19 +283,18 @@ def _csv_table(path: Path, text: str) -> tuple[list[str], Iterator[tuple[int, di
     return named, rows()
 
 
-def _parse(path: Path, limit: int | None = None) -> tuple[str, list[str] | None, list[tuple[int, dict]]]:
+def _parse(path: Path) -> tuple[str, list[str] | None, list[tuple[int, dict]]]:
     """(unit, header, records) of a task file: the unit records are numbered in ("line", or "item"
-    for a JSON array), the CSV header (None for JSON), and the first `limit` records (all for None;
-    a JSON array is parsed, and its items checked, whole)."""
+    for a JSON array), the CSV header (None for JSON), and every record."""
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .json or .csv")
     text = _read_text(path)
     if path.suffix.lower() == ".csv":
         header, rows = _csv_table(path, text)
-        return "line", header, list(itertools.islice(rows, limit))
+        return "line", header, list(rows)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        return "item", None, _json_array(path, text)[:limit]
-    return "line", None, _json_lines(path, text if limit is None else "\n".join(_lines(text)[:limit]))
+        return "item", None, _json_array(path, text)
+    return "line", None, _json_lines(path, text)
 
 
 def _records(path: Path) -> tuple[str, list[tuple[int, dict]]]:

@@ -286,10 +286,10 @@ class PrefixTuningModel(nn.Module):
         in them). For seq2seq, decoder_attention_mask (batch, target_seq) is extended by the prefix.
         Returns the base model's output (logits (batch, seq, vocab), loss when labels are given).
         """
-        _drop_token_type_ids(kwargs)
-        if self._adapters_disabled:
+        if self._adapters_disabled:  # the base model's own forward, token_type_ids included (PEFT)
             return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                    labels=labels, **kwargs)
+        _drop_token_type_ids(kwargs)
         name = adapter_name or self.active_adapter
         self._check_adapter(name)
         config = self.peft_config[name]
@@ -322,9 +322,9 @@ class PrefixTuningModel(nn.Module):
         """
         if input_ids is None:
             raise ValueError("generate needs input_ids (batch, prompt_len)")
-        _drop_token_type_ids(kwargs)
         if self._adapters_disabled:
             return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        _drop_token_type_ids(kwargs)
         name = adapter_name or self.active_adapter
         self._check_adapter(name)
         n = self.peft_config[name].num_virtual_tokens
@@ -432,7 +432,8 @@ class PrefixTuningModel(nn.Module):
         api = HfApi(token=token)
         with tempfile.TemporaryDirectory(prefix="prefixlab-push-") as folder:
             self.save_pretrained(folder, safe_serialization=safe_serialization, selected_adapters=selected_adapters)
-            api.create_repo(repo_id, private=private, exist_ok=True)
+            # A bare name ("my-prefix") becomes the user's "alice/my-prefix": upload where it was made.
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
             return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
                                      revision=revision, create_pr=create_pr)
 

@@ -6,9 +6,8 @@ Reads only configs and local files: no weights, no Hub dataset download.
 
 from __future__ import annotations
 
-from prefixlab import compare
+from prefixlab import compare, devices
 from prefixlab.config import INFERRED_FIELDS
-from prefixlab.devices import mixed_precision_for
 from prefixlab.data import DataError, check_columns, load_task, resolve_source
 from prefixlab.experiment import ExperimentSpec, position_errors
 from prefixlab.zoo import position_limit
@@ -60,9 +59,14 @@ def task_data_errors(spec: ExperimentSpec) -> dict[str, str]:
 
 def precision_errors(spec: ExperimentSpec) -> dict[str, str]:
     """{"training.precision": why} when this machine's training device cannot train in the chosen
-    precision (fp16 or bf16 on a CPU, bf16 on an older GPU): the worker runs here and would refuse."""
+    precision (fp16 on a CPU, bf16 on MPS before macOS 14): the worker runs here and would refuse.
+    On CUDA the check (bf16 on a pre-Ampere GPU) stays with the worker: asking the GPU would open a
+    CUDA context in the page's process, which keeps the GPU for training."""
+    device_type = devices.training_device_type()
+    if device_type == "cuda":
+        return {}
     try:
-        mixed_precision_for(spec.training.precision)
+        devices.mixed_precision_for(spec.training.precision, device_type)
     except ValueError as err:
         return {"training.precision": str(err).removeprefix("training.precision: ")}
     return {}

@@ -173,7 +173,7 @@ class RunBusy(RuntimeError):
     """Another worker holds the run (its worker.lock); the message names the run."""
 
 
-_held_locks: dict[Path, list] = {}  # run folder -> [fd, depth], the worker locks this process holds
+_held_locks: dict[Path, list] = {}  # run folder -> [fd, depth, thread], the worker locks this process holds
 _held_guard = threading.Lock()
 
 
@@ -181,12 +181,15 @@ _held_guard = threading.Lock()
 def worker_lock(run_path: str | Path) -> Iterator[None]:
     """Hold `run_path`/worker.lock for the block: at most one worker trains a run at a time, even
     when a CLI `train --run-dir` and the page's queue start the same queued run at the same instant
-    (each reads `queued` before either writes `running`). Re-entrant within a process; released by
+    (each reads `queued` before either writes `running`). Re-entrant within a thread (another
+    thread of the process is refused, like another process); released by
     the kernel when the process dies, so a killed worker leaves no stale lock. Raises RunBusy,
     having written nothing, when another process holds it."""
     key = Path(run_path).resolve()
     with _held_guard:
         held = _held_locks.get(key)
+        if held is not None and held[2] != threading.get_ident():
+            raise RunBusy(f"{key} is being trained by another worker (a thread of this process)")
         if held is not None:
             held[1] += 1
         elif fcntl is not None:
@@ -200,7 +203,7 @@ def worker_lock(run_path: str | Path) -> Iterator[None]:
             else:
                 os.close(fd)
                 raise RunBusy(f"{key} is being trained by another worker")
-            _held_locks[key] = [fd, 1]
+            _held_locks[key] = [fd, 1, threading.get_ident()]
     try:
         yield
     finally:
@@ -214,15 +217,20 @@ def worker_lock(run_path: str | Path) -> Iterator[None]:
 
 
 @contextmanager
-def _folder_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path` for the block, waiting for it (held for milliseconds)."""
+def _try_folder_lock(path: Path) -> Iterator[bool]:
+    """Try an exclusive flock on `path` for the block without waiting: yields whether it was taken
+    (another holder may be stopped or hung; waiting would freeze whoever called us)."""
     if fcntl is None:
-        yield
+        yield True
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
 
@@ -414,8 +422,8 @@ def why_worker_dead(status: dict, heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S
     in status.json is alive and beating, else why it is not (the queue's words).
 
     `starting_is_alive`: a run with no pid yet but a fresh heartbeat counts as alive, since some
-    queue is starting its worker (for callers that are not a queue, such as the CLI; a queue that
-    finds such a run on disk knows the app that started it has stopped).
+    queue (another app's, or a stopped app's whose worker still records its pid) is starting its
+    worker; once the heartbeat is stale, the worker never started.
     """
     stale = heartbeat_stale(status, heartbeat_timeout)
     pid = status.get("pid")
@@ -426,6 +434,21 @@ def why_worker_dead(status: dict, heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S
     if not pid_alive(pid):
         return f"process {pid} is gone"
     return stale
+
+
+def why_no_adapters(status: dict) -> tuple[str, str | None]:
+    """For a run with no saved adapter, by its status: ("waiting", None) while it is queued or its
+    worker trains; ("died", why) when it is marked running but its worker is gone; ("failed",
+    error); or (state, None) for a run that ended done or cancelled before saving any."""
+    state = status.get("state") or QUEUED
+    if state == RUNNING:
+        why = why_worker_dead(status, starting_is_alive=True)
+        return ("died", why) if why else ("waiting", None)
+    if state == QUEUED:
+        return "waiting", None
+    if state == FAILED:
+        return FAILED, status.get("error") or "no error recorded"
+    return state, None
 
 
 def heartbeat_stale(status: dict, heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S) -> str | None:
@@ -512,8 +535,11 @@ class JobQueue:
     def poll(self) -> str | None:
         """Reap dead workers, then start the oldest queued run if the device is free. Returns the
         id of the run started, if one was. Queues of several apps on one runs folder take turns
-        (runs/.queue.lock), so no two start the same run or two runs at once."""
-        with self._lock, _folder_lock(self.runs_dir / ".queue.lock"):
+        (runs/.queue.lock; a queue that finds it taken skips this tick), so no two start the same
+        run or two runs at once."""
+        with self._lock, _try_folder_lock(self.runs_dir / ".queue.lock") as ours:
+            if not ours:
+                return None  # another app's queue is polling this folder: its turn, ours next tick
             self._reap_finished()
             self._mark_dead_workers()
             if self.active_run() is not None:
@@ -577,8 +603,6 @@ class JobQueue:
             self._children.pop(run.run_id, None)
             proc = None
         if proc is None:
-            if status.get("pid") is None and worker_lock_held(run.path):
-                return None  # a worker holds the run and is about to record its pid
             # No pid yet, heartbeat fresh: another app's queue is starting its worker (a worker whose
             # app stopped meanwhile still records its pid; one never started goes stale).
             return why_worker_dead(status, self.heartbeat_timeout, starting_is_alive=True)

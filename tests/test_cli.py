@@ -464,3 +464,15 @@ def test_train_refuses_a_precision_this_machine_cannot_train_in_before_making_a_
     assert main(["train", str(spec_path), "--runs-dir", str(tmp_path / "runs")]) == 2
     assert capsys.readouterr().err.startswith("error: training.precision: fp16 needs a CUDA or Apple MPS GPU")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_precision_check_never_asks_a_cuda_gpu(monkeypatch):
+    """On CUDA the page's process must not open a CUDA context (the GPU is the worker's), so the
+    bf16 check is left to the worker there."""
+    from prefixlab import devices, preflight
+
+    monkeypatch.setattr(devices, "training_device_type", lambda: "cuda")
+    monkeypatch.setattr(devices, "cuda_bf16_native", lambda: pytest.fail("preflight asked the GPU"))
+    spec = ExperimentSpec.from_dict({**tiny_spec_dict(), "training": {**tiny_spec_dict()["training"],
+                                                                      "precision": "bf16"}})
+    assert preflight.precision_errors(spec) == {}

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import textwrap
 import time
 from pathlib import Path
@@ -557,10 +558,9 @@ def test_a_queue_worker_that_finds_the_run_locked_does_not_fail_it(tmp_path, hol
 
 
 def test_queues_of_two_apps_take_turns_on_the_runs_folder_lock(queue):
-    """While another app's queue is inside poll (holding runs/.queue.lock), this one waits rather
-    than deciding from the same `queued` state and starting the same run."""
-    import threading
-
+    """While another app's queue is inside poll (holding runs/.queue.lock), this one skips its tick
+    rather than deciding from the same `queued` state, and never waits (a stopped app holding the
+    lock must not freeze this page's Train and Stop)."""
     run_id = queue.submit(spec())
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
@@ -568,18 +568,53 @@ def test_queues_of_two_apps_take_turns_on_the_runs_folder_lock(queue):
          str(queue.runs_dir / ".queue.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        started = []
-        thread = threading.Thread(target=lambda: started.append(queue.poll()))
+        polled = []
+        thread = threading.Thread(target=lambda: polled.append(queue.poll()), daemon=True)
         thread.start()
-        thread.join(0.5)
-        assert thread.is_alive() and queue.run_dir(run_id).read_status()["state"] == QUEUED
+        thread.join(5)
+        assert polled == [None] and queue.run_dir(run_id).read_status()["state"] == QUEUED  # did not wait
+        other = queue.submit(spec("meanwhile"))  # Train still answers
+        assert queue.cancel(other) == CANCELLED  # and Stop
     finally:
         holder.kill()
         holder.wait()
-    thread.join(10)
-    assert started == [run_id]
+    assert queue.poll() == run_id
     queue.run_dir(run_id).path.joinpath("release").touch()
     wait_for(lambda: queue.run_dir(run_id).read_status()["state"] == DONE)
+
+
+def test_a_locked_run_that_never_records_its_pid_is_failed_once_its_heartbeat_is_stale(tmp_path, hold_lock):
+    queue = JobQueue(tmp_path / "runs", heartbeat_timeout=60)
+    run_id = queue.submit(spec("hung"))
+    run = queue.run_dir(run_id)
+    hold_lock(run.path)  # a worker that took the lock, then hung before writing its pid
+    atomic_write_json(run.status_path, {**run.read_status(), "state": RUNNING, "pid": None, "heartbeat": 1.0,
+                                        "updated_at": 1.0})
+    queue.poll()
+    assert run.read_status()["state"] == FAILED  # the queue is not blocked forever
+
+
+def test_the_worker_lock_also_excludes_another_thread_of_the_same_process(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    errors = []
+
+    def other_thread():
+        try:
+            with worker_lock(run):
+                pass
+        except RunBusy as err:
+            errors.append(str(err))
+
+    with worker_lock(run):
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert errors == [f"{run.resolve()} is being trained by another worker (a thread of this process)"]
+    thread = threading.Thread(target=other_thread)  # released: the other thread may take it now
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
 
 
 def test_finished_workers_are_reaped_not_left_as_zombies(queue):

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from test_compare import write_run
 
 from prefixlab.experiment import ExperimentSpec
-from prefixlab.runs import JobQueue, append_jsonl
+from prefixlab.runs import JobQueue, append_jsonl, atomic_write_json
 from prefixlab.ui import values
 from prefixlab.ui.fields import page_fields
 from prefixlab.ui.handlers import Lab, files_signature
@@ -419,12 +419,16 @@ def test_the_adapter_picked_stays_picked_while_the_run_saves_again(tmp_path):
 @pytest.mark.parametrize("state, error, says", [
     ("queued", None, "has no trained adapter yet; wait until it saves one"),
     ("cancelled", None, "was cancelled and saved no adapter, so there is nothing to generate with; press Train"),
-    ("failed", "ModelLoadError: no model 'x'", "is failed (ModelLoadError: no model 'x') and saved no adapter"),
+    ("failed", "ModelLoadError: no model 'x'", "failed (ModelLoadError: no model 'x') and saved no adapter"),
+    ("running", None, "lost its worker (the worker never recorded its pid (the app stopped while starting it?)) "
+                      "and saved no adapter"),
 ])
 def test_a_run_without_adapters_says_why_on_generate_and_download(tmp_path, state, error, says):
     lab = _lab(tmp_path)
     run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=False)
     run.update_status(state=state, error=error)
+    if state == "running":  # marked running long ago, no pid: its worker never started
+        atomic_write_json(run.status_path, {**run.read_status(), "pid": None, "heartbeat": 1.0, "updated_at": 1.0})
     for call in (lambda: lab.generate(run.run_id, "a prompt"), lambda: lab.zip_adapter(run.run_id, None)):
         with pytest.raises(gr.Error, match=re.escape(says)):
             call()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from prefixlab.model import WEIGHTS_NAME, PrefixTuningModel
-from prefixlab.runs import RunDir
+from prefixlab.runs import RunDir, why_no_adapters
 from prefixlab.train import generate_outputs
 from prefixlab.zoo import load_base
 
@@ -60,14 +60,13 @@ def _load(run: RunDir, variants: list[str]):
 
 def no_adapters_message(run: RunDir) -> str:
     """Why a run has no adapter to generate with or download, by its state (for the page)."""
-    status = run.read_status()
-    state = status.get("state") or "queued"
-    if state in ("queued", "running"):
+    kind, detail = why_no_adapters(run.read_status())
+    if kind == "waiting":
         return (f"run {run.run_id} has no trained adapter yet; wait until it saves one (at the end, or every "
                 "training.eval_interval steps)")
-    why = f" ({status['error']})" if state == "failed" and status.get("error") else ""
-    return (f"run {run.run_id} {'was ' if state == 'cancelled' else 'is '}{state}{why} and saved no adapter, so "
-            "there is nothing to generate with; press Train to run its experiment again")
+    ended = {"died": f"lost its worker ({detail})", "failed": f"failed ({detail})"}.get(kind, f"was {kind}")
+    return (f"run {run.run_id} {ended} and saved no adapter, so there is nothing to generate with; press Train "
+            "to run its experiment again")
 
 
 @torch.no_grad()
