@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 import re
 import secrets
 import signal
@@ -29,6 +28,7 @@ import sys
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
