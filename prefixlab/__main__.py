@@ -145,13 +145,11 @@ def cmd_train(args) -> int:
         return train_in(args, owner, stack)
 
 
-def claim(run, owner: bool, stack: ExitStack) -> None:
-    """Take the run's worker lock (the first process only) before reading its state, so that no
+def claim(run, stack: ExitStack) -> None:
+    """Take the run's worker lock (in the first process only) before reading its state, so that no
     other worker (the page's queue) can start it between the check and the start."""
     from prefixlab.runs import RunBusy, worker_lock
 
-    if not owner:
-        return
     try:
         stack.enter_context(worker_lock(run.path))
     except RunBusy:
@@ -182,7 +180,8 @@ def train_in(args, owner: bool, stack: ExitStack) -> int:
             path = runs_dir / new_run_id(spec.name, runs_dir)
             path.mkdir()
         run = RunDir(path)
-        claim(run, owner, stack)
+        if owner:
+            claim(run, stack)
         status = run.read_status()
         # The other processes may find the first one's run already started; a finished run, never.
         if status.get("state") not in ((None, QUEUED) if owner else (None, QUEUED, RUNNING)):
@@ -196,7 +195,7 @@ def train_in(args, owner: bool, stack: ExitStack) -> int:
             raise CliError(f"{run.spec_path} does not exist; pass SPEC.json as well, or submit from the page")
         run.read_spec()  # a bad spec.json: one clear line now, not a failed run
         if owner:
-            claim(run, owner, stack)
+            claim(run, stack)
             check_startable(run, run.read_status())
     print(f"run directory: {run.path}", file=sys.stderr)
     try:

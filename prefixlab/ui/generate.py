@@ -43,12 +43,12 @@ def _load(run: RunDir, variants: list[str]):
     the worker has saved newer ones (every eval_interval steps, and at the end), the base is not."""
     key = (str(run.path), tuple(variants), tuple(_stamp(run.adapter_path(v)) for v in variants))
     if _cache.get("key") != key:
-        same_run = _cache.get("key", (None,))[0] == key[0]
-        spec = _cache["spec"] if same_run else run.read_spec()
-        if same_run:
-            base, tokenizer, task_type = _cache["model"].get_base_model(), _cache["tokenizer"], _cache["task_type"]
+        if _cache.get("key", (None,))[0] == key[0]:  # the same run, newer adapters: keep its base
+            spec, tokenizer, task_type = _cache["spec"], _cache["tokenizer"], _cache["task_type"]
+            base = _cache["model"].get_base_model()
         else:
             _cache.clear()
+            spec = run.read_spec()
             base, tokenizer, task_type = load_base(spec.model.name)
         model = PrefixTuningModel.from_pretrained(base, str(run.adapter_path(variants[0])), adapter_name=variants[0])
         for name in variants[1:]:
