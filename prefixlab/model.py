@@ -440,28 +440,30 @@ class PrefixTuningModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls, model: nn.Module, model_id: str, adapter_name: str = "default", is_trainable: bool = False,
-        config: Optional[PrefixTuningConfig] = None, **hub_kwargs,
+        config: Optional[PrefixTuningConfig] = None, **kwargs,
     ) -> "PrefixTuningModel":
         """Wrap `model` with the adapter saved by prefixlab or PEFT in folder `model_id`, or in the
-        Hub repository `model_id` (hub_kwargs: subfolder, revision, token, cache_dir). `config`
-        replaces the folder's adapter_config.json. Without is_trainable the model is put in eval
-        mode (dropout off), as PEFT does."""
+        Hub repository `model_id`. `config` replaces the folder's adapter_config.json. Without
+        is_trainable the model is put in eval mode (dropout off), as PEFT does. kwargs: the Hub's
+        subfolder, revision, token, cache_dir, and PEFT's loading keywords (`load_options`)."""
+        read_on, hub_kwargs = load_options(**kwargs)
         folder = adapter_folder(model_id, **hub_kwargs)
-        config = _adapter_config(folder, is_trainable, model.config, config)
-        wrapped = cls(model, config, adapter_name)
-        wrapped._load_weights(folder, adapter_name)
+        wrapped = cls(model, _adapter_config(folder, is_trainable, model.config, config), adapter_name)
+        wrapped._load_weights(folder, adapter_name, read_on)
         if not is_trainable:
             wrapped.eval()
         return wrapped
 
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False,
-                     config: Optional[PrefixTuningConfig] = None, **hub_kwargs) -> None:
+                     config: Optional[PrefixTuningConfig] = None, **kwargs) -> None:
         """Add the adapter saved in folder or Hub repository `model_id` under `adapter_name` (not made
-        active); without is_trainable the model is put in eval mode, as PEFT does."""
+        active); without is_trainable the model is put in eval mode, as PEFT does. kwargs as in
+        from_pretrained."""
+        read_on, hub_kwargs = load_options(**kwargs)
         folder = adapter_folder(model_id, **hub_kwargs)
         self.add_adapter(adapter_name, _adapter_config(folder, is_trainable, self.base_model.config, config))
         try:
-            self._load_weights(folder, adapter_name)
+            self._load_weights(folder, adapter_name, read_on)
         except Exception:
             del self.peft_config[adapter_name]
             del self.prompt_encoder[adapter_name]
@@ -469,8 +471,8 @@ class PrefixTuningModel(nn.Module):
         if not is_trainable:
             self.eval()
 
-    def _load_weights(self, model_id: str, adapter_name: str) -> None:
-        tensor = _read_prompt_embeddings(model_id)
+    def _load_weights(self, model_id: str, adapter_name: str, read_on: torch.device) -> None:
+        tensor = _read_prompt_embeddings(model_id, read_on)
         encoder = self.prompt_encoder[adapter_name]
         if tuple(tensor.shape) != tuple(encoder.embedding.weight.shape):
             raise AdapterFileError(
@@ -483,6 +485,33 @@ class PrefixTuningModel(nn.Module):
 
 _IGNORED_SAVE_KWARGS = frozenset({"state_dict", "save_embedding_layers"})
 _HUB_KWARGS = ("revision", "token", "cache_dir")
+
+
+def load_options(torch_device: Optional[str] = None, autocast_adapter_dtype: bool = True,
+                 ephemeral_gpu_offload: bool = False, low_cpu_mem_usage: bool = False,
+                 key_mapping: Optional[dict[str, str]] = None, **hub_kwargs) -> tuple[torch.device, dict]:
+    """PEFT's keywords for loading an adapter, so that code written for PeftModel runs unchanged:
+    (the device the weights file is read onto, the Hub keywords left over). As in PEFT, the prefix
+    ends on the base model's device whatever `torch_device` is, and autocast_adapter_dtype,
+    ephemeral_gpu_offload and low_cpu_mem_usage act on adapter layers, which a prefix has none of,
+    so they change nothing. key_mapping renames layer keys; a prefix adapter's one tensor has none."""
+    del autocast_adapter_dtype, ephemeral_gpu_offload, low_cpu_mem_usage
+    if key_mapping:
+        raise ValueError(
+            f"key_mapping={key_mapping!r}: it renames the base model's layer keys in an adapter file, and a "
+            f"prefix-tuning adapter holds one tensor, {SAVED_KEY!r}, with no layer keys (PEFT fails on it too); "
+            "leave key_mapping None")
+    return (torch.device("cpu") if torch_device is None else _device_or_raise(torch_device)), hub_kwargs
+
+
+def _device_or_raise(name) -> torch.device:
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)  # a device torch knows but this machine lacks fails here
+    except (RuntimeError, TypeError, AssertionError) as err:
+        raise ValueError(f"torch_device={name!r} cannot be used here ({str(err).splitlines()[0].split('. ')[0]}); pass 'cpu', "
+                         "a device this machine has (for example 'cuda:0'), or leave it None") from None
+    return device
 
 
 def adapter_folder(model_id: str, subfolder: Optional[str] = None, **hub_kwargs) -> str:
@@ -541,15 +570,15 @@ def _adapter_config(model_id: str, is_trainable: bool, model_config,
     return config
 
 
-def _read_prompt_embeddings(model_id: str) -> torch.Tensor:
+def _read_prompt_embeddings(model_id: str, device: torch.device = torch.device("cpu")) -> torch.Tensor:
     path = os.path.join(model_id, WEIGHTS_NAME)
     legacy = os.path.join(model_id, LEGACY_WEIGHTS_NAME)
     try:
         if os.path.isfile(path):
-            state = load_file(path)
+            state = load_file(path, device=str(device))
         elif os.path.isfile(legacy):
             path = legacy
-            state = torch.load(legacy, map_location="cpu", weights_only=True)
+            state = torch.load(legacy, map_location=device, weights_only=True)
         else:
             raise AdapterFileError(
                 f"{path}: file not found; an adapter directory needs {WEIGHTS_NAME} next to {CONFIG_NAME}, as "

@@ -229,3 +229,45 @@ def test_from_pretrained_with_a_config_object_uses_it_instead_of_the_file(saved)
     batch = padded_batch("gpt2")
     torch.testing.assert_close(_logits(loaded, batch), _logits(ours, batch), rtol=1e-5, atol=1e-6)
     assert loaded.active_peft_config.inference_mode and config.inference_mode is False  # not mutated
+
+
+PEFT_LOAD_KEYWORDS = dict(torch_device="cpu", autocast_adapter_dtype=False, ephemeral_gpu_offload=False,
+                          low_cpu_mem_usage=True)
+
+
+def test_peft_s_loading_keywords_run_unchanged_with_peft_s_result(saved):
+    ours, path = saved
+    batch = padded_batch("gpt2")
+    ref = _peft_load(path, **PEFT_LOAD_KEYWORDS).eval()  # the same call, in PEFT
+    loaded = PrefixTuningModel.from_pretrained(tiny_model("gpt2"), path, **PEFT_LOAD_KEYWORDS)
+    torch.testing.assert_close(_logits(loaded, batch), _logits(ref, batch), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_logits(loaded, batch), _logits(ours, batch), rtol=1e-5, atol=1e-6)
+    ref.load_adapter(str(path), "again", **PEFT_LOAD_KEYWORDS)
+    loaded.load_adapter(path, "again", **PEFT_LOAD_KEYWORDS)
+    loaded.set_adapter("again"), ref.set_adapter("again")
+    torch.testing.assert_close(_logits(loaded, batch), _logits(ref, batch), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_device_is_where_the_file_is_read_and_the_prefix_stays_with_the_model(saved, monkeypatch):
+    from prefixlab import model as model_module
+
+    _, path = saved
+    reads, real = [], model_module.load_file
+    monkeypatch.setattr(model_module, "load_file", lambda file, device: reads.append(device) or real(file, device=device))
+    loaded = PrefixTuningModel.from_pretrained(tiny_model("gpt2"), path, torch_device=torch.device("cpu"))
+    assert reads == ["cpu"]
+    assert {p.device for p in loaded.prompt_encoder.parameters()} == {loaded.device}
+
+
+def test_bad_loading_keywords_are_named_and_add_nothing(saved):
+    _, path = saved
+    ours = get_peft_model(tiny_model("gpt2"), ours_config("gpt2", False))
+    with pytest.raises(ValueError, match=r"torch_device='gpu0' cannot be used here \(Invalid device string"):
+        ours.load_adapter(path, "bad", torch_device="gpu0")
+    with pytest.raises(ValueError, match=r"torch_device='cuda:99' cannot be used here .*leave it None"):
+        PrefixTuningModel.from_pretrained(tiny_model("gpt2"), path, torch_device="cuda:99")  # no machine has it
+    with pytest.raises(ValueError, match="key_mapping=.* no layer keys"):
+        ours.load_adapter(path, "bad", key_mapping={"prompt": "x"})
+    with pytest.raises(ValueError):  # PEFT refuses a key_mapping for a prefix adapter too
+        _peft_load(path, key_mapping={"prompt": "x"})
+    assert list(ours.peft_config) == ["default"] and list(ours.prompt_encoder) == ["default"]
