@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache
 
+from .card import name_location, write_model_card
 from .config import (
     CONFIG_NAME,
     AdapterFileError,
@@ -419,6 +420,7 @@ class PrefixTuningModel(nn.Module):
             # A saved adapter holds only the projected prefix, hence inference_mode=True (as PEFT writes).
             dataclasses.replace(self.peft_config[name], inference_mode=True,
                                 base_model_name_or_path=base_name).save_pretrained(out_dir)
+        write_model_card(self, save_directory, {name: "." if name == "default" else name for name in names})
 
     def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
                     commit_message: str = "Upload prefix-tuning adapter", revision: Optional[str] = None,
@@ -434,6 +436,7 @@ class PrefixTuningModel(nn.Module):
             self.save_pretrained(folder, safe_serialization=safe_serialization, selected_adapters=selected_adapters)
             # A bare name ("my-prefix") becomes the user's "alice/my-prefix": upload where it was made.
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            name_location(folder, repo_id)  # the card's loading code names this repository
             return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
                                      revision=revision, create_pr=create_pr)
 

@@ -30,6 +30,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader
 
+from prefixlab.card import write_model_card
 from prefixlab.config import TaskType
 from prefixlab.experiment import ExperimentSpec, GenerationSpec, SpecError, TrainingSpec
 from prefixlab.devices import make_accelerator, peak_gpu_memory, release_gpu_memory
@@ -592,6 +593,7 @@ def save_adapter(peft_model, name: str, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(tmp, selected_adapters=[name])
     saved = tmp / name if (tmp / name / "adapter_config.json").exists() else tmp  # PEFT nests non-default names
+    write_model_card(peft_model, str(saved), {name: "."})  # the card save_pretrained left in tmp is for tmp
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.rename(old)

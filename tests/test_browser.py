@@ -320,10 +320,10 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
         zipped = download(page, link, tmp_path)
         folder = tmp_path / f"adapter-{variant}"
         with zipfile.ZipFile(zipped) as archive:
-            assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+            assert sorted(archive.namelist()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
             archive.extractall(folder)
         saved = lab_dirs.runs / first_run / "adapters" / variant
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
+        for name in ("README.md", "adapter_config.json", "adapter_model.safetensors"):
             assert (folder / name).read_bytes() == (saved / name).read_bytes(), name
         config = json.loads((folder / "adapter_config.json").read_text())
         assert config["peft_type"] == "PREFIX_TUNING" and config["num_virtual_tokens"] == 5

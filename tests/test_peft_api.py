@@ -135,7 +135,7 @@ def test_save_pretrained_keywords(saved, tmp_path):
     batch = padded_batch("gpt2")
     ours.save_pretrained(tmp_path / "bin", safe_serialization=False, state_dict=ours.state_dict(),
                          save_embedding_layers="auto")
-    assert sorted(p.name for p in (tmp_path / "bin").iterdir()) == ["adapter_config.json", "adapter_model.bin"]
+    assert sorted(p.name for p in (tmp_path / "bin").iterdir()) == ["README.md", "adapter_config.json", "adapter_model.bin"]
     loaded = PrefixTuningModel.from_pretrained(tiny_model("gpt2"), tmp_path / "bin")
     torch.testing.assert_close(_logits(loaded, batch), _logits(ours, batch), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(_logits(_peft_load(tmp_path / "bin").eval(), batch), _logits(ours, batch),
@@ -176,8 +176,9 @@ def test_push_to_hub_uploads_the_adapter_only_and_it_loads_back(saved, tmp_path,
     assert hub.calls == [("HfApi", "t"), ("create_repo", "prefix", True, True),
                          ("upload_folder", "me/prefix", "Upload prefix-tuning adapter", None, False)]
     uploaded = tmp_path / "hub" / "me" / "prefix"
-    assert sorted(p.name for p in uploaded.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in uploaded.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert (uploaded / "adapter_model.safetensors").stat().st_size < 100_000  # no base weights
+    assert 'PeftModel.from_pretrained(base, "me/prefix")' in (uploaded / "README.md").read_text()  # the card names it
     batch = padded_batch("gpt2")
     torch.testing.assert_close(_logits(_peft_load(uploaded).eval(), batch), _logits(ours, batch),
                                rtol=1e-4, atol=1e-5)

@@ -28,7 +28,7 @@ def test_saved_by_prefixlab_loads_in_peft_with_the_same_logits(arch, projection,
     ours = get_peft_model(tiny_model(arch), ours_config(arch, projection))
     randomize_prefix(ours)
     ours.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     tensors = load_file(tmp_path / "adapter_model.safetensors")
     config = ours.active_peft_config
     assert list(tensors) == ["prompt_embeddings"]

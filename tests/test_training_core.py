@@ -113,7 +113,7 @@ def test_a_refused_adapter_name_leaves_no_half_added_adapter(name, tmp_path):
         model.add_adapter(name, ours_config("gpt2", True))
     assert list(model.peft_config) == list(model.prompt_encoder) == ["default"]
     model.save_pretrained(str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 
 
 def test_peft_s_config_is_converted_and_other_methods_are_refused():

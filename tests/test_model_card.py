@@ -1,0 +1,109 @@
+"""The model card save_pretrained writes (README.md, as PEFT does): the metadata the Hub reads, and
+loading code that, run as written, gives the saved adapters' logits in PEFT."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+from core_helpers import ours_config, padded_batch, randomize_prefix
+from prefixlab import get_peft_model
+from prefixlab.card import PLACEHOLDER
+from prefixlab.tiny import tiny_model
+
+AUTO = {"gpt2": AutoModelForCausalLM, "t5": AutoModelForSeq2SeqLM}
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _code(card_path) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", card_path.read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+@pytest.fixture(params=["gpt2", "t5"])
+def saved(request, tmp_path):
+    """A base model saved to a folder and loaded from it (so it has a name), with a projection
+    adapter "default" and a flat one "flat", saved together."""
+    arch = request.param
+    tiny_model(arch).save_pretrained(tmp_path / "base")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = AUTO[arch].from_pretrained(tmp_path / "base")
+    ours = get_peft_model(base, ours_config(arch, True)).eval()
+    ours.add_adapter("flat", ours_config(arch, False))
+    randomize_prefix(ours, "default", seed=1)
+    randomize_prefix(ours, "flat", seed=2)
+    ours.save_pretrained(tmp_path / "adapter")
+    return arch, ours, tmp_path
+
+
+def test_the_card_s_loading_code_runs_in_peft_and_gives_our_logits(saved):
+    arch, ours, tmp_path = saved
+    code = _code(tmp_path / "adapter" / "README.md")
+    assert f'from_pretrained("{tmp_path / "base"}")' in code
+    scope = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(code.replace(f'"{PLACEHOLDER}"', repr(str(tmp_path / "adapter"))), scope)  # noqa: S102
+    ref = scope["model"].eval()
+    assert type(ref).__module__.startswith("peft.")
+    batch = padded_batch(arch)
+    ours.set_adapter("default")
+    torch.testing.assert_close(_logits(ref, batch), _logits(ours, batch), rtol=1e-4, atol=1e-5)
+    ref.set_adapter("flat"), ours.set_adapter("flat")
+    flat = _logits(ours, batch)
+    torch.testing.assert_close(_logits(ref, batch), flat, rtol=1e-4, atol=1e-5)
+    with ours.disable_adapter():
+        assert not torch.allclose(_logits(ours, batch), flat, atol=1e-2)  # the prefix shows, so this could fail
+
+
+def test_the_card_s_metadata_links_the_base_model(saved):
+    arch, ours, tmp_path = saved
+    card = ModelCard.load(tmp_path / "adapter" / "README.md")
+    base = str(tmp_path / "base")
+    assert card.data.library_name == "peft" and card.data.base_model == base
+    assert card.data.tags == sorted(["base_model:adapter:" + base, "prefix-tuning", "prefixlab", "transformers"])
+    assert card.data.pipeline_tag == ("text-generation" if arch == "gpt2" else None)
+    rows = [line for line in card.text.splitlines() if line.startswith("| `")]
+    stored = {name: ours.get_prompt_embedding_to_save(name).numel() for name in ("default", "flat")}
+    assert rows[0].startswith(f"| `default` | `.` | {ours.peft_config['default'].num_virtual_tokens} | ")
+    assert f"| {stored['default']:,} | the projection MLP (hidden size" in rows[0]
+    assert rows[1].startswith("| `flat` | `flat` |") and f"| {stored['flat']:,} | the prefix trained directly |" in rows[1]
+
+
+def test_a_readme_already_there_keeps_its_text_and_gains_the_metadata(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlicense: mit\ntags:\n- mine\n---\n\n# My notes\n\nKeep me.\n")
+    ours = get_peft_model(tiny_model("gpt2"), ours_config("gpt2", False))
+    ours.save_pretrained(tmp_path)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.text.strip() == "# My notes\n\nKeep me."
+    assert card.data.license == "mit" and card.data.library_name == "peft"
+    assert card.data.tags == ["mine", "prefix-tuning", "prefixlab", "transformers"]
+
+
+def test_a_base_built_from_a_config_has_no_name_to_link(tmp_path):
+    ours = get_peft_model(tiny_model("gpt2"), ours_config("gpt2", False))
+    ours.save_pretrained(tmp_path)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model is None and not any(t.startswith("base_model:") for t in card.data.tags)
+    assert 'from_pretrained("BASE_MODEL")' in _code(tmp_path / "README.md")
+
+
+def test_a_worker_s_adapter_folder_has_a_card_for_that_folder(tmp_path):
+    from prefixlab.train import save_adapter
+
+    ours = get_peft_model(tiny_model("gpt2"), ours_config("gpt2", False), adapter_name="no_projection")
+    save_adapter(ours, "no_projection", tmp_path / "adapters" / "no_projection")
+    code = _code(tmp_path / "adapters" / "no_projection" / "README.md")
+    assert f'PeftModel.from_pretrained(base, "{PLACEHOLDER}", adapter_name="no_projection")' in code
+    assert "subfolder" not in code and sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["no_projection"]
