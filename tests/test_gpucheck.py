@@ -396,6 +396,24 @@ def test_the_prepared_script_reports_versions_and_copies_them_to_out_without_cud
     assert proc.returncode == 2, proc.stdout + proc.stderr
     versions = (out / "versions.txt").read_text()
     assert f"torch {torch.__version__}" in versions and "transformers " in versions and "peft " in versions
+    assert f"pytest {pytest.__version__}" in versions
     assert "no CUDA device:" in (out / "gpucheck.log").read_text()
     assert not (out / "pytest.log").exists()
     assert sorted(p.name for p in batch_out.iterdir()) == ["gpucheck.log", "versions.txt"]
+
+
+def test_the_prepared_script_without_pytest_says_how_to_get_it(tmp_path):
+    """A GPU image may lack pytest: the check still runs, and the tests' log says what to install
+    (status 3: the check passed, the tests did not run)."""
+    out, batch_out, blocked = tmp_path / "results", tmp_path / "OUT", tmp_path / "blocked" / "pytest"
+    batch_out.mkdir(), blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('No module named pytest (blocked by the test)')\n")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "OUT": str(batch_out), "PYTHONPATH": str(blocked.parent)}
+    proc = subprocess.run([str(REPO / ".ci" / "gpucheck"), str(out), "--", "--device", "cpu", "--sections", "parity"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "## 1. Parity with PEFT on the device: ok" in (out / "results.md").read_text()
+    log = (batch_out / "pytest.log").read_text()
+    assert log.startswith("pytest is not installed, so the tests did not run") and "pip download --no-deps pytest" in log
+    assert "No module named pytest" in (out / "versions.txt").read_text()
