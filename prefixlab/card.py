@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import PreTrainedModel
 
 from .config import TaskType
@@ -26,7 +28,12 @@ def write_model_card(model, folder: str, adapters: dict[str, str]) -> str:
     path = os.path.join(folder, "README.md")
     base = base_model_name(model, next(iter(adapters)))
     if os.path.exists(path):
-        card = ModelCard.load(path)
+        try:
+            card = ModelCard.load(path)
+        except Exception as err:  # noqa: BLE001 - bad YAML, bad encoding: the user's file, keep it as it is
+            warnings.warn(f"{path} is not a model card huggingface_hub can read ({type(err).__name__}: {' '.join(str(err).split())}); "
+                          "left as it is, without the adapter's metadata", stacklevel=3)
+            return path
     else:
         card = ModelCard(f"---\n{ModelCardData().to_yaml()}\n---\n\n{card_text(model, adapters, base)}")
     data = card.data
@@ -34,7 +41,7 @@ def write_model_card(model, folder: str, adapters: dict[str, str]) -> str:
     tags = set(data.tags or []) | set(TAGS)
     if isinstance(model.get_base_model(), PreTrainedModel):
         tags.add("transformers")
-    if base:
+    if hub_model_id(base):  # the Hub refuses a push whose base_model is not a model id (a local folder)
         data.base_model = base
         tags.add(f"base_model:adapter:{base}")
     data.tags = sorted(tags)
@@ -51,6 +58,17 @@ def name_location(folder: str, location: str) -> None:
         text = f.read()
     with open(path, "w", encoding="utf-8") as f:
         f.write(text.replace(json.dumps(PLACEHOLDER), json.dumps(location)))
+
+
+def hub_model_id(name: str) -> bool:
+    """Whether `name` reads as a Hugging Face Hub model id rather than a local folder."""
+    if not name or os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def base_model_name(model, adapter_name: str) -> str:
@@ -71,7 +89,7 @@ def card_text(model, adapters: dict[str, str], base: str) -> str:
         how = (f"the projection MLP (hidden size {cfg.encoder_hidden_size}); the prefix it produces is stored"
                if cfg.prefix_projection else "the prefix trained directly")
         rows.append(f"| `{name}` | `{where}` | {cfg.num_virtual_tokens} | {cfg.num_layers} | {stored:,} | {how} |")
-    base_shown = f"`{base}`" if base else "its base model"
+    base_shown = (f"`{base}`" + ("" if hub_model_id(base) else " (a local folder)")) if base else "its base model"
     code = [f"from transformers import {auto}", "from peft import PeftModel", "",
             f"base = {auto}.from_pretrained({q(base or 'BASE_MODEL')})",
             f"model = PeftModel.from_pretrained(base, {q(PLACEHOLDER)}"

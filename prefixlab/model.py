@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache
 
-from .card import name_location, write_model_card
+from .card import base_model_name, name_location, write_model_card
 from .config import (
     CONFIG_NAME,
     AdapterFileError,
@@ -414,9 +414,7 @@ class PrefixTuningModel(nn.Module):
                 save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
             else:
                 torch.save(tensors, os.path.join(out_dir, LEGACY_WEIGHTS_NAME))
-            base_name = self.peft_config[name].base_model_name_or_path or (
-                self.base_model.__dict__.get("name_or_path") or None
-            )
+            base_name = base_model_name(self, name) or None
             # A saved adapter holds only the projected prefix, hence inference_mode=True (as PEFT writes).
             dataclasses.replace(self.peft_config[name], inference_mode=True,
                                 base_model_name_or_path=base_name).save_pretrained(out_dir)

@@ -67,18 +67,43 @@ def test_the_card_s_loading_code_runs_in_peft_and_gives_our_logits(saved):
         assert not torch.allclose(_logits(ours, batch), flat, atol=1e-2)  # the prefix shows, so this could fail
 
 
-def test_the_card_s_metadata_links_the_base_model(saved):
+def test_a_local_base_is_named_in_the_text_but_not_in_the_metadata(saved):
+    """The Hub refuses a push whose base_model metadata is not a model id (transformers issue 33922,
+    which PEFT's cards run into): a base loaded from a folder is named in the card's text only."""
     arch, ours, tmp_path = saved
     card = ModelCard.load(tmp_path / "adapter" / "README.md")
-    base = str(tmp_path / "base")
-    assert card.data.library_name == "peft" and card.data.base_model == base
-    assert card.data.tags == sorted(["base_model:adapter:" + base, "prefix-tuning", "prefixlab", "transformers"])
+    assert card.data.library_name == "peft" and card.data.base_model is None
+    assert card.data.tags == ["prefix-tuning", "prefixlab", "transformers"]
     assert card.data.pipeline_tag == ("text-generation" if arch == "gpt2" else None)
+    assert card.text.lstrip().startswith(f"# Prefix-tuning adapter for `{tmp_path / 'base'}` (a local folder)\n")
     rows = [line for line in card.text.splitlines() if line.startswith("| `")]
     stored = {name: ours.get_prompt_embedding_to_save(name).numel() for name in ("default", "flat")}
     assert rows[0].startswith(f"| `default` | `.` | {ours.peft_config['default'].num_virtual_tokens} | ")
     assert f"| {stored['default']:,} | the projection MLP (hidden size" in rows[0]
     assert rows[1].startswith("| `flat` | `flat` |") and f"| {stored['flat']:,} | the prefix trained directly |" in rows[1]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_a_hub_base_is_linked_in_the_metadata(arch, tmp_path):
+    ours = get_peft_model(tiny_model(arch), ours_config(arch, True, base_model_name_or_path=f"me/tiny-{arch}"))
+    ours.save_pretrained(tmp_path)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model == f"me/tiny-{arch}" and card.data.library_name == "peft"
+    assert card.data.tags == sorted([f"base_model:adapter:me/tiny-{arch}", "prefix-tuning", "prefixlab", "transformers"])
+    assert card.data.pipeline_tag == ("text-generation" if arch == "gpt2" else None)
+    assert card.text.lstrip().startswith(f"# Prefix-tuning adapter for `me/tiny-{arch}`\n")
+    auto = "AutoModelForCausalLM" if arch == "gpt2" else "AutoModelForSeq2SeqLM"
+    assert f'base = {auto}.from_pretrained("me/tiny-{arch}")' in _code(tmp_path / "README.md")
+
+
+def test_a_readme_that_is_not_a_model_card_is_left_alone_with_a_warning(tmp_path):
+    text = "---\ntags: [unclosed\n---\n\nMy notes\n"
+    (tmp_path / "README.md").write_text(text)
+    ours = get_peft_model(tiny_model("gpt2"), ours_config("gpt2", False))
+    with pytest.warns(UserWarning, match="README.md is not a model card huggingface_hub can read .*left as it is"):
+        ours.save_pretrained(tmp_path)
+    assert (tmp_path / "README.md").read_text() == text
+    assert (tmp_path / "adapter_model.safetensors").is_file() and (tmp_path / "adapter_config.json").is_file()
 
 
 def test_a_readme_already_there_keeps_its_text_and_gains_the_metadata(tmp_path):
@@ -107,3 +132,15 @@ def test_a_worker_s_adapter_folder_has_a_card_for_that_folder(tmp_path):
     code = _code(tmp_path / "adapters" / "no_projection" / "README.md")
     assert f'PeftModel.from_pretrained(base, "{PLACEHOLDER}", adapter_name="no_projection")' in code
     assert "subfolder" not in code and sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["no_projection"]
+
+
+def test_a_base_loaded_from_a_relative_folder_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    """"tiny" is a valid Hub id too; when it names a folder here, from_pretrained loaded the folder."""
+    monkeypatch.chdir(tmp_path)
+    tiny_model("gpt2").save_pretrained("tiny")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = AutoModelForCausalLM.from_pretrained("tiny")
+    get_peft_model(base, ours_config("gpt2", False)).save_pretrained("adapter")
+    card = ModelCard.load(tmp_path / "adapter" / "README.md")
+    assert card.data.base_model is None and card.text.lstrip().startswith("# Prefix-tuning adapter for `tiny` (a local")
