@@ -22,20 +22,23 @@ TAGS = ("prefix-tuning", "prefixlab")
 PLACEHOLDER = "PATH_OR_REPO_ID"  # where the card's loading code names the folder or Hub repository
 
 
-def write_model_card(model, folder: str, adapters: dict[str, str]) -> str:
+def write_model_card(model, folder: str, adapters: dict[str, str], training: str = "") -> str:
     """Create or update `folder`/README.md for `adapters` (adapter name -> its folder relative to
-    `folder`, "." for `folder` itself) of PrefixTuningModel `model`; returns the file's path."""
+    `folder`, "." for `folder` itself) of PrefixTuningModel `model`; returns the file's path.
+    `training`: Markdown appended to a new card (how the adapter was trained)."""
     path = os.path.join(folder, "README.md")
     base = base_model_name(model, next(iter(adapters)))
     if os.path.exists(path):
         try:
             card = ModelCard.load(path)
         except Exception as err:  # noqa: BLE001 - bad YAML, bad encoding: the user's file, keep it as it is
-            warnings.warn(f"{path} is not a model card huggingface_hub can read ({type(err).__name__}: {' '.join(str(err).split())}); "
+            why = " ".join(str(err).split())
+            warnings.warn(f"{path} is not a model card huggingface_hub can read ({type(err).__name__}: {why}); "
                           "left as it is, without the adapter's metadata", stacklevel=3)
             return path
     else:
-        card = ModelCard(f"---\n{ModelCardData().to_yaml()}\n---\n\n{card_text(model, adapters, base)}")
+        text = card_text(model, adapters, base) + (f"\n{training.strip()}\n" if training.strip() else "")
+        card = ModelCard(f"---\n{ModelCardData().to_yaml()}\n---\n\n{text}")
     data = card.data
     data.library_name = "peft"
     tags = set(data.tags or []) | set(TAGS)
@@ -89,7 +92,7 @@ def card_text(model, adapters: dict[str, str], base: str) -> str:
         how = (f"the projection MLP (hidden size {cfg.encoder_hidden_size}); the prefix it produces is stored"
                if cfg.prefix_projection else "the prefix trained directly")
         rows.append(f"| `{name}` | `{where}` | {cfg.num_virtual_tokens} | {cfg.num_layers} | {stored:,} | {how} |")
-    base_shown = (f"`{base}`" + ("" if hub_model_id(base) else " (a local folder)")) if base else "its base model"
+    named = (f"`{base}`" + ("" if hub_model_id(base) else " (a local folder)")) if base else "a base model"
     code = [f"from transformers import {auto}", "from peft import PeftModel", "",
             f"base = {auto}.from_pretrained({q(base or 'BASE_MODEL')})",
             f"model = PeftModel.from_pretrained(base, {q(PLACEHOLDER)}"
@@ -99,11 +102,13 @@ def card_text(model, adapters: dict[str, str], base: str) -> str:
         code.append(f"model.load_adapter({q(PLACEHOLDER)}, {q(name)}"
                     + ("" if where == "." else f", subfolder={q(where)}") + f")  # then model.set_adapter({q(name)})")
     return "\n".join([
-        f"# Prefix-tuning adapter for {base_shown}", "",
-        f"Prefix tuning ([Li & Liang 2021](https://arxiv.org/abs/2101.00190)) of the frozen {base_shown}: the model "
-        "reads a trained key/value prefix at every layer. Saved by prefixlab in PEFT's format.", "",
+        f"# Prefix-tuning adapter for {named}", "",
+        "Prefix tuning ([Li & Liang 2021](https://arxiv.org/abs/2101.00190)) of "
+        + (f"the frozen {named}" if base else "a frozen base model")
+        + ": the model reads a trained key/value prefix at every layer. Saved by prefixlab in PEFT's format.", "",
         "| adapter | folder | virtual tokens | layers | stored parameters | trained with |",
         "|---|---|---|---|---|---|", *rows, "",
-        f"Load it with PEFT, with this folder or Hub repository in place of `{PLACEHOLDER}` (prefixlab's "
-        "`PrefixTuningModel` takes the same calls):", "",
+        f"Load it with PEFT, with this folder or Hub repository in place of `{PLACEHOLDER}`"
+        + ("" if base else " and the base model it was trained on in place of `BASE_MODEL`")
+        + " (prefixlab's `PrefixTuningModel` takes the same calls):", "",
         "```python", *code, "```", ""])

@@ -510,8 +510,9 @@ def _device_or_raise(name) -> torch.device:
         device = torch.device(name)
         torch.empty(0, device=device)  # a device torch knows but this machine lacks fails here
     except (RuntimeError, TypeError, AssertionError) as err:
-        raise ValueError(f"torch_device={name!r} cannot be used here ({str(err).splitlines()[0].split('. ')[0]}); pass 'cpu', "
-                         "a device this machine has (for example 'cuda:0'), or leave it None") from None
+        why = str(err).splitlines()[0].split(". ")[0]
+        raise ValueError(f"torch_device={name!r} cannot be used here ({why}); pass 'cpu', a device this machine has "
+                         "(for example 'cuda:0'), or leave it None") from None
     return device
 
 

@@ -226,6 +226,7 @@ class VariantState:
     seconds: float = 0.0
     last_loss: float | None = None
     last_eval_loss: float | None = None
+    last_eval_step: int | None = None
     total_tokens: int = 0
     total_seconds: float = 0.0
     scaler: object = None  # fp16: this variant's own GradScaler (see Job._own_loss_scales)
@@ -474,7 +475,7 @@ class Job:
             self.peft.set_adapter(v.name)
             losses = [self.model(**batch).loss.float() for batch in self.eval_loader]
             mean = self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-            v.last_eval_loss = mean
+            v.last_eval_loss, v.last_eval_step = mean, self.step
             self._log({"variant": v.name, "eval_loss": mean})
         self.model.train()
 
@@ -487,7 +488,29 @@ class Job:
         if not self.accelerator.is_main_process:
             return
         for v in self.variants:
-            save_adapter(self.peft, v.name, self.run.adapter_path(v.name))
+            save_adapter(self.peft, v.name, self.run.adapter_path(v.name), training=self.card_section(v))
+
+    def card_section(self, v: VariantState) -> str:
+        """The adapter card's "Training" section: the run, this checkpoint's losses, and the spec."""
+        spec, t = self.spec, self.spec.training
+        about = f": {' '.join(spec.description.split())}" if spec.description.strip() else ""
+        data = spec.data
+        lines = [
+            "## Training", "",
+            f"Variant `{v.name}` of the prefixlab experiment `{spec.name}`{about or '.'}", "",
+            f"- base model: `{spec.model.name}`",
+            f"- data: `{data.source}` (`{data.source_column}` -> `{data.target_column}`)",
+            f"- this checkpoint: step {self.step} of {self.total_steps}; batch size {t.batch_size} x "
+            f"{t.gradient_accumulation_steps} accumulation steps, learning rate {t.learning_rate:g} "
+            f"(warm-up {t.warmup_steps}, then linear decay), weight decay {t.weight_decay:g}, max length "
+            f"{t.max_length}, seed {t.seed}, mixed precision {self.accelerator.mixed_precision}",
+        ]
+        if v.last_loss is not None:
+            lines.append(f"- training loss (mean of the last logged steps): {v.last_loss:.4f}")
+        if v.last_eval_loss is not None:
+            lines.append(f"- validation loss at step {v.last_eval_step}: {v.last_eval_loss:.4f}")
+        return "\n".join([*lines, "", "The experiment, which `python -m prefixlab train spec.json` runs again "
+                           "(both variants, from the start):", "", "```json", spec.to_json(), "```"])
 
     def write_samples(self) -> None:
         """samples.jsonl: the base model and every variant on the same prompts."""
@@ -586,14 +609,16 @@ def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, sou
     return outputs
 
 
-def save_adapter(peft_model, name: str, target: Path) -> None:
-    """Save one adapter to `target` through a temp folder and renames (never half-written)."""
+def save_adapter(peft_model, name: str, target: Path, training: str = "") -> None:
+    """Save one adapter to `target` through a temp folder and renames (never half-written), with a
+    model card for that folder (`training`: its Markdown on how the adapter was trained)."""
     tmp = target.with_name(f".{target.name}.tmp")
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(tmp, selected_adapters=[name])
     saved = tmp / name if (tmp / name / "adapter_config.json").exists() else tmp  # PEFT nests non-default names
-    write_model_card(peft_model, str(saved), {name: "."})  # the card save_pretrained left in tmp is for tmp
+    (saved / "README.md").unlink(missing_ok=True)  # save_pretrained's card describes tmp's layout
+    write_model_card(peft_model, str(saved), {name: "."}, training)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.rename(old)

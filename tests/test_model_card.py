@@ -3,6 +3,7 @@ loading code that, run as written, gives the saved adapters' logits in PEFT."""
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 
@@ -122,6 +123,7 @@ def test_a_base_built_from_a_config_has_no_name_to_link(tmp_path):
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.base_model is None and not any(t.startswith("base_model:") for t in card.data.tags)
     assert 'from_pretrained("BASE_MODEL")' in _code(tmp_path / "README.md")
+    assert "of a frozen base model: " in card.text and "the base model it was trained on in place of `BASE_MODEL`" in card.text
 
 
 def test_a_worker_s_adapter_folder_has_a_card_for_that_folder(tmp_path):
@@ -144,3 +146,28 @@ def test_a_base_loaded_from_a_relative_folder_is_not_taken_for_a_hub_id(tmp_path
     get_peft_model(base, ours_config("gpt2", False)).save_pretrained("adapter")
     card = ModelCard.load(tmp_path / "adapter" / "README.md")
     assert card.data.base_model is None and card.text.lstrip().startswith("# Prefix-tuning adapter for `tiny` (a local")
+
+
+def test_a_run_s_adapter_card_says_how_it_was_trained_and_holds_the_spec(tmp_path):
+    from test_cli import tiny_spec_dict
+
+    from prefixlab.experiment import ExperimentSpec
+    from prefixlab.runs import RunDir
+    from prefixlab.train import run_worker
+
+    run = RunDir(tmp_path / "run")
+    run.write_spec(ExperimentSpec.from_dict({**tiny_spec_dict(), "description": "A card\ntest."}))
+    assert run_worker(run.path, progress=False) == "done"
+    summary = json.loads(run.summary_path.read_text())
+    for variant in ("no_projection", "projection"):
+        text = (run.adapter_path(variant) / "README.md").read_text()
+        training = text[text.index("\n## Training\n"):]
+        assert f"Variant `{variant}` of the prefixlab experiment `cli`: A card test." in training
+        assert "- base model: `tiny-gpt2`\n- data: `e2e-synth` (`source` -> `target`)" in training
+        assert "- this checkpoint: step 2 of 2; batch size 4 x 1 accumulation steps, learning rate 0.2 " in training
+        final = summary["variants"][variant]
+        assert f"- validation loss at step 2: {final['final_eval_loss']:.4f}" in training
+        assert f"- training loss (mean of the last logged steps): {final['final_train_loss']:.4f}" in training
+        embedded = re.search(r"```json\n(.*?)```", training, flags=re.S).group(1)
+        assert ExperimentSpec.from_json(embedded).to_dict() == run.read_spec().to_dict()
+        assert 'PeftModel.from_pretrained(base, "PATH_OR_REPO_ID", adapter_name="' + variant + '")' in text
