@@ -28,6 +28,7 @@ def write_model_card(model, folder: str, adapters: dict[str, str], training: str
     `training`: Markdown appended to a new card (how the adapter was trained)."""
     path = os.path.join(folder, "README.md")
     base = base_model_name(model, next(iter(adapters)))
+    on_hub = hub_model_id(base)
     if os.path.exists(path):
         try:
             card = ModelCard.load(path)
@@ -37,14 +38,14 @@ def write_model_card(model, folder: str, adapters: dict[str, str], training: str
                           "left as it is, without the adapter's metadata", stacklevel=3)
             return path
     else:
-        text = card_text(model, adapters, base) + (f"\n{training.strip()}\n" if training.strip() else "")
+        text = card_text(model, adapters, base, on_hub) + (f"\n{training.strip()}\n" if training.strip() else "")
         card = ModelCard(f"---\n{ModelCardData().to_yaml()}\n---\n\n{text}")
     data = card.data
     data.library_name = "peft"
     tags = set(data.tags or []) | set(TAGS)
     if isinstance(model.get_base_model(), PreTrainedModel):
         tags.add("transformers")
-    if hub_model_id(base):  # the Hub refuses a push whose base_model is not a model id (a local folder)
+    if on_hub:  # the Hub refuses a push whose base_model is not a model id (a local folder)
         data.base_model = base
         tags.add(f"base_model:adapter:{base}")
     data.tags = sorted(tags)
@@ -80,7 +81,7 @@ def base_model_name(model, adapter_name: str) -> str:
         "name_or_path") or ""
 
 
-def card_text(model, adapters: dict[str, str], base: str) -> str:
+def card_text(model, adapters: dict[str, str], base: str, on_hub: bool) -> str:
     """The card's Markdown: a table of the adapters and the code that loads them in PEFT."""
     first, q = next(iter(adapters)), json.dumps  # a JSON string is a Python string literal
     seq2seq = model.peft_config[first].task_type == TaskType.SEQ_2_SEQ_LM
@@ -92,7 +93,7 @@ def card_text(model, adapters: dict[str, str], base: str) -> str:
         how = (f"the projection MLP (hidden size {cfg.encoder_hidden_size}); the prefix it produces is stored"
                if cfg.prefix_projection else "the prefix trained directly")
         rows.append(f"| `{name}` | `{where}` | {cfg.num_virtual_tokens} | {cfg.num_layers} | {stored:,} | {how} |")
-    named = (f"`{base}`" + ("" if hub_model_id(base) else " (a local folder)")) if base else "a base model"
+    named = (f"`{base}`" + ("" if on_hub else " (a local folder)")) if base else "a base model"
     code = [f"from transformers import {auto}", "from peft import PeftModel", "",
             f"base = {auto}.from_pretrained({q(base or 'BASE_MODEL')})",
             f"model = PeftModel.from_pretrained(base, {q(PLACEHOLDER)}"

@@ -406,19 +406,24 @@ class PrefixTuningModel(nn.Module):
             self._check_adapter(name)
         if not is_main_process:
             return
-        for name in names:
-            out_dir = save_directory if name == "default" else os.path.join(save_directory, name)
-            os.makedirs(out_dir, exist_ok=True)
-            tensors = {SAVED_KEY: self.get_prompt_embedding_to_save(name)}
-            if safe_serialization:
-                save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
-            else:
-                torch.save(tensors, os.path.join(out_dir, LEGACY_WEIGHTS_NAME))
-            base_name = base_model_name(self, name) or None
-            # A saved adapter holds only the projected prefix, hence inference_mode=True (as PEFT writes).
-            dataclasses.replace(self.peft_config[name], inference_mode=True,
-                                base_model_name_or_path=base_name).save_pretrained(out_dir)
-        write_model_card(self, save_directory, {name: "." if name == "default" else name for name in names})
+        folders = {name: "." if name == "default" else name for name in names}
+        for name, folder in folders.items():
+            self.save_adapter_files(name, os.path.join(save_directory, folder), safe_serialization)
+        write_model_card(self, save_directory, folders)
+
+    def save_adapter_files(self, adapter_name: str, out_dir: str, safe_serialization: bool = True) -> None:
+        """One adapter's adapter_config.json and weights, in `out_dir` itself whatever its name (no
+        model card; save_pretrained puts adapters other than "default" in subfolders)."""
+        os.makedirs(out_dir, exist_ok=True)
+        tensors = {SAVED_KEY: self.get_prompt_embedding_to_save(adapter_name)}
+        if safe_serialization:
+            save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, os.path.join(out_dir, LEGACY_WEIGHTS_NAME))
+        # A saved adapter holds only the projected prefix, hence inference_mode=True (as PEFT writes).
+        config = dataclasses.replace(self.peft_config[adapter_name], inference_mode=True,
+                                     base_model_name_or_path=base_model_name(self, adapter_name) or None)
+        config.save_pretrained(out_dir)
 
     def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
                     commit_message: str = "Upload prefix-tuning adapter", revision: Optional[str] = None,

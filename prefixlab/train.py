@@ -615,16 +615,13 @@ def save_adapter(peft_model, name: str, target: Path, training: str = "") -> Non
     tmp = target.with_name(f".{target.name}.tmp")
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(tmp, selected_adapters=[name])
-    saved = tmp / name if (tmp / name / "adapter_config.json").exists() else tmp  # PEFT nests non-default names
-    (saved / "README.md").unlink(missing_ok=True)  # save_pretrained's card describes tmp's layout
-    write_model_card(peft_model, str(saved), {name: "."}, training)
+    peft_model.save_adapter_files(name, str(tmp))
+    write_model_card(peft_model, str(tmp), {name: "."}, training)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.rename(old)
-    saved.rename(target)
+    tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
