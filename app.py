@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     # Imported after parsing so that --help answers at once.
-    from prefixlab.runs import JobQueue
+    from prefixlab.engine.runs import JobQueue
     from prefixlab.ui import build_app
     from prefixlab.ui.app import CSS, REPO_PRESETS
 

@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests never touch the network: models come from prefixlab.tiny."""
+"""Shared fixtures. Tests never touch the network: models come from prefixlab.engine.tiny."""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ import warnings
 import torch
 
 import prefixlab
-from prefixlab.gpucheck import copy_prefix  # noqa: F401 (shared with the GPU check)
-from prefixlab.gpucheck import greedy_by_recompute as manual_greedy  # noqa: F401 (re-exported for the tests)
-from prefixlab.tiny import tiny_model
+from prefixlab.tools.gpucheck import copy_prefix  # noqa: F401 (shared with the GPU check)
+from prefixlab.tools.gpucheck import greedy_by_recompute as manual_greedy  # noqa: F401 (re-exported for the tests)
+from prefixlab.engine.tiny import tiny_model
 
 ARCH_TASK = {"gpt2": "CAUSAL_LM", "llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM", "bart": "SEQ_2_SEQ_LM"}
 ARCHS = tuple(ARCH_TASK)

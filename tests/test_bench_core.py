@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from prefixlab.bench import BenchArgs, format_report, main, parse_args, probe_peak_memory
+from prefixlab.tools.bench import BenchArgs, format_report, main, parse_args, probe_peak_memory
 
 CONTENDERS = {"floor", "prefixlab/no_projection", "peft/no_projection", "prefixlab/projection", "peft/projection"}
 

@@ -27,8 +27,8 @@ import pytest
 import torch
 from test_worker_e2e import assert_loads_in_peft_with_our_logits
 
-from prefixlab.experiment import ExperimentSpec
-from prefixlab.tiny import tiny_config
+from prefixlab.engine.spec import ExperimentSpec
+from prefixlab.engine.tiny import tiny_config
 
 pytestmark = pytest.mark.browser
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from prefixlab import get_peft_model
-from prefixlab.__main__ import CliError, _import, main
-from prefixlab.bench_engine import bench_spec, compare, measure_one
-from prefixlab.experiment import ExperimentSpec
-from prefixlab.runs import QUEUE_LAUNCH_ENV, JobQueue, RunDir
-from prefixlab.tiny import tiny_model
-from prefixlab.train import run_worker
+from prefixlab.cli import CliError, _import, main
+from prefixlab.tools.bench_engine import bench_spec, compare, measure_one
+from prefixlab.engine.spec import ExperimentSpec
+from prefixlab.engine.runs import QUEUE_LAUNCH_ENV, JobQueue, RunDir
+from prefixlab.engine.tiny import tiny_model
+from prefixlab.engine.worker import run_worker
 
 
 def tiny_spec_dict(**data) -> dict:
@@ -208,13 +208,13 @@ def test_train_spec_into_a_killed_runs_folder_says_the_worker_died(finished_run,
 
 
 def test_double_ctrl_c_fails_the_run_with_a_short_message(tmp_path, capsys, monkeypatch):
-    import prefixlab.train
+    import prefixlab.engine.worker
 
     def interrupted_twice(job):
         signal.raise_signal(signal.SIGINT)  # the first: stop after this step, saving
         signal.raise_signal(signal.SIGINT)  # the second: stop now
 
-    monkeypatch.setattr(prefixlab.train.Job, "train", interrupted_twice)
+    monkeypatch.setattr(prefixlab.engine.worker.Job, "train", interrupted_twice)
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(tiny_spec_dict()))
     run = RunDir(tmp_path / "run")
@@ -256,8 +256,8 @@ def test_page_generation_reads_adapters_the_worker_saved_again(finished_run, tmp
     steps, and the final one) must replace the cached adapters, without reloading the base."""
     from safetensors.torch import load_file
 
-    from prefixlab.model import WEIGHTS_NAME
-    from prefixlab.train import save_adapter
+    from prefixlab.core.model import WEIGHTS_NAME
+    from prefixlab.engine.worker import save_adapter
     from prefixlab.ui import generate
 
     run = RunDir(shutil.copytree(finished_run.path, tmp_path / "run"))
@@ -336,8 +336,8 @@ def test_runs_lists_every_run_with_dead_workers_named(tmp_path, capsys):
 def test_missing_optional_module_is_a_clear_error():
     with pytest.raises(CliError, match="the GPU check is not available .*prefixlab.no_such_module is missing"):
         _import("prefixlab.no_such_module", "main", "the GPU check")
-    with pytest.raises(CliError, match="prefixlab.runs has no main"):
-        _import("prefixlab.runs", "main", "x")
+    with pytest.raises(CliError, match="prefixlab.engine.runs has no main"):
+        _import("prefixlab.engine.runs", "main", "x")
 
 
 def test_engine_bench_pieces():
@@ -356,10 +356,10 @@ def test_engine_bench_pieces():
 
 
 def test_gpucheck_arguments_pass_through(monkeypatch):
-    import prefixlab.gpucheck
+    import prefixlab.tools.gpucheck
 
     seen = []
-    monkeypatch.setattr(prefixlab.gpucheck, "main", lambda argv: seen.append(argv) or 7)
+    monkeypatch.setattr(prefixlab.tools.gpucheck, "main", lambda argv: seen.append(argv) or 7)
     assert main(["gpucheck", "--out", "results", "--sections", "parity"]) == 7
     assert main(["gpucheck", "--", "--help"]) == 7
     assert seen == [["--out", "results", "--sections", "parity"], ["--help"]]
@@ -413,9 +413,9 @@ def test_train_spec_refuses_what_the_worker_would_fail_on_before_making_a_run(tm
 def test_a_second_process_refuses_a_finished_run_without_touching_it(finished_run, tmp_path, monkeypatch, capsys):
     """Under accelerate launch, a process other than the first must refuse what the first refuses (a
     finished run's folder) before writing anything: its spec.json stays the finished run's."""
-    import prefixlab.train
+    import prefixlab.engine.worker
 
-    monkeypatch.setattr(prefixlab.train, "is_main_process", lambda: False)
+    monkeypatch.setattr(prefixlab.engine.worker, "is_main_process", lambda: False)
     spec = tiny_spec_dict()
     spec["name"] = "another"
     spec_path = tmp_path / "another.json"
@@ -430,7 +430,7 @@ def test_train_run_dir_refuses_a_queued_run_another_worker_has_locked(finished_r
     """The page's queue launched a worker on this run a moment ago; it holds worker.lock but has
     not yet written `running`. A `train --run-dir` now must not train the run a second time."""
     run = copy_run(finished_run, tmp_path, state="queued")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom prefixlab.runs import worker_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom prefixlab.engine.runs import worker_lock\n"
                                "with worker_lock(sys.argv[1]):\n print('held', flush=True)\n sys.stdin.read()",
                                str(run.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -455,7 +455,7 @@ def test_train_run_dir_refuses_a_queued_run_another_worker_has_locked(finished_r
 def test_train_refuses_a_precision_this_machine_cannot_train_in_before_making_a_run(tmp_path, capsys,
                                                                                      monkeypatch):
     """fp16 needs a GPU: refused like any other setup failure, naming the field, with no run folder."""
-    from prefixlab import devices
+    from prefixlab.engine import devices
 
     monkeypatch.setattr(devices, "training_device_type", lambda: "cpu")  # as here; also on a GPU machine
     spec_path = tmp_path / "fp16.json"
@@ -469,7 +469,8 @@ def test_train_refuses_a_precision_this_machine_cannot_train_in_before_making_a_
 def test_the_precision_check_never_asks_a_cuda_gpu(monkeypatch):
     """On CUDA the page's process must not open a CUDA context (the GPU is the worker's), so the
     bf16 check is left to the worker there."""
-    from prefixlab import devices, preflight
+    from prefixlab.engine import checks as preflight
+    from prefixlab.engine import devices
 
     monkeypatch.setattr(devices, "training_device_type", lambda: "cuda")
     monkeypatch.setattr(devices, "cuda_bf16_native", lambda: pytest.fail("preflight asked the GPU"))

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefixlab import compare
-from prefixlab.config import PrefixTuningConfig
-from prefixlab.experiment import ExperimentSpec
-from prefixlab.runs import RunDir, append_jsonl, atomic_write_json
+from prefixlab.views import tables as compare
+from prefixlab.core.config import PrefixTuningConfig
+from prefixlab.engine.spec import ExperimentSpec
+from prefixlab.engine.runs import RunDir, append_jsonl, atomic_write_json
 
 
 def _spec(model="tiny-gpt2", n=4):
@@ -90,7 +90,7 @@ def test_output_grid_columns_prompt_reference_base_then_variants(tmp_path):
 def test_accounting_without_weights_equals_the_built_model(model_name, projection, tmp_path, seed):
     """First principles: counts from config arithmetic == counting the real model's tensors."""
     from prefixlab import get_peft_model
-    from prefixlab.zoo import load_base
+    from prefixlab.engine.zoo import load_base
 
     prefix = PrefixTuningConfig(num_virtual_tokens=3, prefix_projection=projection, encoder_hidden_size=24)
     counts = compare.variant_accounting(model_name, prefix)

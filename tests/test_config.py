@@ -12,9 +12,9 @@ from transformers import PretrainedConfig
 
 from core_helpers import ARCHS, ours_config, peft_config
 from prefixlab import PeftType, PrefixTuningConfig, TaskType, get_peft_model
-from prefixlab.config import INFERRED_FIELDS, infer_sizes, kv_layout
-from prefixlab.encoder import prefix_parameter_counts
-from prefixlab.tiny import tiny_config, tiny_model
+from prefixlab.core.config import INFERRED_FIELDS, infer_sizes, kv_layout
+from prefixlab.core.encoder import prefix_parameter_counts
+from prefixlab.engine.tiny import tiny_config, tiny_model
 
 
 def test_fields_defaults_and_help_equal_peft():

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from prefixlab import data
-from prefixlab.config import TaskType
-from prefixlab.data import DataError, read_records
-from prefixlab.e2e import generate_splits
-from prefixlab.tiny import EOS_ID, PAD_ID, tiny_model, tiny_tokenizer
+from prefixlab.engine import data
+from prefixlab.core.config import TaskType
+from prefixlab.engine.data import DataError, read_records
+from prefixlab.tools.make_task import generate_splits
+from prefixlab.engine.tiny import EOS_ID, PAD_ID, tiny_model, tiny_tokenizer
 
 CAUSAL, SEQ2SEQ = TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM
 SEP = " => "
@@ -244,8 +244,8 @@ def test_json_array_errors_name_the_item_not_a_line(tmp_path):
 def test_a_bad_file_gets_one_message_from_every_reader(tmp_path, name, text):
     """The page fills its column pickers and checks the upload with read_table, then
     the chosen columns with preflight.task_data_errors (load_task); all of them name the same problem."""
-    from prefixlab.experiment import DataSpec
-    from prefixlab.preflight import task_data_errors
+    from prefixlab.engine.spec import DataSpec
+    from prefixlab.engine.checks import task_data_errors
 
     msg = _error(tmp_path, name, text)
     for reader in (data.read_table, data.read_records):
@@ -291,7 +291,7 @@ def test_hub_dataset_columns_are_mapped_and_validation_held_out(monkeypatch):
     fake = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)})
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda name, config: calls.append((name, config)) or fake)
-    monkeypatch.setattr("prefixlab.zoo.hub_offline", lambda: True)  # skip the reachability probe
+    monkeypatch.setattr("prefixlab.core.hub.hub_offline", lambda: True)  # skip the reachability probe
     splits = data.load_task("e2e_nlg", source_column="meaning_representation",
                             target_column="human_reference", hub_config="cfg")
     assert calls == [("e2e_nlg", "cfg")]
@@ -325,7 +325,7 @@ def test_a_script_dataset_loads_from_its_parquet_copy_or_says_what_to_do(monkeyp
         raise FileNotFoundError(f"Revision '{revision}' doesn't exist for dataset 'GEM/web_nlg'")
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    monkeypatch.setattr("prefixlab.zoo.hub_offline", lambda: True)  # skip the reachability probe
+    monkeypatch.setattr("prefixlab.core.hub.hub_offline", lambda: True)  # skip the reachability probe
     parquet_copy = True
     splits = data.load_task("GEM/web_nlg", source_column="a", target_column="b")
     assert calls == [None, "refs/convert/parquet"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prefixlab import e2e
+from prefixlab.tools import make_task as e2e
 
 SHIPPED = Path(__file__).resolve().parents[1] / "presets" / "data" / "e2e_synth"
 
@@ -104,7 +104,7 @@ def test_targets_vary(splits):
 
 def test_cli_writes_the_files(tmp_path):
     out = tmp_path / "e2e"
-    subprocess.run([sys.executable, "-m", "prefixlab.e2e", "--out", str(out), "--train", "30",
+    subprocess.run([sys.executable, "-m", "prefixlab.tools.make_task", "--out", str(out), "--train", "30",
                     "--validation", "4", "--test", "4", "--seed", "5"], check=True,
                    cwd=Path(__file__).resolve().parents[1], capture_output=True)
     expected = e2e.generate_splits(5, {"train": 30, "validation": 4, "test": 4})

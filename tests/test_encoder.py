@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prefixlab import PrefixEncoder, PrefixTuningConfig
-from prefixlab.encoder import prefix_parameter_counts
+from prefixlab.core.encoder import prefix_parameter_counts
 
 
 def _config(projection: bool, **extra) -> PrefixTuningConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prefixlab import PrefixTuningConfig
-from prefixlab.experiment import (
+from prefixlab.engine.spec import (
     ExperimentSpec,
     SpecError,
     TrainingSpec,

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from prefixlab import PrefixTuningConfig, get_peft_model
-from prefixlab.model import layer_rows
-from prefixlab.tiny import tiny_model
+from prefixlab.core.model import layer_rows
+from prefixlab.engine.tiny import tiny_model
 
 
 def _kv_of(model, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

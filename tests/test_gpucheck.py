@@ -22,8 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from prefixlab import gpucheck
-from prefixlab.gpucheck.report import (
+from prefixlab.tools import gpucheck
+from prefixlab.tools.gpucheck.report import (
     median,
     overall_status,
     ratio,
@@ -45,7 +45,7 @@ def cpu_context(tmp_path: Path, seconds: float = 120.0, **kwargs) -> gpucheck.Ch
 # Without CUDA
 
 
-@pytest.mark.parametrize("command", [["-m", "prefixlab.gpucheck"], ["-m", "prefixlab", "gpucheck"]])
+@pytest.mark.parametrize("command", [["-m", "prefixlab.tools.gpucheck"], ["-m", "prefixlab", "gpucheck"]])
 def test_without_cuda_it_exits_2_with_a_clear_message_and_writes_nothing(tmp_path, command):
     out = tmp_path / "out"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA even where this suite runs on a GPU machine
@@ -241,18 +241,18 @@ def test_memory_probes_report_nothing_off_cuda():
 def test_device_memory_poller_arithmetic_with_a_fake_device(monkeypatch):
     """The CUDA-only logic, with cudaMemGetInfo replaced by a script of readings (bytes used)."""
     readings = iter([1000, 1000, 5000, 3000] + [1000] * 1000)
-    monkeypatch.setattr("prefixlab.gpucheck.common.device_used_bytes", lambda device: next(readings))
+    monkeypatch.setattr("prefixlab.tools.gpucheck.common.device_used_bytes", lambda device: next(readings))
     with gpucheck.DeviceMemoryPoller("cuda", interval_s=0.001) as poller:
         while poller.peak < 5000:
             time.sleep(0.001)
     assert poller.baseline == 1000 and poller.peak_above_baseline == 4000
     assert poller.released(wait_s=1.0) is True
-    monkeypatch.setattr("prefixlab.gpucheck.common.device_used_bytes", lambda device: 1000 + poller.SLACK_BYTES + 1)
+    monkeypatch.setattr("prefixlab.tools.gpucheck.common.device_used_bytes", lambda device: 1000 + poller.SLACK_BYTES + 1)
     assert poller.released(wait_s=0.3) is False
 
 
 def test_step_peak_bytes_is_the_peak_above_the_start(monkeypatch):
-    monkeypatch.setattr("prefixlab.gpucheck.common._sync", lambda device: None)
+    monkeypatch.setattr("prefixlab.tools.gpucheck.common._sync", lambda device: None)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: None)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 100)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 350)
@@ -293,15 +293,15 @@ def test_parity_case_passes_for_prefixlab(tmp_path, arch, projection):
 
 
 def test_parity_case_catches_a_wrong_prefix_layout(tmp_path, monkeypatch):
-    import prefixlab.model
+    import prefixlab.core.model
 
-    original = prefixlab.model.prefix_key_values
+    original = prefixlab.core.model.prefix_key_values
 
     def keys_and_values_swapped(states, config):  # a plausible bug that shapes and dtypes cannot reveal
         kv = original(states, config)  # (2L, heads, n, head_dim), rows key, value, key, value, ...
         return kv.view(config.num_layers, 2, *kv.shape[1:]).flip(1).reshape(kv.shape)
 
-    monkeypatch.setattr(prefixlab.model, "prefix_key_values", keys_and_values_swapped)
+    monkeypatch.setattr(prefixlab.core.model, "prefix_key_values", keys_and_values_swapped)
     rows, generation = gpucheck.parity_case("gpt2", False, cpu_context(tmp_path))
     assert not rows[0]["ok"] and rows[0]["err_peft"] > 100 * gpucheck.FP32_ATOL
 

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 import prefixlab
 from core_helpers import ours_config
 from prefixlab import PrefixTuningModel, get_peft_model
-from prefixlab.tiny import tiny_model
-from prefixlab.trainer import ENCODER_STATE_NAME
+from prefixlab.engine.tiny import tiny_model
+from prefixlab.core.hf_trainer import ENCODER_STATE_NAME
 
 
 def examples(n=8, seed=0):
@@ -89,7 +89,7 @@ def test_resuming_from_an_adapter_folder_alone_says_what_is_missing(tmp_path):
     model = fresh()
     model.save_pretrained(tmp_path / "adapter")
     trainer = prefixlab.Trainer(model=fresh(), args=args(tmp_path / "out"), train_dataset=examples())
-    with pytest.raises(prefixlab.config.AdapterFileError, match="resuming needs a checkpoint written by prefixlab"):
+    with pytest.raises(prefixlab.core.config.AdapterFileError, match="resuming needs a checkpoint written by prefixlab"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "adapter"))
 
 

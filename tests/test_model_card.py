@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from core_helpers import ours_config, padded_batch, randomize_prefix
 from prefixlab import get_peft_model
-from prefixlab.card import PLACEHOLDER
-from prefixlab.tiny import tiny_model
+from prefixlab.core.card import PLACEHOLDER
+from prefixlab.engine.tiny import tiny_model
 
 AUTO = {"gpt2": AutoModelForCausalLM, "t5": AutoModelForSeq2SeqLM}
 
@@ -127,7 +127,7 @@ def test_a_base_built_from_a_config_has_no_name_to_link(tmp_path):
 
 
 def test_a_worker_s_adapter_folder_has_a_card_for_that_folder(tmp_path):
-    from prefixlab.train import save_adapter
+    from prefixlab.engine.worker import save_adapter
 
     ours = get_peft_model(tiny_model("gpt2"), ours_config("gpt2", False), adapter_name="no_projection")
     save_adapter(ours, "no_projection", tmp_path / "adapters" / "no_projection")
@@ -151,9 +151,9 @@ def test_a_base_loaded_from_a_relative_folder_is_not_taken_for_a_hub_id(tmp_path
 def test_a_run_s_adapter_card_says_how_it_was_trained_and_holds_the_spec(tmp_path):
     from test_cli import tiny_spec_dict
 
-    from prefixlab.experiment import ExperimentSpec
-    from prefixlab.runs import RunDir
-    from prefixlab.train import run_worker
+    from prefixlab.engine.spec import ExperimentSpec
+    from prefixlab.engine.runs import RunDir
+    from prefixlab.engine.worker import run_worker
 
     run = RunDir(tmp_path / "run")
     run.write_spec(ExperimentSpec.from_dict({**tiny_spec_dict(), "description": "A card\ntest."}))

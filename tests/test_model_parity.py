@@ -29,9 +29,9 @@ from core_helpers import (
     randomize_prefix,
 )
 from prefixlab import PrefixTuningConfig, PrefixTuningModel, get_peft_model
-from prefixlab.encoder import PrefixEncoder
-from prefixlab.model import cache_kwarg_name
-from prefixlab.tiny import EOS_ID, tiny_model
+from prefixlab.core.encoder import PrefixEncoder
+from prefixlab.core.model import cache_kwarg_name
+from prefixlab.engine.tiny import EOS_ID, tiny_model
 
 PARAMS = [(arch, projection) for arch in ARCHS for projection in (False, True)]
 

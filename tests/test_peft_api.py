@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from core_helpers import ours_config, padded_batch, peft_pair, randomize_prefix
-from prefixlab import PrefixTuningModel, get_peft_model, zoo
-from prefixlab.config import AdapterFileError
-from prefixlab.tiny import tiny_model
+from prefixlab import PrefixTuningModel, get_peft_model
+from prefixlab.core.config import AdapterFileError
+from prefixlab.engine.tiny import tiny_model
 
 
 def _logits(model, batch):
@@ -195,7 +195,7 @@ def test_from_pretrained_fetches_a_hub_adapter_with_subfolder(saved, tmp_path, m
         return str(repo)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(zoo, "_cache_only", lambda name: (False, None))
+    monkeypatch.setattr("prefixlab.core.hub.cache_only", lambda name: (False, None))
     loaded = PrefixTuningModel.from_pretrained(tiny_model("gpt2"), "me/prefix", subfolder="sub", revision="v1")
     assert calls == [("me/prefix", ["sub/adapter_config.json", "sub/adapter_model.bin",
                                     "sub/adapter_model.safetensors"], False, {"revision": "v1"})]
@@ -212,7 +212,7 @@ def test_a_hub_adapter_that_cannot_be_fetched_says_why_and_what_to_do(monkeypatc
         raise huggingface_hub.errors.LocalEntryNotFoundError("Cannot find the requested files in the disk cache")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(zoo, "_cache_only", lambda name: (True, "HF_HUB_OFFLINE is set"))
+    monkeypatch.setattr("prefixlab.core.hub.cache_only", lambda name: (True, "HF_HUB_OFFLINE is set"))
     with pytest.raises(AdapterFileError) as err:
         PrefixTuningModel.from_pretrained(tiny_model("gpt2"), "me/missing")
     assert str(err.value) == (
@@ -250,7 +250,7 @@ def test_peft_s_loading_keywords_run_unchanged_with_peft_s_result(saved):
 
 
 def test_torch_device_is_where_the_file_is_read_and_the_prefix_stays_with_the_model(saved, monkeypatch):
-    from prefixlab import model as model_module
+    from prefixlab.core import model as model_module
 
     _, path = saved
     reads, real = [], model_module.load_file

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefixlab import plots
+from prefixlab.views import figures as plots
 
 
 def _metrics():

@@ -18,14 +18,14 @@ import torch
 from safetensors import safe_open
 
 import prefixlab
-import prefixlab.devices as devices
-import prefixlab.train as train_module
+import prefixlab.engine.devices as devices
+import prefixlab.engine.worker as train_module
 from core_helpers import ARCHS, copy_prefix, is_seq2seq, ours_config, padded_batch, peft_config
 from prefixlab import PrefixTuningModel, get_peft_model
-from prefixlab.runs import DONE, FAILED
-from prefixlab.tiny import tiny_model
-from prefixlab.devices import make_accelerator, mixed_precision_for, select_mixed_precision
-from prefixlab.train import Job, run_worker
+from prefixlab.engine.runs import DONE, FAILED
+from prefixlab.engine.tiny import tiny_model
+from prefixlab.engine.devices import make_accelerator, mixed_precision_for, select_mixed_precision
+from prefixlab.engine.worker import Job, run_worker
 from test_train import start, tiny_spec, train_lines
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -149,7 +149,7 @@ def test_stale_accelerate_state():
 
 def test_accelerators_with_different_precisions_in_one_process():
     """accelerate keeps one process-wide state; a second job with another precision must still start."""
-    from prefixlab.experiment import TrainingSpec
+    from prefixlab.engine.spec import TrainingSpec
 
     sequence = (("bf16", "bf16"), ("fp32", "no"), ("bf16", "bf16"), ("auto", mixed_precision_for("auto")))
     for precision, expected in sequence:
@@ -238,7 +238,7 @@ def greedy_shortfall(model, prompt: torch.Tensor, out: torch.Tensor, seq2seq: bo
             logits = model(input_ids=prompt, decoder_input_ids=out[:, :t]).logits[:, -1].float()
         else:
             logits = model(input_ids=out[:, :t]).logits[:, -1].float()
-        logits[:, prefixlab.tiny.EOS_ID] = float("-inf")
+        logits[:, prefixlab.engine.tiny.EOS_ID] = float("-inf")
         chosen = logits.gather(1, out[:, t:t + 1]).squeeze(1)
         worst = max(worst, (logits.max(-1).values - chosen).max().item())
     return worst
@@ -256,7 +256,7 @@ def test_generate_with_bf16_weights_and_under_autocast(device, arch):
     prompt = padded_batch(arch)["input_ids"][:2].to(device)  # (2, 7), no padding in the first two rows
     low = get_peft_model(tiny_model(arch).to(device, torch.bfloat16), ours_config(arch, True))
     random_prefix(low)
-    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, suppress_tokens=[prefixlab.tiny.EOS_ID])
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, suppress_tokens=[prefixlab.engine.tiny.EOS_ID])
     got = low.generate(input_ids=prompt, **kwargs)
     assert greedy_shortfall(low, prompt, got, seq2seq) <= GREEDY_BF16_TOLERANCE
     without_prefix = low.base_model.generate(input_ids=prompt, **kwargs)
@@ -368,7 +368,7 @@ def test_worker_in_bf16_autocast_trains_and_saves_fp32(tmp_path, monkeypatch):
 def test_worker_with_bf16_base_weights_trains_an_fp32_prefix(tmp_path, monkeypatch, model_name):
     """A base loaded in bf16 (load_base(dtype=torch.bfloat16)): the prefix and its optimizer stay fp32,
     training works, the saved adapter is fp32 and loads onto the fp32 base."""
-    from prefixlab import zoo
+    from prefixlab.engine import zoo
 
     original_load = zoo.load_base
     monkeypatch.setattr(zoo, "load_base", lambda name, **kw: original_load(name, dtype=torch.bfloat16))

@@ -1,4 +1,4 @@
-"""The shipped pretrained offline base `tiny-gpt2-e2e` and the script that makes it (prefixlab.pretrain)."""
+"""The shipped pretrained offline base `tiny-gpt2-e2e` and the script that makes it (prefixlab.tools.pretrain)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from prefixlab import pretrain, zoo
-from prefixlab.config import TaskType
-from prefixlab.data import BUILTIN_TASKS, read_examples
-from prefixlab.tiny import EOS_ID, tiny_model
+from prefixlab.engine import zoo
+from prefixlab.tools import pretrain
+from prefixlab.core.config import TaskType
+from prefixlab.engine.data import BUILTIN_TASKS, read_examples
+from prefixlab.engine.tiny import EOS_ID, tiny_model
 
 NAME = "tiny-gpt2-e2e"
 FOLDER = zoo.SHIPPED_MODELS[NAME]
@@ -124,7 +125,7 @@ def test_greedy_generation_writes_words_of_the_domain(shipped):
 def test_model_card_states_how_it_was_made():
     card = (FOLDER / "README.md").read_text(encoding="utf-8")
     losses = json.loads((FOLDER / "losses.json").read_text())
-    assert "python -m prefixlab.pretrain --out presets/models/tiny-gpt2-e2e" in card
+    assert "python -m prefixlab.tools.pretrain --out presets/models/tiny-gpt2-e2e" in card
     assert re.search(r"torch \d+\.\d+\.\d+\S*, transformers \d+\.\d+\.\d+, CPU, one thread, seed 0", card)
     assert f"- steps: {len(losses)} " in card
     assert f"final training loss (mean of the last 20 steps): {pretrain.final_loss(losses):.4f}" in card
@@ -136,7 +137,7 @@ def test_missing_shipped_folder_says_how_to_regenerate(monkeypatch, tmp_path):
     for call in (zoo.load_base, zoo.load_model_config):
         with pytest.raises(zoo.ModelLoadError, match=r"offline preset 'tiny-gpt2-e2e': config\.json or "
                            r"model\.safetensors is missing from .*gone; restore them from git or regenerate "
-                           r"them with `python -m prefixlab\.pretrain --out presets/models/tiny-gpt2-e2e`"):
+                           r"them with `python -m prefixlab\.tools\.pretrain --out presets/models/tiny-gpt2-e2e`"):
             call(NAME)
 
 
@@ -165,7 +166,7 @@ def test_pretraining_is_deterministic_across_runs_and_processes(tmp_path, small_
     second = pretrain.run(_quick_args(tmp_path / "b", small_train), log=lambda _: None)
     torch.manual_seed(7)
     assert torch.equal(torch.rand(1), before) and torch.get_num_threads() == threads  # caller's state untouched
-    subprocess.run([sys.executable, "-m", "prefixlab.pretrain", "--out", str(tmp_path / "c"), "--train-file",
+    subprocess.run([sys.executable, "-m", "prefixlab.tools.pretrain", "--out", str(tmp_path / "c"), "--train-file",
                     str(small_train), *QUICK], check=True, cwd=REPO, capture_output=True)
     weights = [(d / "model.safetensors").read_bytes() for d in (first, second, tmp_path / "c")]
     assert weights[0] == weights[1] == weights[2]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from prefixlab.tiny import tiny_model
+from prefixlab.engine.tiny import tiny_model
 
 WIKI = Path(__file__).resolve().parents[2] / "shared" / "reference" / "PrefixTuningConfig.wiki.txt"
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from prefixlab import compare
-from prefixlab.experiment import ExperimentSpec, SpecError
-from prefixlab.runs import (
+from prefixlab.views import tables as compare
+from prefixlab.engine.spec import ExperimentSpec, SpecError
+from prefixlab.engine.runs import (
     CANCELLED,
     DONE,
     FAILED,
@@ -425,7 +425,7 @@ def test_a_worker_rewrites_a_status_json_whose_content_is_bad():
     import tempfile
     import threading
 
-    from prefixlab.train import StatusWriter
+    from prefixlab.engine.worker import StatusWriter
 
     run = RunDir(Path(tempfile.mkdtemp()) / "run")
     run.path.mkdir()
@@ -461,7 +461,7 @@ def test_a_run_another_worker_took_is_not_failed_when_the_queue_s_worker_refuses
 
 HOLD_LOCK = textwrap.dedent("""
     import sys
-    from prefixlab.runs import worker_lock
+    from prefixlab.engine.runs import worker_lock
     with worker_lock(sys.argv[1]):
         print("held", flush=True)
         sys.stdin.read()  # until the test closes our stdin, or kills us
@@ -507,7 +507,7 @@ def test_the_worker_lock_excludes_other_processes_and_dies_with_its_holder(tmp_p
 
 
 def test_run_worker_refuses_a_run_another_worker_holds_and_writes_nothing(tmp_path, hold_lock):
-    from prefixlab.train import run_worker
+    from prefixlab.engine.worker import run_worker
 
     run = RunDir(tmp_path / "run")
     run.write_spec(spec())

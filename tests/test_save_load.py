@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from core_helpers import ARCHS, ours_config, padded_batch, peft_pair, randomize_prefix
 from prefixlab import PrefixTuningModel, get_peft_model
-from prefixlab.config import AdapterFileError
-from prefixlab.tiny import tiny_model
+from prefixlab.core.config import AdapterFileError
+from prefixlab.engine.tiny import tiny_model
 
 PARAMS = [(arch, projection) for arch in ARCHS for projection in (False, True)]
 

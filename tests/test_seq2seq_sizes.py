@@ -20,9 +20,9 @@ from transformers import DynamicCache, EncoderDecoderCache, T5Config
 
 from core_helpers import decoder_start, manual_greedy, ours_config, randomize_prefix
 from prefixlab import PrefixTuningModel, get_peft_model
-from prefixlab.config import infer_sizes
-from prefixlab.model import cache_kwarg_name
-from prefixlab.tiny import tiny_config, tiny_model
+from prefixlab.core.config import infer_sizes
+from prefixlab.core.model import cache_kwarg_name
+from prefixlab.engine.tiny import tiny_config, tiny_model
 
 RTOL, ATOL = 1e-4, 1e-5  # float32 on the CPU; the same computation in another order
 # name: (arch, overrides, (num_layers, num_attention_heads, head_dim) the decoder's attention needs)

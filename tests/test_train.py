@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from prefixlab import PrefixTuningModel, get_peft_model
-from prefixlab.experiment import ExperimentSpec, TrainingSpec
-from prefixlab.runs import CANCELLED, DONE, FAILED, RunDir
-from prefixlab.tiny import tiny_model
-from prefixlab.devices import mixed_precision_for, training_device_type
-from prefixlab.train import (
+from prefixlab.engine.spec import ExperimentSpec, TrainingSpec
+from prefixlab.engine.runs import CANCELLED, DONE, FAILED, RunDir
+from prefixlab.engine.tiny import tiny_model
+from prefixlab.engine.devices import mixed_precision_for, training_device_type
+from prefixlab.engine.worker import (
     Job,
     describe_error,
     generation_kwargs,
@@ -231,7 +231,7 @@ def test_the_position_limit_is_where_gpt2_stops_working():
     """zoo.position_limit is real: with the prefix in the cache, tiny-gpt2 takes exactly
     limit - num_virtual_tokens tokens, and one more fails inside the model."""
     from prefixlab import PrefixTuningConfig
-    from prefixlab.zoo import load_model_config, position_limit
+    from prefixlab.engine.zoo import load_model_config, position_limit
 
     limit = position_limit(load_model_config("tiny-gpt2"))
     assert limit == 512 and position_limit(load_model_config("tiny-llama")) is None  # rotary: no table
@@ -248,7 +248,7 @@ def test_the_position_limit_holds_for_opt_and_bart_too():
     from transformers import BartConfig, BartForConditionalGeneration, OPTConfig, OPTForCausalLM
 
     from prefixlab import PrefixTuningConfig
-    from prefixlab.zoo import position_limit
+    from prefixlab.engine.zoo import position_limit
 
     torch.manual_seed(0)
     opt = OPTForCausalLM(OPTConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -296,11 +296,11 @@ def test_generate_outputs_fills_exactly_the_room_left_and_refuses_one_more_token
     model itself fails there."""
     from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel
 
-    import prefixlab.train as train_module
-    from prefixlab.data import encode_prompts
-    from prefixlab.experiment import SpecError
-    from prefixlab.train import generate_outputs
-    from prefixlab.zoo import load_base
+    import prefixlab.engine.worker as train_module
+    from prefixlab.engine.data import encode_prompts
+    from prefixlab.engine.spec import SpecError
+    from prefixlab.engine.worker import generate_outputs
+    from prefixlab.engine.zoo import load_base
 
     spec = tiny_spec()
     tokenizer = load_base("tiny-gpt2")[1]  # ByT5's: 384 ids, pad 0, eos 1

@@ -7,7 +7,7 @@ import torch
 
 from core_helpers import ARCHS, ours_config, padded_batch, peft_config
 from prefixlab import get_peft_model
-from prefixlab.tiny import tiny_model
+from prefixlab.engine.tiny import tiny_model
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from prefixlab.runs import JobQueue
+from prefixlab.engine.runs import JobQueue
 from prefixlab.ui import build_app
 
 _spec = importlib.util.spec_from_file_location("lab_app", Path(__file__).resolve().parents[1] / "app.py")
@@ -49,7 +49,7 @@ def test_build_app_has_the_panels_and_a_one_second_timer(tmp_path):
 
 def test_model_choices_put_real_models_first_only_where_the_hub_answers():
     from prefixlab.ui.app import model_choices
-    from prefixlab.zoo import MODEL_PRESETS
+    from prefixlab.engine.zoo import MODEL_PRESETS
 
     offline_first = [name for _, name in model_choices(False)]
     online_first = [name for _, name in model_choices(True)]

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from prefixlab import experiment
-from prefixlab.config import INFERRED_FIELDS, PrefixTuningConfig
+from prefixlab.engine import spec as experiment
+from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig
 from prefixlab.ui import fields as ui_fields
 from prefixlab.ui.form import NONE_CHOICE, component_for, to_component_value
 

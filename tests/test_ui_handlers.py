@@ -16,8 +16,8 @@ import pytest
 from matplotlib.figure import Figure
 from test_compare import write_run
 
-from prefixlab.experiment import ExperimentSpec
-from prefixlab.runs import JobQueue, append_jsonl, atomic_write_json
+from prefixlab.engine.spec import ExperimentSpec
+from prefixlab.engine.runs import JobQueue, append_jsonl, atomic_write_json
 from prefixlab.ui import values
 from prefixlab.ui.fields import page_fields
 from prefixlab.ui.handlers import Lab, files_signature
@@ -77,7 +77,7 @@ def test_train_with_a_bad_value_names_the_field_and_submits_nothing(tmp_path):
 
 
 def test_train_in_a_precision_the_machine_cannot_do_is_refused_beside_the_field(tmp_path, monkeypatch):
-    from prefixlab import devices
+    from prefixlab.engine import devices
 
     monkeypatch.setattr(devices, "training_device_type", lambda: "cpu")
     lab = _lab(tmp_path)

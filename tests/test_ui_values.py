@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from prefixlab import preflight
-from prefixlab.experiment import ExperimentSpec
-from prefixlab.runs import RunInfo
+from prefixlab.engine import checks as preflight
+from prefixlab.engine.spec import ExperimentSpec
+from prefixlab.engine.runs import RunInfo
 from prefixlab.ui import values
 from prefixlab.ui.fields import page_fields
 from prefixlab.ui.form import component_for, to_component_value

@@ -16,9 +16,9 @@ import warnings
 import torch
 
 from prefixlab import PrefixTuningModel
-from prefixlab.experiment import ExperimentSpec
-from prefixlab.runs import CANCELLED, DONE, FAILED, RUNNING, JobQueue, RunDir
-from prefixlab.tiny import tiny_model, tiny_tokenizer
+from prefixlab.engine.spec import ExperimentSpec
+from prefixlab.engine.runs import CANCELLED, DONE, FAILED, RUNNING, JobQueue, RunDir
+from prefixlab.engine.tiny import tiny_model, tiny_tokenizer
 
 VARIANTS = ("no_projection", "projection")
 # The tiny base has random weights, so a prefix can only reshape its output distribution; from

@@ -13,9 +13,10 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, PreTrainedTokenizerFast, T5Config, ViTConfig
 
-from prefixlab import zoo
-from prefixlab.config import TaskType
-from prefixlab.tiny import tiny_model, tiny_tokenizer
+from prefixlab.core import hub
+from prefixlab.engine import zoo
+from prefixlab.core.config import TaskType
+from prefixlab.engine.tiny import tiny_model, tiny_tokenizer
 
 HUB_PRESETS = {
     "distilgpt2": TaskType.CAUSAL_LM, "gpt2": TaskType.CAUSAL_LM, "gpt2-medium": TaskType.CAUSAL_LM,
@@ -55,7 +56,7 @@ def test_offline_presets_are_the_tiny_models(name):
 
 
 def test_offline_presets_have_the_same_weights_in_another_process(tmp_path):
-    code = ("import sys, torch; from prefixlab import zoo\n"
+    code = ("import sys, torch; from prefixlab.engine import zoo\n"
             "torch.save({n: zoo.load_base(n)[0].state_dict() for n in sys.argv[2:]}, sys.argv[1])")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.pt"), *OFFLINE], check=True,
                    cwd=Path(__file__).resolve().parents[1], capture_output=True)
@@ -164,8 +165,8 @@ def test_reachability_probe_both_ways():
 
 def test_unreachable_hub_without_offline_flag_uses_the_cache_only(monkeypatch):
     """No HF_HUB_OFFLINE, but the Hub does not answer: fail at once instead of retrying for minutes."""
-    monkeypatch.setattr(zoo.hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(zoo.hub_constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(hub.hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub.hub_constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     with pytest.raises(zoo.ModelLoadError) as info:
         zoo.load_base("HuggingFaceTB/SmolLM2-135M")
     msg = str(info.value)

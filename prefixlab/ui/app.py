@@ -6,11 +6,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from prefixlab.runs import JobQueue
+from prefixlab.engine.runs import JobQueue
 from prefixlab.ui import panels
 from prefixlab.ui.fields import page_fields
 from prefixlab.ui.handlers import Lab
-from prefixlab.zoo import MODEL_PRESETS, describe_presets, hub_offline, hub_unreachable_reason
+from prefixlab.core.hub import hub_offline, hub_unreachable_reason
+from prefixlab.engine.zoo import MODEL_PRESETS, describe_presets
 
 REPO_PRESETS = Path(__file__).resolve().parents[2] / "presets"
 DEFAULT_PRESET = "offline-tiny"  # runs anywhere: a tiny random-weight model, no download

@@ -1,6 +1,6 @@
 """Form field descriptions (pure, no Gradio): what each control on the form is.
 
-The fields are not written out by hand. `prefixlab.experiment.form_fields()` lists every form key
+The fields are not written out by hand. `prefixlab.engine.spec.form_fields()` lists every form key
 with its type, default and help, generated from the dataclasses (PrefixTuningConfig's user-facing
 fields, then the model / data / training / generation sections), so a field added to a config
 shows up on the page with no UI change (STYLE.md 2, 12). This module adds what only the page needs:
@@ -14,8 +14,8 @@ import dataclasses
 import typing
 from dataclasses import dataclass
 
-from prefixlab.config import INFERRED_FIELDS, PrefixTuningConfig
-from prefixlab.experiment import form_fields
+from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig
+from prefixlab.engine.spec import form_fields
 
 # Keys whose control is a dropdown that also takes typed values (a Hub id, a file path, a column).
 FREE_CHOICE_KEYS = frozenset({"model.name", "data.source", "data.source_column", "data.target_column"})

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from prefixlab.model import WEIGHTS_NAME, PrefixTuningModel
-from prefixlab.runs import RunDir, why_no_adapters
-from prefixlab.train import generate_outputs
-from prefixlab.zoo import load_base
+from prefixlab.core.model import WEIGHTS_NAME, PrefixTuningModel
+from prefixlab.engine.runs import RunDir, why_no_adapters
+from prefixlab.engine.worker import generate_outputs
+from prefixlab.engine.zoo import load_base
 
 _lock = threading.Lock()  # one generation at a time: the cached model is shared
 _cache: dict = {}  # {"key": (run path, adapters, their files' stamps), "model": ..., "tokenizer": ..., ...}

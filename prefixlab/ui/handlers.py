@@ -17,10 +17,12 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from prefixlab import compare, plots, preflight
-from prefixlab.data import DataError, read_table
-from prefixlab.experiment import ExperimentSpec, SpecError
-from prefixlab.runs import JobQueue, RunDir
+from prefixlab.engine import checks as preflight
+from prefixlab.views import figures as plots
+from prefixlab.views import tables as compare
+from prefixlab.engine.data import DataError, read_table
+from prefixlab.engine.spec import ExperimentSpec, SpecError
+from prefixlab.engine.runs import JobQueue, RunDir
 from prefixlab.ui import values
 from prefixlab.ui.fields import FieldSpec
 from prefixlab.ui.form import to_component_value

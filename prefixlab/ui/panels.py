@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from prefixlab import compare, plots
+from prefixlab.views import figures as plots
+from prefixlab.views import tables as compare
 from prefixlab.ui import values
 from prefixlab.ui.fields import SECTION_TITLES, FieldSpec, fields_by_section
 from prefixlab.ui.form import component_for

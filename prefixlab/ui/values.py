@@ -14,11 +14,12 @@ import shlex
 import time
 from pathlib import Path
 
-from prefixlab import compare, preflight
-from prefixlab.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
-from prefixlab.experiment import ExperimentSpec, SpecError, spec_from_form
+from prefixlab.engine import checks as preflight
+from prefixlab.views import tables as compare
+from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
+from prefixlab.engine.spec import ExperimentSpec, SpecError, spec_from_form
 from prefixlab.ui.fields import FieldSpec
-from prefixlab.zoo import load_model_config
+from prefixlab.engine.zoo import load_model_config
 
 ACCOUNTING_HEADERS = ["variant", "trainable", "total", "trainable %", "stored in adapter", "formula"]
 RUNS_HEADERS = ["run", "name", "model", "state", "step", "started (UTC)", "train loss", "val loss"]

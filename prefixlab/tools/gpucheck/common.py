@@ -10,10 +10,10 @@ from typing import Callable, Optional
 
 import torch
 
-from prefixlab.bench import BenchArgs, _sync
-from prefixlab.devices import cuda_bf16_native, release_gpu_memory
+from prefixlab.tools.bench import BenchArgs, _sync
+from prefixlab.engine.devices import cuda_bf16_native, release_gpu_memory
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 OFFLINE_PRESET = REPO_ROOT / "presets" / "offline-tiny.json"
 DEFAULT_OUT = "gpucheck-results"
 DEFAULT_BUDGET_S = 330.0  # leaves ~30 s of the 6 minutes for interpreter and CUDA start-up

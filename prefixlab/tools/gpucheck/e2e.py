@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-from prefixlab.gpucheck.common import REPO_ROOT, CheckContext, DeviceMemoryPoller
-from prefixlab.gpucheck.report import FAILED, OK
+from prefixlab.tools.gpucheck.common import REPO_ROOT, CheckContext, DeviceMemoryPoller
+from prefixlab.tools.gpucheck.report import FAILED, OK
 
 
 def train_command(spec_path: Path, run_dir: Path) -> list[str]:
@@ -22,7 +22,7 @@ def train_command(spec_path: Path, run_dir: Path) -> list[str]:
 
 def run_e2e(ctx: CheckContext) -> dict:
     """Section 2: train the preset exactly as the page's queue would, then check its run directory."""
-    from prefixlab.runs import RunDir
+    from prefixlab.engine.runs import RunDir
 
     run_dir = ctx.out_dir / "e2e-run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a rerun into the same --out starts over
@@ -58,8 +58,8 @@ def check_run_dir(run_dir: Path, device: str) -> dict:
     """What a finished worker left in `run_dir`, against what the GPU path promises: state done on the
     requested device with the precision `auto` picks there, every variant's loss falling, adapters
     saved in fp32 whatever the training precision."""
-    from prefixlab.runs import RunDir
-    from prefixlab.devices import mixed_precision_for
+    from prefixlab.engine.runs import RunDir
+    from prefixlab.engine.devices import mixed_precision_for
 
     run = RunDir(run_dir)
     status, summary = run.read_status(), run.read_summary() or {}
@@ -97,8 +97,8 @@ def saved_adapter_dtype(adapter_dir: Path) -> Optional[str]:
     """dtype of `prompt_embeddings` in adapter_dir/adapter_model.safetensors, or None if missing."""
     from safetensors import safe_open
 
-    from prefixlab.encoder import SAVED_KEY
-    from prefixlab.model import WEIGHTS_NAME
+    from prefixlab.core.encoder import SAVED_KEY
+    from prefixlab.core.model import WEIGHTS_NAME
 
     path = Path(adapter_dir) / WEIGHTS_NAME
     if not path.is_file():

@@ -6,7 +6,7 @@ Python + torch runtime, the same for every configuration). Printed as ratios mea
 invocation; never asserted as timings.
 
     python -m prefixlab bench engine [--quick]
-    python -m prefixlab.bench_engine --model gpt2 --steps 50 --batch-size 8
+    python -m prefixlab.tools.bench_engine --model gpt2 --steps 50 --batch-size 8
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from prefixlab.experiment import ExperimentSpec
-from prefixlab.runs import RunDir
+from prefixlab.engine.spec import ExperimentSpec
+from prefixlab.engine.runs import RunDir
 
 CONFIGS = ("paired", "no_projection", "projection")
 
@@ -56,7 +56,7 @@ def _peak_memory_mb() -> float:
 
 def measure_one(spec: ExperimentSpec) -> dict:
     """Set up and train `spec` in this process; tokens/s over the training loop, setup time, peak memory."""
-    from prefixlab.train import Job
+    from prefixlab.engine.worker import Job
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -81,7 +81,7 @@ def measure_one(spec: ExperimentSpec) -> dict:
 
 
 def _run_config(config: str, args) -> dict:
-    cmd = [sys.executable, "-m", "prefixlab.bench_engine", "--one", config, "--model", args.model,
+    cmd = [sys.executable, "-m", "prefixlab.tools.bench_engine", "--one", config, "--model", args.model,
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -143,7 +143,7 @@ def run_engine_bench(quick: bool = False, model: str = "tiny-gpt2", steps: int |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prefixlab.bench_engine", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m prefixlab.tools.bench_engine", description=__doc__.split("\n")[0])
     parser.add_argument("--one", choices=CONFIGS, help=argparse.SUPPRESS)  # a child measuring one configuration
     parser.add_argument("--model", default="tiny-gpt2")
     parser.add_argument("--steps", type=int, default=40)

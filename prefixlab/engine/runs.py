@@ -38,7 +38,7 @@ try:
 except ImportError:  # Windows: no advisory locks; status.json's pid and heartbeat still guard
     fcntl = None
 
-from prefixlab.experiment import ExperimentSpec, SpecError
+from prefixlab.engine.spec import ExperimentSpec, SpecError
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)

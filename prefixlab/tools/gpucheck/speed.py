@@ -8,8 +8,8 @@ from typing import Callable
 
 import torch
 
-from prefixlab.bench import BenchArgs, _prefix_config, _training_step, build_base, make_batch, time_interleaved
-from prefixlab.gpucheck.common import (
+from prefixlab.tools.bench import BenchArgs, _prefix_config, _training_step, build_base, make_batch, time_interleaved
+from prefixlab.tools.gpucheck.common import (
     CheckContext,
     autocast_dtype,
     dtype_name,
@@ -18,7 +18,7 @@ from prefixlab.gpucheck.common import (
     step_peak_bytes,
     wall_seconds,
 )
-from prefixlab.gpucheck.report import FAILED, IMPLS, OK, median, throughput_ratios, timing_summary
+from prefixlab.tools.gpucheck.report import FAILED, IMPLS, OK, median, throughput_ratios, timing_summary
 
 
 def medium_model(args: BenchArgs):

@@ -1,10 +1,10 @@
 """Base models: presets of small Hub models, any Hub id or local folder, and tiny offline models.
 
 `load_base(name)` gives `(model, tokenizer, task_type)`. The offline presets `tiny-gpt2`,
-`tiny-llama` and `tiny-t5` are built by prefixlab.tiny from config classes with seeded random
+`tiny-llama` and `tiny-t5` are built by prefixlab.engine.tiny from config classes with seeded random
 weights and ByT5's file-free tokenizer, so they need no download and are identical in every
 process. The offline preset `tiny-gpt2-e2e` is a slightly larger tiny GPT-2 whose weights ship in
-presets/models/ (made by prefixlab.pretrain from e2e-synth's train targets), so prefix tuning it
+presets/models/ (made by prefixlab.tools.pretrain from e2e-synth's train targets), so prefix tuning it
 gives readable sentences. Anything else is a local folder or a Hub id; AutoModelForCausalLM or
 AutoModelForSeq2SeqLM is chosen from its config, and trust_remote_code stays off.
 
@@ -17,24 +17,21 @@ cache is tried.
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import constants as hub_constants
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
 )
 
-from prefixlab.config import TaskType
-from prefixlab.data import PRESETS_DIR
-from prefixlab.tiny import tiny_config, tiny_model, tiny_tokenizer
+from prefixlab.core.config import TaskType
+from prefixlab.core.hub import cache_only, hub_offline, hub_unreachable_reason, local_folder
+from prefixlab.engine.data import PRESETS_DIR
+from prefixlab.engine.tiny import tiny_config, tiny_model, tiny_tokenizer
 
-HUB_CHECK_TIMEOUT_S = 3.0
-_HUB_CHECK_TTL_S = 60.0  # re-check reachability at most once a minute
 
 
 class ModelLoadError(ValueError):
@@ -55,7 +52,7 @@ MODELS_DIR = PRESETS_DIR / "models"
 # Offline presets with shipped weights: name -> folder written by save_pretrained (no tokenizer needed:
 # they use tiny_tokenizer()), and the command that regenerates it.
 SHIPPED_MODELS = {"tiny-gpt2-e2e": MODELS_DIR / "tiny-gpt2-e2e"}
-_REGENERATE = "python -m prefixlab.pretrain --out presets/models/{name}"
+_REGENERATE = "python -m prefixlab.tools.pretrain --out presets/models/{name}"
 MODEL_PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
     ModelPreset("tiny-gpt2", _CAUSAL, "Tiny GPT-2 (2 layers, width 64), random weights, byte tokenizer; "
                                       "no download", True),
@@ -87,57 +84,10 @@ def describe_presets() -> list[tuple[str, str]]:
     return [(f"{p.name}: {p.description}", p.name) for p in MODEL_PRESETS.values()]
 
 
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: only cached Hub files load."""
-    return bool(hub_constants.HF_HUB_OFFLINE)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reaching the Hub
-
-
-@functools.lru_cache(maxsize=8)
-def _probe(endpoint: str, timeout: float, _epoch: int) -> str | None:
-    import httpx  # huggingface_hub's own HTTP client; honours proxy environment variables
-
-    try:
-        httpx.head(endpoint, timeout=timeout)
-    except httpx.HTTPError as err:
-        return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-    return None
-
-
-def hub_unreachable_reason(endpoint: str | None = None, timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
-    """None if the Hub answers an HTTP request within `timeout` seconds, else why not.
-
-    Any HTTP answer counts as reachable; the result is cached for a minute.
-    """
-    epoch = int(time.monotonic() // _HUB_CHECK_TTL_S)
-    return _probe(endpoint or hub_constants.ENDPOINT, timeout, epoch)
-
-
-def _local_folder(name: str) -> Path | None:
-    """The folder `name` points at, if it is meant as a path (exists, or starts like one)."""
-    path = Path(name).expanduser()
-    if path.is_dir() or name.startswith(("/", "./", "../", "~", ".\\")):
-        return path
-    return None
-
-
-def _cache_only(name: str) -> tuple[bool, str | None]:
-    """(local_files_only, why): use only the local cache when offline or the Hub does not answer."""
-    if _local_folder(name) is not None:
-        return True, None
-    if hub_offline():
-        return True, "HF_HUB_OFFLINE is set"
-    reason = hub_unreachable_reason()
-    return reason is not None, (f"the Hub at {hub_constants.ENDPOINT} does not answer ({reason})" if reason else None)
-
-
 def _error_message(name: str, err: Exception, why_cache_only: str | None) -> str:
     detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     offline = ", ".join(OFFLINE_PRESETS)
-    folder = _local_folder(name)
+    folder = local_folder(name)
     if folder is not None:
         if not folder.is_dir():
             return f"cannot load model {name!r}: no such folder {folder}; check the path, or use a Hub id or an " \
@@ -154,7 +104,7 @@ def _error_message(name: str, err: Exception, why_cache_only: str | None) -> str
 
 def _fetch(name: str, load):
     """Run `load(local_files_only)` and turn any failure into one ModelLoadError."""
-    local_only, why = _cache_only(name)
+    local_only, why = cache_only(name)
     try:
         return load(local_only)
     except ModelLoadError:

@@ -1,7 +1,7 @@
 """Core benchmark: one prefix-tuning training step of prefixlab vs PEFT vs the floor, and memory.
 
-    python -m prefixlab.bench            # GPT-2-small-sized random model, batch 8 x 128 tokens, 10 virtual tokens
-    python -m prefixlab.bench --quick    # a tiny model, seconds; for tests of the output structure
+    python -m prefixlab.tools.bench            # GPT-2-small-sized random model, batch 8 x 128 tokens, 10 virtual tokens
+    python -m prefixlab.tools.bench --quick    # a tiny model, seconds; for tests of the output structure
 
 A step is forward + backward + AdamW. The contenders run interleaved (round-robin, rotating order)
 on one shared frozen base model, so drift in machine speed hits all of them alike; medians and
@@ -59,7 +59,7 @@ class BenchArgs:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> BenchArgs:
-    parser = argparse.ArgumentParser(prog="python -m prefixlab.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m prefixlab.tools.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and batch: seconds, for tests")
     parser.add_argument("--repeats", type=int, help="timed steps per contender (median reported)")
     parser.add_argument("--warmup", type=int, help="untimed steps per contender first")
@@ -146,7 +146,7 @@ def peft_step(base, args: BenchArgs, projection: bool, batch: dict) -> Callable[
 def floor_step(base, args: BenchArgs, batch: dict) -> Callable[[], None]:
     """The frozen model with a prefix that is already key/values: per layer two leaf tensors
     (batch, heads, n, head_dim), handed over in a fresh DynamicCache each step."""
-    from prefixlab.model import cache_kwarg_name
+    from prefixlab.core.model import cache_kwarg_name
 
     device = args.resolved_device()
     shape = (args.batch_size, args.n_head, args.num_virtual_tokens, args.n_embd // args.n_head)

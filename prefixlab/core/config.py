@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"  # PEFT with safe_serialization=False
 INFERRED_FIELDS = ("num_layers", "token_dim", "num_attention_heads", "num_transformer_submodules")
 
 

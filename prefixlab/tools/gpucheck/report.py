@@ -205,7 +205,7 @@ def _generation(section: dict) -> list[str]:
 
 def write_results(out_dir: Path, results: dict) -> str:
     """DIR/results.json (atomic) and DIR/results.md; returns the markdown."""
-    from prefixlab.runs import atomic_write_json
+    from prefixlab.engine.runs import atomic_write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "results.json", json.loads(json.dumps(results, default=str)))

@@ -9,8 +9,8 @@ from typing import Optional
 
 import torch
 
-from prefixlab.gpucheck.common import CheckContext, autocast_dtype, dtype_name, require_peft
-from prefixlab.gpucheck.report import FAILED, OK
+from prefixlab.tools.gpucheck.common import CheckContext, autocast_dtype, dtype_name, require_peft
+from prefixlab.tools.gpucheck.report import FAILED, OK
 
 # Parity tolerances. fp32: the two implementations run the same kernels on the same numbers, only the
 # prefix is built differently, so they agree to float rounding. bf16: both round differently from an
@@ -20,7 +20,7 @@ BF16_FACTOR = 1.5
 BF16_EPS = 1e-3
 PARITY_VIRTUAL_TOKENS = 5
 PARITY_GENERATE_STEPS = 6
-EOS_ID = 1  # prefixlab.tiny's (ByT5's) eos id
+EOS_ID = 1  # prefixlab.engine.tiny's (ByT5's) eos id
 PARITY_ARCHS = {"gpt2": "CAUSAL_LM", "llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM", "bart": "SEQ_2_SEQ_LM"}
 
 
@@ -113,7 +113,7 @@ def max_abs_err(got: torch.Tensor, reference: torch.Tensor) -> float:
 
 def parity_case(arch: str, projection: bool, ctx: CheckContext) -> tuple[list[dict], dict]:
     """One (arch, projection): rows for fp32, bf16 autocast and bf16 weights, and the generation check."""
-    from prefixlab.tiny import tiny_model
+    from prefixlab.engine.tiny import tiny_model
 
     task_type, device, low = PARITY_ARCHS[arch], ctx.device, autocast_dtype(ctx.device)
     # Bases go to the device before wrapping: the prefix must be created where the model lives.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefixlab.config import INFERRED_FIELDS, PrefixTuningConfig
+from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("greedy", "sampling", "beam")

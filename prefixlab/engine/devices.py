@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from prefixlab.experiment import TrainingSpec
+from prefixlab.engine.spec import TrainingSpec
 
 # Oldest torch that accelerate accepts for each mixed precision on Apple MPS (bf16 autocast; fp16
 # needs its GradScaler, which accelerate allows on MPS from torch 2.8).

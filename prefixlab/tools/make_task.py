@@ -8,7 +8,7 @@ realises exactly those attributes, built from several templates per attribute an
 frame so a model has something to learn beyond copying.
 
 Everything comes from one seeded `random.Random`; no global state, so the same seed gives the same
-files in every process. `python -m prefixlab.e2e --out presets/data/e2e_synth` writes the shipped
+files in every process. `python -m prefixlab.tools.make_task --out presets/data/e2e_synth` writes the shipped
 splits; tests assert the shipped files equal this generator's output.
 """
 
@@ -228,7 +228,7 @@ def write_splits(out_dir: str | Path, seed: int = DEFAULT_SEED, sizes: dict[str,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m prefixlab.e2e", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m prefixlab.tools.make_task", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="presets/data/e2e_synth", help="folder for the split files")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     for split, size in SPLIT_SIZES.items():

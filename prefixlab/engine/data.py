@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from prefixlab.config import TaskType
+from prefixlab.core.config import TaskType
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
 BUILTIN_TASKS = {"e2e-synth": PRESETS_DIR / "data" / "e2e_synth"}
 SPLITS = ("train", "validation", "test")
 FILE_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -386,7 +386,7 @@ def _load_dataset_dict(name: str, hub_config: str | None):
 
 
 def _hub_message(name: str, hub_config: str | None, err: Exception) -> str:
-    from prefixlab.zoo import hub_offline
+    from prefixlab.core.hub import hub_offline
 
     what = f"{name!r}" + (f" (config {hub_config!r})" if hub_config else "")
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -412,7 +412,7 @@ def _load_hub(name: str, hub_config: str | None, source_column: str, target_colu
 
     `limits` caps each split early; train is read whole when validation must be held out of it.
     """
-    from prefixlab.zoo import hub_offline, hub_unreachable_reason
+    from prefixlab.core.hub import hub_offline, hub_unreachable_reason
 
     # Without this check `datasets` retries a dead connection for half a minute or more.
     unreachable = None if hub_offline() else hub_unreachable_reason()
@@ -595,7 +595,7 @@ class Collator:
     def __post_init__(self):
         if self.pad_token_id is None:
             raise DataError("pad_token_id is None: the tokenizer has no pad token; set tokenizer.pad_token = "
-                            "tokenizer.eos_token (prefixlab.zoo.load_base does this)")
+                            "tokenizer.eos_token (prefixlab.engine.zoo.load_base does this)")
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         inputs = [f["input_ids"] for f in features]

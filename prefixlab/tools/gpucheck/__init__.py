@@ -20,14 +20,14 @@ Layout: common.py (sizes, the section context, device and memory probes), parity
 e2e.py (section 2), speed.py (sections 3 and 4), runner.py (the sections in order within the
 budget), report.py (arithmetic, results.md and results.json, no device), cli.py (arguments, main).
 Every name is re-exported here; a test that monkeypatches one must patch the module that reads it,
-e.g. `prefixlab.gpucheck.common.device_used_bytes`.
+e.g. `prefixlab.tools.gpucheck.common.device_used_bytes`.
 """
 
 from __future__ import annotations
 
-from prefixlab.bench import BenchArgs, build_base, make_batch, time_interleaved
-from prefixlab.gpucheck.cli import main, parse_args, parse_sections, positive_seconds
-from prefixlab.gpucheck.common import (
+from prefixlab.tools.bench import BenchArgs, build_base, make_batch, time_interleaved
+from prefixlab.tools.gpucheck.cli import main, parse_args, parse_sections, positive_seconds
+from prefixlab.tools.gpucheck.common import (
     DEFAULT_BUDGET_S,
     DEFAULT_OUT,
     NO_CUDA_EXIT,
@@ -46,8 +46,8 @@ from prefixlab.gpucheck.common import (
     tiny_sizes,
     wall_seconds,
 )
-from prefixlab.gpucheck.e2e import check_run_dir, run_e2e, saved_adapter_dtype, train_command, variant_report
-from prefixlab.gpucheck.parity import (
+from prefixlab.tools.gpucheck.e2e import check_run_dir, run_e2e, saved_adapter_dtype, train_command, variant_report
+from prefixlab.tools.gpucheck.parity import (
     BF16_EPS,
     BF16_FACTOR,
     EOS_ID,
@@ -64,7 +64,7 @@ from prefixlab.gpucheck.parity import (
     run_parity,
     wrap_pair,
 )
-from prefixlab.gpucheck.report import (
+from prefixlab.tools.gpucheck.report import (
     ERROR,
     FAILED,
     IMPLS,
@@ -77,8 +77,8 @@ from prefixlab.gpucheck.report import (
     timing_summary,
     write_results,
 )
-from prefixlab.gpucheck.runner import SECTIONS, environment, run_check, run_section
-from prefixlab.gpucheck.speed import (
+from prefixlab.tools.gpucheck.runner import SECTIONS, environment, run_check, run_section
+from prefixlab.tools.gpucheck.speed import (
     autocast_forward,
     generation_call,
     medium_model,

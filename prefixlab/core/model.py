@@ -26,9 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache
 
-from .card import base_model_name, name_location, write_model_card
 from .config import (
     CONFIG_NAME,
+    LEGACY_WEIGHTS_NAME,
+    WEIGHTS_NAME,
     AdapterFileError,
     PrefixTuningConfig,
     TaskType,
@@ -36,10 +37,9 @@ from .config import (
     read_config_file,
 )
 from .encoder import SAVED_KEY, PrefixEncoder
+from .hub import adapter_folder, load_options
 
-WEIGHTS_NAME = "adapter_model.safetensors"
 _AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")  # device types torch.autocast accepts
-LEGACY_WEIGHTS_NAME = "adapter_model.bin"  # PEFT with safe_serialization=False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,6 +409,8 @@ class PrefixTuningModel(nn.Module):
         folders = {name: "." if name == "default" else name for name in names}
         for name, folder in folders.items():
             self.save_adapter_files(name, os.path.join(save_directory, folder), safe_serialization)
+        from .card import write_model_card  # PEFT writes a README.md model card beside the adapters
+
         write_model_card(self, save_directory, folders)
 
     def save_adapter_files(self, adapter_name: str, out_dir: str, safe_serialization: bool = True) -> None:
@@ -420,6 +422,8 @@ class PrefixTuningModel(nn.Module):
             save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
         else:
             torch.save(tensors, os.path.join(out_dir, LEGACY_WEIGHTS_NAME))
+        from .card import base_model_name
+
         # A saved adapter holds only the projected prefix, hence inference_mode=True (as PEFT writes).
         config = dataclasses.replace(self.peft_config[adapter_name], inference_mode=True,
                                      base_model_name_or_path=base_model_name(self, adapter_name) or None)
@@ -433,6 +437,8 @@ class PrefixTuningModel(nn.Module):
         Hub repository `repo_id`, creating it if needed; returns huggingface_hub's CommitInfo.
         Load it back with from_pretrained(base, repo_id) here or in PEFT."""
         from huggingface_hub import HfApi
+
+        from .card import name_location
 
         api = HfApi(token=token)
         with tempfile.TemporaryDirectory(prefix="prefixlab-push-") as folder:
@@ -490,67 +496,6 @@ class PrefixTuningModel(nn.Module):
 
 
 _IGNORED_SAVE_KWARGS = frozenset({"state_dict", "save_embedding_layers"})
-_HUB_KWARGS = ("revision", "token", "cache_dir")
-
-
-def load_options(torch_device: Optional[str] = None, autocast_adapter_dtype: bool = True,
-                 ephemeral_gpu_offload: bool = False, low_cpu_mem_usage: bool = False,
-                 key_mapping: Optional[dict[str, str]] = None, **hub_kwargs) -> tuple[torch.device, dict]:
-    """PEFT's keywords for loading an adapter, so that code written for PeftModel runs unchanged:
-    (the device the weights file is read onto, the Hub keywords left over). As in PEFT, the prefix
-    ends on the base model's device whatever `torch_device` is, and autocast_adapter_dtype,
-    ephemeral_gpu_offload and low_cpu_mem_usage act on adapter layers, which a prefix has none of,
-    so they change nothing. key_mapping renames layer keys; a prefix adapter's one tensor has none."""
-    del autocast_adapter_dtype, ephemeral_gpu_offload, low_cpu_mem_usage
-    if key_mapping:
-        raise ValueError(
-            f"key_mapping={key_mapping!r}: it renames the base model's layer keys in an adapter file, and a "
-            f"prefix-tuning adapter holds one tensor, {SAVED_KEY!r}, with no layer keys (PEFT fails on it too); "
-            "leave key_mapping None")
-    return (torch.device("cpu") if torch_device is None else _device_or_raise(torch_device)), hub_kwargs
-
-
-def _device_or_raise(name) -> torch.device:
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)  # a device torch knows but this machine lacks fails here
-    except (RuntimeError, TypeError, AssertionError) as err:
-        why = str(err).splitlines()[0].split(". ")[0]
-        raise ValueError(f"torch_device={name!r} cannot be used here ({why}); pass 'cpu', a device this machine has "
-                         "(for example 'cuda:0'), or leave it None") from None
-    return device
-
-
-def adapter_folder(model_id: str, subfolder: Optional[str] = None, **hub_kwargs) -> str:
-    """The local folder of adapter `model_id`: a folder as given (joined with `subfolder`), or the
-    files of Hub repository `model_id` downloaded to the Hugging Face cache (only the cache when
-    offline or the Hub does not answer). AdapterFileError says what failed and what to do."""
-    from . import zoo  # the Hub reachability rules the model loader uses
-
-    unknown = sorted(set(hub_kwargs) - set(_HUB_KWARGS))
-    if unknown:
-        raise TypeError(f"unexpected keyword arguments {unknown}; the Hub ones are subfolder, {', '.join(_HUB_KWARGS)}")
-    model_id = os.fspath(model_id)
-    if zoo._local_folder(model_id) is not None:  # an existing folder, or a string written like a path
-        return os.path.join(model_id, subfolder) if subfolder else model_id
-    from huggingface_hub import snapshot_download
-
-    local_only, why = zoo._cache_only(model_id)
-    inside = f"{subfolder}/" if subfolder else ""
-    try:
-        root = snapshot_download(model_id, allow_patterns=[inside + CONFIG_NAME, inside + WEIGHTS_NAME,
-                                                           inside + LEGACY_WEIGHTS_NAME],
-                                 local_files_only=local_only, **hub_kwargs)
-    except Exception as err:  # noqa: BLE001 - HTTP, repo-not-found, offline-cache misses: all "cannot get it"
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        cause = f"; {why} and it is not in the local cache" if why else ""
-        raise AdapterFileError(
-            f"adapter {model_id!r} is not a local folder and could not be fetched from the Hugging Face Hub "
-            f"({type(err).__name__}: {detail}){cause}. Pass the folder save_pretrained wrote (a relative one "
-            "as ./name), or check the repo id, its access rights and your network") from err
-    return os.path.join(root, subfolder) if subfolder else root
-
-
 def _adapter_config(model_id: str, is_trainable: bool, model_config,
                     given: Optional[PrefixTuningConfig] = None) -> PrefixTuningConfig:
     """The saved config (or `given` instead), checked against the model it is loaded onto."""

@@ -14,10 +14,10 @@ import math
 import warnings
 from functools import lru_cache
 
-from prefixlab.config import infer_sizes
-from prefixlab.encoder import prefix_parameter_counts
-from prefixlab.runs import RunDir
-from prefixlab.zoo import count_base_parameters, load_model_config, task_type_for
+from prefixlab.core.config import infer_sizes
+from prefixlab.core.encoder import prefix_parameter_counts
+from prefixlab.engine.runs import RunDir
+from prefixlab.engine.zoo import count_base_parameters, load_model_config, task_type_for
 
 COMPARISON_COLUMNS = (
     "variant", "trainable", "total", "trainable %", "stored",

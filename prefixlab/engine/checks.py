@@ -6,11 +6,12 @@ Reads only configs and local files: no weights, no Hub dataset download.
 
 from __future__ import annotations
 
-from prefixlab import compare, devices
-from prefixlab.config import INFERRED_FIELDS
-from prefixlab.data import DataError, check_columns, load_task, resolve_source
-from prefixlab.experiment import ExperimentSpec, position_errors
-from prefixlab.zoo import position_limit
+from prefixlab.engine import devices
+from prefixlab.views import tables as compare
+from prefixlab.core.config import INFERRED_FIELDS
+from prefixlab.engine.data import DataError, check_columns, load_task, resolve_source
+from prefixlab.engine.spec import ExperimentSpec, position_errors
+from prefixlab.engine.zoo import position_limit
 
 
 def field_for_error(message: str) -> str:

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from transformers.utils import logging as transformers_logging
 
-from prefixlab.gpucheck.common import (
+from prefixlab.tools.gpucheck.common import (
     DEFAULT_BUDGET_S,
     DEFAULT_OUT,
     NO_CUDA_EXIT,
@@ -18,8 +18,8 @@ from prefixlab.gpucheck.common import (
     paper_sizes,
     tiny_sizes,
 )
-from prefixlab.gpucheck.report import OK, write_results
-from prefixlab.gpucheck.runner import SECTIONS, run_check
+from prefixlab.tools.gpucheck.report import OK, write_results
+from prefixlab.tools.gpucheck.runner import SECTIONS, run_check
 
 
 def parse_sections(text: str) -> list[str]:

@@ -14,12 +14,12 @@ from typing import Callable, Optional
 
 import torch
 
-from prefixlab.devices import cuda_bf16_native
-from prefixlab.gpucheck.common import OFFLINE_PRESET, REPO_ROOT, CheckContext, CheckSizes, release_memory
-from prefixlab.gpucheck.e2e import run_e2e
-from prefixlab.gpucheck.parity import run_parity
-from prefixlab.gpucheck.report import ERROR, SKIPPED, overall_status
-from prefixlab.gpucheck.speed import run_generation, run_throughput
+from prefixlab.engine.devices import cuda_bf16_native
+from prefixlab.tools.gpucheck.common import OFFLINE_PRESET, REPO_ROOT, CheckContext, CheckSizes, release_memory
+from prefixlab.tools.gpucheck.e2e import run_e2e
+from prefixlab.tools.gpucheck.parity import run_parity
+from prefixlab.tools.gpucheck.report import ERROR, SKIPPED, overall_status
+from prefixlab.tools.gpucheck.speed import run_generation, run_throughput
 
 
 # name -> (function, share of the budget it may use before the next section starts)

@@ -30,11 +30,11 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader
 
-from prefixlab.card import write_model_card
-from prefixlab.config import TaskType
-from prefixlab.experiment import ExperimentSpec, GenerationSpec, SpecError, TrainingSpec
-from prefixlab.devices import make_accelerator, peak_gpu_memory, release_gpu_memory
-from prefixlab.runs import (CANCELLED, DONE, FAILED, RUNNING, RunDir, RunFileError, append_jsonl,
+from prefixlab.core.card import write_model_card
+from prefixlab.core.config import TaskType
+from prefixlab.engine.spec import ExperimentSpec, GenerationSpec, SpecError, TrainingSpec
+from prefixlab.engine.devices import make_accelerator, peak_gpu_memory, release_gpu_memory
+from prefixlab.engine.runs import (CANCELLED, DONE, FAILED, RUNNING, RunDir, RunFileError, append_jsonl,
                             atomic_write_json, worker_lock)
 
 HEARTBEAT_INTERVAL_S = 2.0
@@ -321,7 +321,7 @@ class Job:
         import dataclasses
 
         from prefixlab import get_peft_model
-        from prefixlab.zoo import load_base
+        from prefixlab.engine.zoo import load_base
 
         base, self.tokenizer, self.task_type = load_base(self.spec.model.name)
         self.say(f"loaded base model {self.spec.model.name} ({TaskType(self.task_type).value})")
@@ -338,9 +338,9 @@ class Job:
     def _check_lengths(self, model) -> None:
         """Before any training: lengths past the model's position table (zoo.position_limit) would
         fail deep inside it (IndexError), generation at the very end, after all the training."""
-        from prefixlab.data import encode_prompts
-        from prefixlab.experiment import position_errors
-        from prefixlab.zoo import position_limit
+        from prefixlab.engine.data import encode_prompts
+        from prefixlab.engine.spec import position_errors
+        from prefixlab.engine.zoo import position_limit
 
         errors = position_errors(self.spec, position_limit(model.base_model.config))
         if errors:
@@ -361,7 +361,7 @@ class Job:
         return optimizer, get_linear_schedule_with_warmup(optimizer, training.warmup_steps, self.total_steps)
 
     def _data_loaders(self) -> tuple[DataLoader, DataLoader]:
-        from prefixlab.data import Collator, encode_examples, load_task
+        from prefixlab.engine.data import Collator, encode_examples, load_task
 
         spec = self.spec
         splits = load_task(spec.data)  # capped to data.max_train_examples / max_eval_examples
@@ -527,7 +527,7 @@ class Job:
         self.say(f"wrote {len(prompts)} sample(s)")
 
     def summary(self) -> dict:
-        from prefixlab.encoder import prefix_parameter_counts
+        from prefixlab.core.encoder import prefix_parameter_counts
 
         base_total = sum(p.numel() for p in self.peft.base_model.parameters())
         variants = {}
@@ -560,8 +560,8 @@ def check_generation_room(peft_model, task_type, spec: ExperimentSpec, adapter_n
     """Raise SpecError on generation.max_new_tokens when a prompt of `prompt_len` tokens, the longest
     of the adapters' prefixes and the new tokens do not fit the model's position table
     (experiment.generation_room)."""
-    from prefixlab.experiment import generation_room
-    from prefixlab.zoo import position_limit
+    from prefixlab.engine.spec import generation_room
+    from prefixlab.engine.zoo import position_limit
 
     limit = position_limit(peft_model.base_model.config)
     if limit is None:
@@ -586,7 +586,7 @@ def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, sou
     One prompt at a time, so an output never depends on which other prompts share its batch; the
     prompt is built and truncated exactly as in training (data.encode_prompts).
     """
-    from prefixlab.data import encode_prompts
+    from prefixlab.engine.data import encode_prompts
 
     encoded = encode_prompts([source], tokenizer, task_type, spec.data.separator,
                              max_length=spec.training.max_length)

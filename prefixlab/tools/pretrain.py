@@ -8,7 +8,7 @@ without a download: a GPT-2 with ByT5's byte tokenizer, trained as a plain langu
 restaurant sentences but cannot follow an attribute table: that is what the prefix has to learn.
 Validation and test targets stay unseen, so they measure how well it learned the domain.
 
-    python -m prefixlab.pretrain --out presets/models/tiny-gpt2-e2e
+    python -m prefixlab.tools.pretrain --out presets/models/tiny-gpt2-e2e
 
 Deterministic: one seed drives initialisation, shuffling and dropout, and torch runs on one thread,
 so the same torch build on the same kind of CPU regenerates bit-identical weights.
@@ -27,12 +27,12 @@ import torch
 import transformers
 from transformers import GPT2LMHeadModel
 
-from prefixlab.data import BUILTIN_TASKS, FILE_SUFFIXES, PRESETS_DIR, read_examples
-from prefixlab.tiny import EOS_ID, tiny_config, tiny_tokenizer
+from prefixlab.engine.data import BUILTIN_TASKS, FILE_SUFFIXES, PRESETS_DIR, read_examples
+from prefixlab.engine.tiny import EOS_ID, tiny_config, tiny_tokenizer
 
 TRAIN_FILE = BUILTIN_TASKS["e2e-synth"] / "train.jsonl"
 REPO_ROOT = PRESETS_DIR.parent
-MODULE_COMMAND = "python -m prefixlab.pretrain"
+MODULE_COMMAND = "python -m prefixlab.tools.pretrain"
 
 
 @dataclass
@@ -260,7 +260,7 @@ on the **target sentences** of the built-in `e2e-synth` task's **train split** o
 (`{Path(args.train_file).name}`: {num_sentences} sentences, {num_tokens:,} tokens with one eos after each).
 It never saw a source table, nor any validation or test sentence. It writes fluent restaurant
 descriptions but cannot follow an attribute table: that is what a prefix has to learn
-(prefixlab's offline preset `tiny-gpt2-e2e`; load with `prefixlab.zoo.load_base("tiny-gpt2-e2e")`).
+(prefixlab's offline preset `tiny-gpt2-e2e`; load with `prefixlab.engine.zoo.load_base("tiny-gpt2-e2e")`).
 
 ## How it was made
 

@@ -1,0 +1,448 @@
+"""Command line: `python -m prefixlab {train,generate,runs,inspect,bench,gpucheck} ...`.
+
+    python -m prefixlab train presets/offline-tiny.json            # a new folder under runs/
+    python -m prefixlab train SPEC.json --run-dir runs/my-run
+    python -m prefixlab train --run-dir runs/<id>                   # a queued run (what the queue starts)
+    accelerate launch -m prefixlab train SPEC.json --run-dir DIR    # several GPUs
+    python -m prefixlab generate --run-dir runs/<id> --prompt "name[Aromi] | food[Thai]"
+    python -m prefixlab runs [--runs-dir runs]                      # every run: state, step, error
+    python -m prefixlab inspect presets/gpt2-e2e.json               # parameter counts, no weights
+    python -m prefixlab inspect --model gpt2-medium --prefix-length 10 --encoder-hidden-size 512
+    python -m prefixlab bench [core|engine|all] [--quick]
+    python -m prefixlab gpucheck
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from prefixlab.engine.spec import ExperimentSpec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CliError(ValueError):
+    """A bad command line or input; printed as one line, exit status 2."""
+
+
+def folder(path: str, flag: str, *, create: bool = False) -> Path:
+    """`path` as a folder for `flag`: never a file; made (with its parents) when `create`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{flag} {path} is a file, not a folder; give a folder")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CliError(f"{flag} {path}: cannot create the folder ({err.strerror}); "
+                           "give a folder you can write to") from None
+    return path
+
+
+def train_again(run) -> str:
+    """The command that trains a run's spec again, as a new run beside it."""
+    return (f"to train this spec again: python -m prefixlab train {shlex.quote(str(run.spec_path))} "
+            f"--runs-dir {shlex.quote(str(run.path.parent))}")
+
+
+def worker_of(status: dict) -> tuple[str, str | None]:
+    """("alive" | "starting" | "dead", detail) for a run in state running, by the queue's liveness
+    check (this process is not the worker's parent): detail is the pid, or why the worker is gone."""
+    from prefixlab.engine.runs import why_worker_dead
+
+    why = why_worker_dead(status, starting_is_alive=True)
+    if why is not None:
+        return "dead", why
+    return ("alive", str(status["pid"])) if status.get("pid") else ("starting", None)
+
+
+def held_by(status: dict) -> str:
+    """The state of the run in a folder that `train SPEC --run-dir` will not overwrite."""
+    state = status.get("state")
+    if state == "failed" and status.get("error"):
+        return f"failed: {status['error']}"
+    if state != "running":
+        return str(state)
+    worker, detail = worker_of(status)
+    if worker == "alive":
+        return f"running, worker process {detail}"
+    if worker == "starting":
+        return "running, its worker being started by the page's queue"
+    return f"running, but its worker died: {detail}"
+
+
+def check_startable(run, status: dict) -> None:
+    """`train --run-dir DIR` starts only a run in state queued (what the queue submits), or the
+    run the queue just marked running for this very process (QUEUE_LAUNCH_ENV)."""
+    from prefixlab.engine.runs import QUEUE_LAUNCH_ENV, QUEUED, RUNNING
+
+    state, path = status.get("state"), run.path
+    if state in (None, QUEUED):
+        return
+    if state == RUNNING and status.get("pid") is None and os.environ.get(QUEUE_LAUNCH_ENV) == str(path):
+        return
+    if state == "done":
+        raise CliError(f"{path} is already done; {train_again(run)}")
+    if state == "cancelled":
+        raise CliError(f"{path} was cancelled at step {status.get('step') or 0}; {train_again(run)}")
+    if state == "failed":
+        raise CliError(f"{path} has failed ({status.get('error') or 'no error recorded'}); {train_again(run)}")
+    if state != RUNNING:
+        raise CliError(f"{path} is in state {state!r}, not queued; {train_again(run)}")
+    worker, detail = worker_of(status)
+    if worker == "alive":
+        raise CliError(f"{path} is already running in worker process {detail}; wait for it, or stop it "
+                       f"(Stop on the page, or kill {detail}: it saves and ends cancelled)")
+    if worker == "starting":
+        raise CliError(f"{path} is being started by the page's queue; wait for it, or press Stop on the page")
+    raise CliError(f"{path} is marked running but its worker died ({detail}); {train_again(run)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def quiet_transformers() -> None:
+    """Keep the worker's terminal and log to its own lines: no weight-loading bars or config notices
+    from transformers (its errors still show)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def interrupted(run, owner: bool) -> str:
+    """After a KeyboardInterrupt escaped the worker: the run's final state, with status.json saying
+    what happened (the worker's own handler turns a first Ctrl-C into a graceful stop)."""
+    from prefixlab.engine.runs import CANCELLED, FAILED, QUEUED
+
+    if not owner:
+        return FAILED
+    status = run.read_status()
+    if status.get("state") in (None, QUEUED):  # before the worker started: nothing trained yet
+        run.update_status(state=CANCELLED, finished_at=time.time())
+        return CANCELLED
+    return status.get("state") or FAILED  # run_worker wrote the failure (train.INTERRUPTED_TWICE)
+
+
+def cmd_train(args) -> int:
+    from prefixlab.engine.worker import is_main_process
+
+    if args.spec is None and args.run_dir is None:
+        raise CliError("train needs SPEC.json, --run-dir DIR (with spec.json inside), or both")
+    # Under `accelerate launch` every process runs this; only the first owns status.json (the others
+    # would find it running, by the first, and must not reset it). The read-only checks run in every
+    # process, so all of them refuse what the first refuses, before any of them writes.
+    owner = is_main_process()
+    with ExitStack() as stack:  # the run's worker lock, from the checks to the worker's end
+        return train_in(args, owner, stack)
+
+
+def claim(run, stack: ExitStack) -> None:
+    """Take the run's worker lock (in the first process only) before reading its state, so that no
+    other worker (the page's queue) can start it between the check and the start."""
+    from prefixlab.engine.runs import RunBusy, worker_lock
+
+    try:
+        stack.enter_context(worker_lock(run.path))
+    except RunBusy:
+        status = run.read_status()
+        state = "its worker is starting" if status.get("state") in (None, "queued") else held_by(status)
+        raise CliError(f"{run.path} is already being trained by another worker ({state}); "
+                       "wait for it, or stop it (Stop on the page)") from None
+
+
+def train_in(args, owner: bool, stack: ExitStack) -> int:
+    from prefixlab.engine.runs import FAILED, QUEUED, RUNNING, RunDir, atomic_write_json, new_run_id, new_status
+    from prefixlab.engine.worker import run_worker
+
+    if args.spec is not None:
+        spec = ExperimentSpec.load(args.spec)
+        from prefixlab.engine import checks as preflight
+
+        problems = preflight.check(spec)  # what the worker would fail on at setup: bad input, no run folder
+        if problems:
+            raise CliError("; ".join(f"{key}: {message}" for key, message in problems.items())
+                           + f" (in {args.spec})")
+        if args.run_dir:
+            path = folder(args.run_dir, "--run-dir", create=True)
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own new run id
+            raise CliError("under accelerate launch every process must write the same run: pass --run-dir DIR")
+        else:
+            runs_dir = folder(args.runs_dir, "--runs-dir", create=True)
+            path = runs_dir / new_run_id(spec.name, runs_dir)
+            path.mkdir()
+        run = RunDir(path)
+        if owner:
+            claim(run, stack)
+        status = run.read_status()
+        # The other processes may find the first one's run already started; a finished run, never.
+        if status.get("state") not in ((None, QUEUED) if owner else (None, QUEUED, RUNNING)):
+            raise CliError(f"{path} already holds a run ({held_by(status)}); pick a new --run-dir or leave it out")
+        run.write_spec(spec)
+        if owner:
+            atomic_write_json(run.status_path, new_status())
+    else:
+        run = RunDir(folder(args.run_dir, "--run-dir"))
+        if not run.spec_path.exists():
+            raise CliError(f"{run.spec_path} does not exist; pass SPEC.json as well, or submit from the page")
+        run.read_spec()  # a bad spec.json: one clear line now, not a failed run
+        if owner:
+            claim(run, stack)
+            check_startable(run, run.read_status())
+    print(f"run directory: {run.path}", file=sys.stderr)
+    try:
+        quiet_transformers()
+        state = run_worker(run.path, progress=None if args.progress is None else args.progress)
+    except KeyboardInterrupt:
+        state = interrupted(run, owner)
+    status = run.read_status()
+    print(f"{state}: {run.path}" + (f" ({status.get('error')})" if state == FAILED else ""), file=sys.stderr)
+    return EXIT_FAILED if state == FAILED else EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from prefixlab import PrefixTuningModel
+    from prefixlab.engine.devices import training_device_type
+    from prefixlab.engine.runs import RunDir
+    from prefixlab.engine.worker import generate_outputs
+    from prefixlab.engine.zoo import load_base
+
+    run = RunDir(folder(args.run_dir, "--run-dir"))
+    if not run.spec_path.exists():
+        raise CliError(f"{run.path} is not a run folder (it has no spec.json); pass one of the folders "
+                       "`python -m prefixlab runs` lists")
+    spec = run.read_spec()
+    if args.max_new_tokens is not None:
+        spec.generation.max_new_tokens = args.max_new_tokens
+    names = [v for v in spec.variant_names if (run.adapter_path(v) / "adapter_config.json").exists()]
+    if not names:
+        raise CliError(no_adapters(run, spec))
+    base, tokenizer, task_type = load_base(spec.model.name)
+    device = torch.device(training_device_type())  # where the worker would train: CUDA, MPS or CPU
+    model = PrefixTuningModel.from_pretrained(base.to(device), str(run.adapter_path(names[0])), adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(str(run.adapter_path(name)), name)
+    model.eval()
+    for prompt in args.prompt:
+        outputs = generate_outputs(model, tokenizer, task_type, spec, prompt, names, device)
+        print(f"prompt: {prompt}")
+        for name, text in outputs.items():
+            print(f"  {name:>16}: {text}")
+    return EXIT_OK
+
+
+def no_adapters(run, spec: ExperimentSpec) -> str:
+    """Why a run has no adapters to generate with, and what to do, by its state."""
+    from prefixlab.engine.runs import why_no_adapters
+
+    kind, detail = why_no_adapters(run.read_status())
+    if kind == "died":
+        return f"{run.path} has no adapters: its worker died ({detail}) before the first checkpoint; {train_again(run)}"
+    if kind == "waiting":
+        return (f"{run.adapters_path} holds no adapters yet; wait for the first checkpoint "
+                f"(every training.eval_interval={spec.training.eval_interval} steps)")
+    if kind == "failed":
+        return (f"{run.path} failed before saving any adapters ({detail}); "
+                f"nothing to generate with; fix the cause, then, {train_again(run)}")
+    return f"{run.path} is {kind} but {run.adapters_path} holds no adapters; {train_again(run)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+
+
+def run_line(info) -> list[str]:
+    """One run for `runs`: id, name, model, state, step / total, started (UTC), error. A run marked
+    running whose worker is gone shows as failed with the queue's words (the page's queue writes
+    them within a second; this command writes nothing)."""
+    state, error = info.state, info.error if info.state == "failed" else None
+    if state == "running":
+        worker, detail = worker_of(info.status)
+        if worker == "dead":
+            state, error = "failed", f"worker died without reporting: {detail} (status.json still says running)"
+    error = " ".join((error or "").split())  # one line per run
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.started_at)) if info.started_at else "-"
+    step = f"{info.step}/{info.total_steps or '?'}"
+    return [info.run_id, info.name or "-", info.model or "-", state, step, started, error]
+
+
+def cmd_runs(args) -> int:
+    from prefixlab.engine.runs import JobQueue
+
+    runs_dir = folder(args.runs_dir, "--runs-dir")
+    if not runs_dir.is_dir():
+        print(f"no runs: {runs_dir} does not exist (train something, or pass --runs-dir)", file=sys.stderr)
+        return EXIT_OK
+    lines = [run_line(info) for info in JobQueue(runs_dir).list_runs()]
+    if not lines:
+        print(f"no runs in {runs_dir}", file=sys.stderr)
+        return EXIT_OK
+    lines.insert(0, ["id", "name", "model", "state", "step", "started (UTC)", "error"])
+    widths = [max(len(line[i]) for line in lines) for i in range(6)]
+    for line in lines:
+        print("  ".join([cell.ljust(w) for cell, w in zip(line, widths)] + [line[6]]).rstrip())
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+
+
+def inspect_rows(spec: ExperimentSpec) -> list[dict]:
+    """Per variant: the filled prefix sizes and parameter counts, from the model config only (the
+    page's accounting, compare.variant_accounting)."""
+    from prefixlab.views.tables import filled_prefix, variant_accounting
+
+    rows = []
+    for v in spec.variants:
+        filled = filled_prefix(spec.model.name, v.prefix)
+        counts = variant_accounting(spec.model.name, v.prefix)
+        rows.append({"variant": v.name, "num_virtual_tokens": filled.num_virtual_tokens,
+                     "num_layers": filled.num_layers, "token_dim": filled.token_dim,
+                     "encoder_hidden_size": filled.encoder_hidden_size,
+                     "prefix_projection": filled.prefix_projection, "trainable": counts["trainable"],
+                     "stored": counts["stored"], "base": counts["total"] - counts["trainable"],
+                     "trainable_percent": counts["trainable %"], "formula": counts["formula"]})
+    return rows
+
+
+def cmd_inspect(args) -> int:
+    flags = [f"{flag} {value}" for flag, value in (("--model", args.model), ("--prefix-length", args.prefix_length),
+                                                   ("--encoder-hidden-size", args.encoder_hidden_size))
+             if value is not None]
+    if args.spec is not None and flags:
+        raise CliError(f"inspect takes SPEC.json or --model NAME, not both: {', '.join(flags)} would be ignored; "
+                       f"edit the spec ({args.spec}), or leave SPEC.json out")
+    if args.spec is not None:
+        spec = ExperimentSpec.load(args.spec)
+    elif args.model is not None:
+        prefix_length = 10 if args.prefix_length is None else args.prefix_length
+        form = {"model.name": args.model, "prefix.num_virtual_tokens": prefix_length,
+                "prefix.encoder_hidden_size": args.encoder_hidden_size}
+        from prefixlab.engine.spec import spec_from_form
+
+        spec = spec_from_form({k: v for k, v in form.items() if v is not None})
+    else:
+        raise CliError("inspect needs SPEC.json or --model NAME")
+    rows = inspect_rows(spec)
+    print(f"model {spec.model.name}: {rows[0]['base']:,} base parameters (frozen)")
+    for r in rows:
+        print(f"{r['variant']}: {r['trainable']:,} trainable ({r['trainable_percent']:.4f}%), "
+              f"{r['stored']:,} saved | prefix {r['num_virtual_tokens']} x {r['num_layers']} layers x 2 x "
+              f"{r['token_dim']}, MLP hidden {r['encoder_hidden_size'] if r['prefix_projection'] else '-'}")
+        print(f"    {r['formula']}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# bench, gpucheck: modules written elsewhere, imported only when asked for
+
+
+def _import(module: str, attr: str, what: str):
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        raise CliError(f"{what} is not available in this checkout ({module} is missing); "
+                       "update prefixlab or run another subcommand") from None
+    except AttributeError:
+        raise CliError(f"{module} has no {attr}(); update prefixlab") from None
+
+
+def cmd_bench(args) -> int:
+    if args.which in ("core", "all"):  # without PEFT, run_core_bench raises the ValueError main() prints
+        _import("prefixlab.tools.bench", "main", "the core benchmark")(["--quick"] if args.quick else [])
+    if args.which in ("engine", "all"):
+        from prefixlab.tools.bench_engine import run_engine_bench
+
+        run_engine_bench(quick=args.quick)
+    return EXIT_OK
+
+
+def cmd_gpucheck(args) -> int:
+    """Every argument after `gpucheck` goes to prefixlab.tools.gpucheck (its own --help lists them)."""
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    return _import("prefixlab.tools.gpucheck", "main", "the GPU check")(rest)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m prefixlab", description="Prefix-tuning lab.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train every variant of an experiment spec in lockstep")
+    p.add_argument("spec", nargs="?", help="experiment spec JSON (e.g. presets/offline-tiny.json)")
+    p.add_argument("--run-dir", help="run directory (default: a new folder under --runs-dir)")
+    p.add_argument("--runs-dir", default="runs", help="where new run directories go (default: runs)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="show a progress bar (default: when stderr is a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="base model and every saved variant on your prompts")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--prompt", action="append", required=True, help="a source; repeat for several")
+    p.add_argument("--max-new-tokens", type=int)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("runs", help="every run in the runs folder: state, step, start time, error")
+    p.add_argument("--runs-dir", default="runs", help="the folder of runs (default: runs)")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("inspect", help="parameter accounting for a spec or a model, no training")
+    p.add_argument("spec", nargs="?")
+    p.add_argument("--model", help="a model preset, Hub id or folder (instead of a spec)")
+    p.add_argument("--prefix-length", type=int, help="with --model: num_virtual_tokens (default: 10)")
+    p.add_argument("--encoder-hidden-size", type=int, help="with --model: the projection MLP's hidden size")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("bench", help="benchmarks: core (a training step vs PEFT and a floor), "
+                                     "engine (paired vs separate runs)")
+    p.add_argument("which", nargs="?", choices=("core", "engine", "all"), default="all")
+    p.add_argument("--quick", action="store_true", help="small sizes, seconds not minutes")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("gpucheck", add_help=False,
+                       help="check the GPU path (parity, worker, throughput); python -m prefixlab gpucheck --help")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="passed on to prefixlab.tools.gpucheck")
+    p.set_defaults(func=cmd_gpucheck)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gpucheck"]:  # its options are gpucheck's own; argparse would reject them here
+        args = argparse.Namespace(func=cmd_gpucheck, rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, ValueError, FileNotFoundError) as err:
+        # SpecError, ModelLoadError, DataError are ValueErrors with messages meant for people.
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before a command could handle it (e.g. while importing torch)
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
