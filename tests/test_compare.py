@@ -1,4 +1,5 @@
-"""compare.py: run directory -> comparison table and output grid; parameter accounting vs real models."""
+"""views/tables.py: run directory -> comparison table and output grid; engine.checks' parameter accounting vs
+real models."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from safetensors.torch import load_file
 
 from prefixlab.views import tables as compare
 from prefixlab.core.config import PrefixTuningConfig
+from prefixlab.engine import checks
 from prefixlab.engine.spec import ExperimentSpec
 from prefixlab.engine.runs import RunDir, append_jsonl, atomic_write_json
 
@@ -56,7 +58,7 @@ def test_running_run_table_comes_from_metrics_and_accounting(tmp_path):
     rows = {r["variant"]: r for r in compare.comparison_table(tmp_path / "run")}
     live = rows["projection"]
     assert (live["train loss"], live["val loss"], live["tokens/s"], live["wall time (s)"]) == (3.0, 3.5, 200.0, 3.0)
-    expected = compare.accounting_rows(_spec())
+    expected = checks.check(_spec()).rows()
     for row in expected:
         assert rows[row["variant"]]["trainable"] == row["trainable"]
         assert rows[row["variant"]]["stored"] == row["stored"]
@@ -92,10 +94,13 @@ def test_accounting_without_weights_equals_the_built_model(model_name, projectio
     from prefixlab import get_peft_model
     from prefixlab.engine.zoo import load_base
 
-    prefix = PrefixTuningConfig(num_virtual_tokens=3, prefix_projection=projection, encoder_hidden_size=24)
-    counts = compare.variant_accounting(model_name, prefix)
+    spec = ExperimentSpec.from_dict({"model": {"name": model_name},
+                                     "prefix": {"num_virtual_tokens": 3, "encoder_hidden_size": 24},
+                                     "variants": ["projection" if projection else "no_projection"]})
+    [counts] = checks.check(spec).rows()
     base, _, task_type = load_base(model_name)
-    model = get_peft_model(base, compare.with_task_type(prefix, model_name))
+    model = get_peft_model(base, PrefixTuningConfig(num_virtual_tokens=3, prefix_projection=projection,
+                                                    encoder_hidden_size=24, task_type=task_type))
     trainable, total = model.get_nb_trainable_parameters()
     assert (counts["trainable"], counts["total"]) == (trainable, total)
     assert counts["trainable %"] == pytest.approx(100 * trainable / total, abs=1e-4)

@@ -175,3 +175,26 @@ def test_explicit_sizes_that_match_are_accepted_like_peft():
                                 num_layers=2)
     filled = infer_sizes(config, tiny_config("llama"))
     assert (filled.token_dim, filled.num_attention_heads) == (32, 2)
+
+
+def test_errors_carry_the_field_they_are_about():
+    """Callers put a message beside its field from `.field`, never by reading the text."""
+    from transformers import GPT2Config
+
+    from prefixlab.core.config import ConfigError, infer_sizes
+
+    with pytest.raises(ConfigError) as info:
+        PrefixTuningConfig(num_virtual_tokens=0)
+    assert info.value.field == "num_virtual_tokens" and str(info.value).startswith("num_virtual_tokens=0")
+    with pytest.raises(ConfigError) as info:
+        PrefixTuningConfig(num_virtual_tokens=4, init_weights="ones")
+    assert info.value.field == "init_weights"
+    gpt2 = GPT2Config(n_layer=2, n_embd=64, n_head=4)
+    with pytest.raises(ConfigError) as info:
+        infer_sizes(PrefixTuningConfig(num_virtual_tokens=4, num_layers=3, task_type="CAUSAL_LM"), gpt2)
+    assert info.value.field == "num_layers"
+    with pytest.raises(ConfigError) as info:
+        infer_sizes(PrefixTuningConfig(num_virtual_tokens=4), gpt2, task_type="SEQ_2_SEQ_LM")
+    assert info.value.field == "task_type"
+    filled = infer_sizes(PrefixTuningConfig(num_virtual_tokens=4), gpt2, task_type="CAUSAL_LM")
+    assert filled.task_type == "CAUSAL_LM" and filled.num_layers == 2

@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 
 from prefixlab import PrefixTuningConfig
-from prefixlab.engine.spec import (
-    ExperimentSpec,
-    SpecError,
-    TrainingSpec,
-    form_fields,
-    prefix_form_fields,
-    spec_from_form,
-)
+from prefixlab.engine.spec import ExperimentSpec, SpecError, TrainingSpec
+from prefixlab.ui.fields import form_fields, form_from_spec, prefix_form_fields, spec_from_form
 
 PRESETS = sorted((Path(__file__).resolve().parent.parent / "presets").glob("*.json"))
 
@@ -42,7 +36,7 @@ def test_json_round_trip_keeps_every_field():
 
 
 def test_form_round_trip_and_coercion():
-    values = ExperimentSpec().to_form()
+    values = form_from_spec(ExperimentSpec())[0]
     values.update({"training.batch_size": "8", "training.learning_rate": "0.01", "training.max_steps": "",
                    "prefix.num_virtual_tokens": 12.0, "experiment.variants": "projection",
                    "data.max_train_examples": "", "prefix.encoder_hidden_size": ""})
@@ -50,19 +44,19 @@ def test_form_round_trip_and_coercion():
     assert spec.training.batch_size == 8 and spec.training.learning_rate == 0.01
     assert spec.training.max_steps is None and spec.data.max_train_examples is None
     assert spec.variant_names == ["projection"] and spec.variants[0].prefix.num_virtual_tokens == 12
-    assert spec_from_form(spec.to_form()).to_dict() == spec.to_dict()
+    assert spec_from_form(form_from_spec(spec)[0]).to_dict() == spec.to_dict()
 
 
 def test_a_preset_keeps_its_description_through_the_form():
     preset = ExperimentSpec.load(next(p for p in PRESETS if p.stem == "offline-tiny"))
     assert preset.description  # presets say what they do and how to run them
     # Load a preset on the page, save it back: the description is a form field, not lost.
-    assert spec_from_form(preset.to_form()).description == preset.description
+    assert spec_from_form(form_from_spec(preset)[0]).description == preset.description
 
 
 def test_form_fields_cover_every_form_key_with_help():
     fields = {f["key"]: f for f in form_fields()}
-    assert set(fields) == set(ExperimentSpec().to_form())
+    assert set(fields) == set(form_from_spec(ExperimentSpec())[0])
     assert all(f["help"] for f in fields.values())
     assert fields["training.precision"]["choices"] == ("auto", "fp32", "bf16", "fp16")
     assert fields["generation.strategy"]["choices"] == ("greedy", "sampling", "beam")
@@ -98,7 +92,8 @@ def test_form_fields_cover_every_form_key_with_help():
         ({"prefix.num_virtual_tokens": ""}, "prefix.num_virtual_tokens", ["is empty", "prefix length"]),
         ({"prefix.encoder_hidden_size": "-3"}, "prefix.encoder_hidden_size", ["encoder_hidden_size=-3"]),
         ({"prefix.init_weights": "ones"}, "prefix.init_weights", ["init_weights='ones'", "'zero'"]),
-        ({"experiment.variants": "three"}, "experiment.variants", ["both, no_projection, projection"]),
+        ({"experiment.variants": "three"}, "experiment.variants", ["one or more of no_projection, projection", "'three'"]),
+        ({"experiment.variants": []}, "experiment.variants", ["choose at least one variant"]),
         ({"training.sed": "1"}, "training.sed", ["unknown field", "seed"]),
         ({"nonsense": 1}, "nonsense", ["unknown form field"]),
     ],
@@ -164,8 +159,8 @@ def test_shared_prefix_with_variant_overrides_and_comment_keys():
     assert [(v.name, v.prefix.num_virtual_tokens, v.prefix.encoder_hidden_size) for v in spec.variants] == [
         ("short", 5, 16), ("long", 20, 16)]
     with pytest.raises(SpecError, match="edit this experiment as JSON") as info:
-        spec.to_form()  # not the form's shape: the page must not silently drop a variant
-    assert info.value.field == "variants"
+        form_from_spec(spec)  # not the form's shape: the page must not silently drop a variant
+    assert info.value.field == "experiment.variants"
 
 
 def test_spec_file_errors_name_the_file(tmp_path):
@@ -198,3 +193,36 @@ def test_every_preset_is_a_valid_spec_that_says_how_to_run_it(path):
         assert prefix.num_virtual_tokens == 10 and prefix.encoder_hidden_size == 512
         assert 5e-5 <= spec.training.learning_rate <= 8e-5
         assert spec.data.source == "e2e-synth"
+
+
+def test_every_problem_in_a_document_is_named_at_once():
+    with pytest.raises(SpecError) as info:
+        ExperimentSpec.from_dict({"model": {"name": " "}, "prefix": {"num_virtual_tokens": 0},
+                                  "training": {"batch_size": "many", "learning_rate": -1, "sed": 1},
+                                  "generation": {"strategy": "topk"}})
+    assert set(info.value.errors) == {"model.name", "prefix.num_virtual_tokens", "training.batch_size",
+                                      "training.learning_rate", "training.sed", "generation.strategy"}
+    assert info.value.field == "model.name"  # the first one found, for callers that show one
+    assert "'many'" in info.value.errors["training.batch_size"]
+    with pytest.raises(SpecError) as info:
+        spec_from_form({"training.batch_size": "0", "generation.num_prompts": "0", "experiment.variants": []})
+    assert set(info.value.errors) == {"training.batch_size", "generation.num_prompts", "experiment.variants"}
+
+
+def test_variants_are_stored_as_chosen():
+    spec = ExperimentSpec.from_dict({"prefix": {"num_virtual_tokens": 6}, "variants": ["projection"]})
+    assert spec.to_dict()["variants"] == ["projection"]
+    assert spec.to_dict()["prefix"] == {"num_virtual_tokens": 6}
+    assert form_from_spec(spec)[0]["experiment.variants"] == ["projection"]
+    again = ExperimentSpec.from_json(spec.to_json())
+    assert again.to_dict() == spec.to_dict() and again.variants[0].prefix.prefix_projection
+    custom = ExperimentSpec.from_dict({"prefix": {"num_virtual_tokens": 6},
+                                       "variants": ["no_projection", {"name": "wide", "prefix": {"num_virtual_tokens": 20}}]})
+    assert custom.to_dict()["variants"] == ["no_projection", {"name": "wide", "prefix": {"num_virtual_tokens": 20}}]
+    assert [v.prefix.num_virtual_tokens for v in custom.variants] == [6, 20]
+    # A variant's own value is named where it is set, a shared one on the shared prefix.
+    assert custom.prefix_key(1, "num_virtual_tokens") == "variants[1].prefix.num_virtual_tokens"
+    assert custom.prefix_key(1, "encoder_hidden_size") == "prefix.encoder_hidden_size"
+    with pytest.raises(SpecError) as info:
+        ExperimentSpec.from_dict({"variants": ["projection", "lora"]})
+    assert info.value.field == "variants[1]" and "not a standard variant" in info.value.message

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from prefixlab.engine import spec as experiment
 from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig
 from prefixlab.ui import fields as ui_fields
 from prefixlab.ui.form import NONE_CHOICE, component_for, to_component_value
@@ -29,7 +28,9 @@ def test_every_user_facing_prefix_field_is_on_the_form_with_its_help():
         assert key in by_key, f"{key} missing from the page"
         assert f.metadata["help"] in by_key[key].help
     # prefix_projection is chosen through the variants (off / on / both side by side).
-    assert by_key["experiment.variants"].choices == ("both", "no_projection", "projection")
+    assert by_key["experiment.variants"].choices == ("no_projection", "projection")
+    assert by_key["experiment.variants"].kind == "multi"
+    assert isinstance(component_for(by_key["experiment.variants"]), gr.CheckboxGroup)
 
 
 def test_inferred_fields_are_flagged_optional_ints_and_read_only():
@@ -73,7 +74,7 @@ def test_a_field_added_to_the_config_appears_with_no_ui_change(monkeypatch):
     class ExtendedConfig(PrefixTuningConfig):
         prefix_dropout: float = field(default=0.1, metadata={"help": "Dropout on the prefix"})
 
-    monkeypatch.setattr(experiment, "PrefixTuningConfig", ExtendedConfig)
+    monkeypatch.setattr(ui_fields, "PrefixTuningConfig", ExtendedConfig)
     added = _by_key()["prefix.prefix_dropout"]
     assert (added.kind, added.default, added.help) == ("float", 0.1, "Dropout on the prefix")
     box = component_for(added)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from prefixlab.engine import checks as preflight
+from prefixlab.engine import checks
 from prefixlab.engine.spec import ExperimentSpec
 from prefixlab.engine.runs import RunInfo
 from prefixlab.ui import values
-from prefixlab.ui.fields import page_fields
+from prefixlab.ui.fields import form_from_spec, page_fields
 from prefixlab.ui.form import component_for, to_component_value
 
 FIELDS = page_fields()
@@ -20,7 +20,7 @@ def _raw(**changes):
     spec = ExperimentSpec.from_dict({"name": "t", "model": {"name": "tiny-gpt2"},
                                      "prefix": {"num_virtual_tokens": 4},
                                      "training": {"max_steps": 4, "eval_interval": 2}})
-    form, _ = values.form_from_spec(spec)
+    form, _ = form_from_spec(spec)
     raw = {f.key: to_component_value(f, form.get(f.key)) for f in FIELDS}
     for key, value in changes.items():
         raw[key.replace("__", ".")] = value
@@ -137,7 +137,7 @@ def test_inferred_sizes_of_tiny_models():
 def test_form_from_spec_round_trips_and_unlocks_pinned_sizes():
     spec = ExperimentSpec.from_dict({"model": {"name": "tiny-gpt2"},
                                      "prefix": {"num_virtual_tokens": 6, "num_layers": 2}})
-    form, override = values.form_from_spec(spec)
+    form, override = form_from_spec(spec)
     assert override and form["prefix.num_layers"] == 2 and form["prefix.num_virtual_tokens"] == 6
     raw = [to_component_value(f, form.get(f.key)) for f in FIELDS]
     again, errors = values.check_form(values.collect_form(FIELDS, raw, override))
@@ -210,13 +210,13 @@ def test_one_column_as_source_and_target_is_refused_for_files_and_hub_datasets(t
     task = tmp_path / "one.csv"
     task.write_text("text\nhello\nworld\n")
     spec, _ = _check(data__source=str(task), data__source_column="text", data__target_column="text")
-    assert preflight.task_data_errors(spec) == {"data.target_column": (
+    assert checks.task_data_errors(spec) == {"data.target_column": (
         f"{task}: the source and target columns are both 'text'; a task needs a source column and a different "
         "target column: set one of them to another column (a file with a single column cannot be a task)")}
     spec, _ = _check(data__source="someone/dataset", data__source_column="a", data__target_column="a")
-    assert "both 'a'" in preflight.task_data_errors(spec)["data.target_column"]
+    assert "both 'a'" in checks.task_data_errors(spec)["data.target_column"]
     spec, _ = _check(data__source="someone/dataset", data__source_column="a", data__target_column="b")
-    assert preflight.task_data_errors(spec) == {}  # a Hub dataset is otherwise checked by the worker
+    assert checks.task_data_errors(spec) == {}  # a Hub dataset is otherwise checked by the worker
 
 
 def test_file_names_for_presets_and_exports_keep_letters_of_any_script():

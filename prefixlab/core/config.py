@@ -25,6 +25,17 @@ LEGACY_WEIGHTS_NAME = "adapter_model.bin"  # PEFT with safe_serialization=False
 INFERRED_FIELDS = ("num_layers", "token_dim", "num_attention_heads", "num_transformer_submodules")
 
 
+class ConfigError(ValueError):
+    """A PrefixTuningConfig value that is wrong, or does not fit the model. `.field` is the
+    PrefixTuningConfig field it is about, so callers put the message beside that field without
+    reading the text; the message names the field, the value and what to do."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
 class AdapterFileError(ValueError):
     """An adapter directory is missing a file, or a file in it is unreadable or does not fit."""
 
@@ -41,7 +52,7 @@ class PeftType(str, enum.Enum):
 
 
 def _fail(name: str, value: Any, fix: str) -> None:
-    raise ValueError(f"{name}={value!r} is invalid: {fix}")
+    raise ConfigError(name, f"{name}={value!r} is invalid: {fix}")
 
 
 def _check_positive_int(name: str, value: Any, *, optional: bool = True) -> None:
@@ -275,22 +286,23 @@ def _model_kv_heads_and_head_dim(data: dict, token_dim: int, heads: int) -> Opti
     return kv_heads, head_dim
 
 
-def _missing(field_name: str, keys: tuple[str, ...], model_config) -> ValueError:
-    return ValueError(
+def _missing(field_name: str, keys: tuple[str, ...], model_config) -> ConfigError:
+    return ConfigError(field_name, 
         f"{field_name}=None cannot be inferred: the model config ({type(model_config).__name__}) has none of "
         f"{', '.join(keys)}; set {field_name} in PrefixTuningConfig"
     )
 
 
-def _mismatch(field_name: str, value: Any, expected: Any, source: str) -> ValueError:
-    return ValueError(
+def _mismatch(field_name: str, value: Any, expected: Any, source: str) -> ConfigError:
+    return ConfigError(field_name, 
         f"{field_name}={value!r} does not match the model ({source} gives {expected!r}); "
         f"set {field_name}={expected!r} or leave it None to infer it"
     )
 
 
-def infer_sizes(config: PrefixTuningConfig, model_config) -> PrefixTuningConfig:
-    """A copy of `config` with None sizes filled from `model_config` (a transformers PretrainedConfig).
+def infer_sizes(config: PrefixTuningConfig, model_config, task_type=None) -> PrefixTuningConfig:
+    """A copy of `config` with None sizes filled from `model_config` (a transformers PretrainedConfig),
+    and its task_type from `task_type` when the config has none.
 
     PEFT's `_prepare_prompt_learning_config` rules: layers from num_hidden_layers / num_layers /
     n_layer; token_dim from hidden_size / n_embd / d_model; heads from num_attention_heads / n_head /
@@ -306,13 +318,14 @@ def infer_sizes(config: PrefixTuningConfig, model_config) -> PrefixTuningConfig:
     """
     if config.num_virtual_tokens is None:
         _fail("num_virtual_tokens", None, "set num_virtual_tokens to the prefix length, e.g. 20")
-    if config.task_type is None:
+    given_task = config.task_type if config.task_type is not None else _coerce_task_type(task_type)
+    if given_task is None:
         _fail("task_type", None, "set task_type='CAUSAL_LM' or 'SEQ_2_SEQ_LM'")
     data = _model_config_dict(model_config)
     is_seq2seq = bool(data.get("is_encoder_decoder"))
     expected_task = TaskType.SEQ_2_SEQ_LM if is_seq2seq else TaskType.CAUSAL_LM
-    if config.task_type != expected_task:
-        _fail("task_type", config.task_type.value,
+    if given_task != expected_task:
+        _fail("task_type", given_task.value,
               f"the model ({type(model_config).__name__}) is {'an encoder-decoder' if is_seq2seq else 'a decoder-only'}"
               f" model; use task_type='{expected_task.value}'")
 
@@ -345,6 +358,7 @@ def infer_sizes(config: PrefixTuningConfig, model_config) -> PrefixTuningConfig:
                         "its encoder-decoder layout")
     return dataclasses.replace(
         config,
+        task_type=given_task,
         num_layers=num_layers,
         token_dim=token_dim,
         num_attention_heads=num_heads,

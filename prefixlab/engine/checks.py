@@ -1,61 +1,196 @@
-"""What the worker would reject, found before a run exists: the page shows it beside the form and the
-CLI's `train SPEC` refuses with it (exit 2), instead of leaving a failed run folder behind.
+"""What a spec must satisfy against its model, its data and this machine, found before any weight
+is loaded: one function, `check`, serves the page (on every form edit, every problem beside its
+field), the CLI (`train SPEC` refuses with exit 2, making no run folder) and the worker (before the
+first step, with the model config it loaded and the real prompts' lengths).
 
-Reads only configs and local files: no weights, no Hub dataset download.
+It reads the model's config (no weights), local task files (every line, cached by the file's size
+and modification time) and asks torch which device a worker would train on; a Hub dataset is checked
+by the worker, which downloads it. Every problem is {dotted spec key: message}, the key the value
+comes from (`ExperimentSpec.prefix_key` for prefix fields, "model.name" for a model that cannot be
+read); nothing maps a message back to a field by its words.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefixlab.core.config import ConfigError, PrefixTuningConfig, TaskType, infer_sizes
+from prefixlab.core.encoder import prefix_parameter_counts
 from prefixlab.engine import devices
-from prefixlab.views import tables as compare
-from prefixlab.core.config import INFERRED_FIELDS
 from prefixlab.engine.data import DataError, check_columns, load_task, resolve_source
-from prefixlab.engine.spec import ExperimentSpec, position_errors
-from prefixlab.engine.zoo import position_limit
+from prefixlab.engine.spec import ExperimentSpec
+from prefixlab.engine.zoo import count_base_parameters, load_model_config, position_limit, task_type_of_config
 
 
-def field_for_error(message: str) -> str:
-    """The form key a core error is about: an inferred size it names, or else the model."""
-    for name in INFERRED_FIELDS + ("encoder_hidden_size", "num_virtual_tokens"):
-        if message.startswith(f"{name}=") or f" {name}=" in message:
-            return f"prefix.{name}"
-    return "model.name"
+@dataclass
+class Checked:
+    """The outcome of `check`: every problem, and each variant's config with its sizes filled from the
+    model (empty when the model's config cannot be read or a size does not fit it)."""
+
+    errors: dict[str, str] = field(default_factory=dict)
+    filled: dict[str, PrefixTuningConfig] = field(default_factory=dict)
+    model_name: str = ""
+
+    def rows(self) -> list[dict]:
+        """Per variant: trainable, total, trainable %, stored, formula (exact, without weights)."""
+        return [{"variant": name, **variant_accounting(self.model_name, config)} for name, config in self.filled.items()]
 
 
-def accounting(spec: ExperimentSpec) -> tuple[list[dict], dict[str, str]]:
-    """(compare.accounting_rows, errors): a model whose config cannot be read (offline, a typo) or
-    sizes that do not fit it give an error on the field responsible and no rows; lengths past the
-    model's positions (experiment.position_errors) come beside the rows."""
+def check(spec: ExperimentSpec, *, model_config=None, prompt_lengths: list[int] | None = None,
+          data: bool = True) -> Checked:
+    """Every problem a run of `spec` would fail on at setup that can be known without weights.
+
+    model_config: the model's transformers config (default: read for spec.model.name, cached).
+    prompt_lengths: the generation prompts' token counts, when known (the worker); otherwise the
+    new tokens are checked after the shortest prompt. data=False skips the task data (the worker
+    reads it itself)."""
+    out = Checked(model_name=spec.model.name)
+    out.errors.update(precision_errors(spec))
     try:
-        rows = compare.accounting_rows(spec)
-    except ValueError as err:  # ModelLoadError, a size that does not fit the model
-        return [], {field_for_error(str(err)): str(err)}
-    return rows, position_errors(spec, position_limit(compare.model_config(spec.model.name)))
+        config = model_config if model_config is not None else cached_model_config(spec.model.name)
+        task_type = task_type_of_config(config)
+    except ValueError as err:  # ModelLoadError: offline Hub id, a typo, a folder without config.json
+        out.errors["model.name"] = str(err)
+        config = None
+    if config is not None:
+        for i, v in enumerate(spec.variants):
+            try:
+                out.filled[v.name] = infer_sizes(v.prefix, config, task_type)
+            except ConfigError as err:
+                out.errors.setdefault(spec.prefix_key(i, err.field), str(err))
+        if len(out.filled) == len(spec.variants):
+            causal = TaskType(task_type) == TaskType.CAUSAL_LM
+            out.errors.update(position_errors(spec, position_limit(config), prompt_lengths, causal))
+        else:
+            out.filled = {}
+    if data:
+        for key, message in task_data_errors(spec).items():
+            out.errors.setdefault(key, message)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The model: sizes and positions
+
+
+@functools.lru_cache(maxsize=32)
+def cached_model_config(name: str):
+    """load_model_config, cached per model name: the page checks the form on every edit."""
+    return load_model_config(name)
+
+
+def variant_accounting(model_name: str, filled: PrefixTuningConfig) -> dict:
+    """Exact parameter counts of one variant whose sizes are filled, without loading weights.
+
+    total = frozen base (counted on the meta device, cached) + trainable prefix parameters (the
+    projection MLP, when on, trains but is not stored: the adapter keeps only the projected prefix,
+    as PEFT does)."""
+    counts = prefix_parameter_counts(filled)
+    total = count_base_parameters(model_name) + counts["trainable"]
+    return {"trainable": counts["trainable"], "total": total,
+            "trainable %": round(100.0 * counts["trainable"] / total if total else 0.0, 4),
+            "stored": counts["stored"], "formula": counts["formula"]}
+
+
+def generation_room(limit: int, prefix: int, prompt_len: int, causal: bool) -> int:
+    """How many new tokens fit a model with `limit` positions after a `prefix`-token prefix and a
+    `prompt_len`-token prompt. The last new token is never fed back, so a causal LM uses prefix +
+    prompt + new - 1 positions, a seq2seq decoder prefix + new (its start token, then all new tokens
+    but the last; the prompt goes to the encoder)."""
+    return limit - prefix - (prompt_len - 1 if causal else 0)
+
+
+def generation_room_error(spec: ExperimentSpec, limit: int | None, prefix: int, prompt_len: int,
+                          causal: bool) -> str | None:
+    """The message for generation.max_new_tokens when a `prompt_len`-token prompt, the `prefix`-token
+    prefix and the new tokens do not fit the model's `limit` positions; None when they do."""
+    if limit is None:
+        return None
+    room = generation_room(limit, prefix, prompt_len, causal)
+    wanted = spec.generation.max_new_tokens
+    if wanted <= room:
+        return None
+    prompt = f"a {prompt_len}-token prompt and " if causal else ""
+    return (f"{wanted} new tokens after {prompt}the {prefix}-token prefix run past {spec.model.name}'s {limit} "
+            f"positions; set it to at most {max(room, 0)}" + (" or use a shorter prompt" if causal else ""))
+
+
+def position_errors(spec: ExperimentSpec, limit: int | None, prompt_lengths: list[int] | None = None,
+                    causal: bool = True) -> dict[str, str]:
+    """{field: message} for lengths that would run past a model with `limit` positions
+    (zoo.position_limit; None: no limit). The prefix takes the first positions, so a training example
+    gets `limit - num_virtual_tokens`; so do the new tokens after a one-token prompt (the last new
+    token is never fed back), or after the longest of `prompt_lengths` when they are known."""
+    if limit is None:
+        return {}
+    longest = max(range(len(spec.variants)), key=lambda i: spec.variants[i].prefix.num_virtual_tokens)
+    prefix = spec.variants[longest].prefix.num_virtual_tokens
+    model = spec.model.name
+    if prefix + 1 > limit:
+        return {spec.prefix_key(longest, "num_virtual_tokens"):
+                f"{prefix} virtual tokens leave no room in {model}'s {limit} positions; use at most {limit - 1}"}
+    errors = {}
+    if spec.training.max_length + prefix > limit:
+        errors["training.max_length"] = (
+            f"{spec.training.max_length} tokens after the {prefix}-token prefix run past {model}'s {limit} "
+            f"positions; set it to at most {limit - prefix}")
+    if prompt_lengths:
+        message = generation_room_error(spec, limit, prefix, max(prompt_lengths), causal)
+    else:
+        room = generation_room(limit, prefix, prompt_len=1, causal=True)  # the least any prompt leaves
+        message = None if spec.generation.max_new_tokens <= room else (
+            f"{spec.generation.max_new_tokens} new tokens after the {prefix}-token prefix and a prompt run past "
+            f"{model}'s {limit} positions; set it to at most {room}")
+    if message:
+        errors["generation.max_new_tokens"] = message
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# The data and the machine
 
 
 def task_data_errors(spec: ExperimentSpec) -> dict[str, str]:
-    """{form key: message} for a local data file or folder that the worker would reject: every line is
+    """{spec key: message} for a local data file or folder that the worker would reject: every line is
     read with the chosen columns, so a bad line 500 is named here rather than in a failed run. The
     built-in task is shipped and checked by its tests; a Hub dataset is checked by the worker, except
     for one column chosen as both source and target, which is refused for every source but the
     built-in task."""
-    kind, where = resolve_source(spec.data.source)
+    data = spec.data
+    kind, where = resolve_source(data.source)
     try:
         if kind != "builtin":
-            check_columns(where, spec.data.source_column, spec.data.target_column)
+            check_columns(where, data.source_column, data.target_column)
     except DataError as err:
-        return {"data.target_column": str(err)}
-    if kind != "file":
-        return {}
-    try:
-        load_task(spec.data)
-    except DataError as err:
-        message = str(err)
-        for role in ("source", "target"):
-            if f"no {role} column" in message or f"the {role} column" in message:
-                return {f"data.{role}_column": message}
-        return {"data.source": message}
+        return {err.field: str(err)}
+    if kind == "file":
+        problem = _file_problem(where, _stamp(where), data.source_column, data.target_column)
+        return dict([problem]) if problem else {}
     return {}
+
+
+def _stamp(path: str) -> tuple:
+    """What changes when a file or folder of task data is rewritten: its entries' sizes and times."""
+    root = Path(path)
+    try:
+        entries = [root] + (sorted(root.iterdir()) if root.is_dir() else [])
+        return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in entries)
+    except OSError:
+        return ()
+
+
+@functools.lru_cache(maxsize=16)
+def _file_problem(path: str, stamp: tuple, source_column: str, target_column: str) -> tuple[str, str] | None:
+    """(spec key, message) when load_task refuses a file or folder, else None; cached per (path,
+    stamp, columns), so the page, which checks on every edit, reads a file once until it changes."""
+    del stamp  # part of the cache key only
+    try:
+        load_task(path, source_column=source_column, target_column=target_column)
+    except DataError as err:
+        return err.field, str(err)
+    return None
 
 
 def precision_errors(spec: ExperimentSpec) -> dict[str, str]:
@@ -71,9 +206,3 @@ def precision_errors(spec: ExperimentSpec) -> dict[str, str]:
     except ValueError as err:
         return {"training.precision": str(err).removeprefix("training.precision: ")}
     return {}
-
-
-def check(spec: ExperimentSpec) -> dict[str, str]:
-    """Every problem a run of `spec` would fail on at setup that can be known without weights:
-    {dotted field: message}, empty when the spec may run."""
-    return {**precision_errors(spec), **(accounting(spec)[1] or task_data_errors(spec))}

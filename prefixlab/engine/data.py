@@ -36,7 +36,12 @@ IGNORE_INDEX = -100  # what torch's cross-entropy skips
 
 
 class DataError(ValueError):
-    """Bad or unreachable task data; the message names the file/line (or split/row) and the fix."""
+    """Bad or unreachable task data; the message names the file/line (or split/row) and the fix.
+    `.field` is the spec key to fix: data.source (the file or dataset), or a column."""
+
+    def __init__(self, message: str, field: str = "data.source"):
+        super().__init__(message)
+        self.field = field
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +108,7 @@ def check_columns(where: str, source_column: str, target_column: str) -> None:
     if source_column == target_column:
         raise DataError(f"{where}: the source and target columns are both {source_column!r}; a task needs a "
                         "source column and a different target column: set one of them to another column "
-                        "(a file with a single column cannot be a task)")
+                        "(a file with a single column cannot be a task)", field="data.target_column")
 
 
 def _limits(max_train: int | None, max_eval: int | None) -> dict[str, int | None]:
@@ -314,11 +319,11 @@ def _text(where: str, record: dict, column: str, role: str) -> str:
     if column not in record:
         found = ", ".join(repr(c) for c in record) or "none"
         raise DataError(f"{where}: no {role} column {column!r} (columns found: {found}); "
-                        f"set the {role} column to one of them")
+                        f"set the {role} column to one of them", field=f"data.{role}_column")
     value = record[column]
     if isinstance(value, (list, dict)):
         raise DataError(f"{where}: the {role} column {column!r} holds a {type(value).__name__}, not text; "
-                        "choose a column of plain text")
+                        "choose a column of plain text", field=f"data.{role}_column")
     return "" if value is None else str(value)
 
 

@@ -320,7 +320,7 @@ class Job:
         order, so a spec always starts from the same weights."""
         import dataclasses
 
-        from prefixlab import get_peft_model
+        from prefixlab.core.model import get_peft_model
         from prefixlab.engine.zoo import load_base
 
         base, self.tokenizer, self.task_type = load_base(self.spec.model.name)
@@ -336,19 +336,19 @@ class Job:
         return model
 
     def _check_lengths(self, model) -> None:
-        """Before any training: lengths past the model's position table (zoo.position_limit) would
-        fail deep inside it (IndexError), generation at the very end, after all the training."""
+        """Before any training, the spec's one check (engine.checks) against the loaded model and the
+        real prompts: lengths past the model's position table (zoo.position_limit) would fail deep
+        inside it (IndexError), generation at the very end, after all the training."""
+        from prefixlab.engine import checks
         from prefixlab.engine.data import encode_prompts
-        from prefixlab.engine.spec import position_errors
-        from prefixlab.engine.zoo import position_limit
 
-        errors = position_errors(self.spec, position_limit(model.base_model.config))
+        lengths = [encode_prompts([source], self.tokenizer, self.task_type, self.spec.data.separator,
+                                  max_length=self.spec.training.max_length)["input_ids"].shape[1]
+                   for source, _ in prompts_for(self.spec, self.test_examples)]
+        errors = checks.check(self.spec, model_config=model.base_model.config, prompt_lengths=lengths,
+                              data=False).errors
         if errors:
-            raise SpecError(*next(iter(errors.items())))
-        for source, _ in prompts_for(self.spec, self.test_examples):
-            ids = encode_prompts([source], self.tokenizer, self.task_type, self.spec.data.separator,
-                                 max_length=self.spec.training.max_length)["input_ids"]
-            check_generation_room(model, self.task_type, self.spec, self.spec.variant_names, ids.shape[1])
+            raise SpecError(errors)
 
     def _optimizer(self, model, name: str):
         """AdamW over one adapter's parameters, with linear warmup then linear decay to 0."""
@@ -559,23 +559,15 @@ def check_generation_room(peft_model, task_type, spec: ExperimentSpec, adapter_n
                           prompt_len: int) -> None:
     """Raise SpecError on generation.max_new_tokens when a prompt of `prompt_len` tokens, the longest
     of the adapters' prefixes and the new tokens do not fit the model's position table
-    (experiment.generation_room)."""
-    from prefixlab.engine.spec import generation_room
+    (checks.generation_room_error)."""
+    from prefixlab.engine.checks import generation_room_error
     from prefixlab.engine.zoo import position_limit
 
-    limit = position_limit(peft_model.base_model.config)
-    if limit is None:
-        return
     prefix = max(peft_model.peft_config[name].num_virtual_tokens for name in adapter_names)
     causal = TaskType(task_type) == TaskType.CAUSAL_LM
-    room = generation_room(limit, prefix, prompt_len, causal)
-    wanted = spec.generation.max_new_tokens
-    if wanted > room:
-        prompt = f"a {prompt_len}-token prompt and " if causal else ""
-        raise SpecError("generation.max_new_tokens",
-                        f"{wanted} new tokens after {prompt}the {prefix}-token prefix run past "
-                        f"{spec.model.name}'s {limit} positions; set it to at most {max(room, 0)}"
-                        + (" or use a shorter prompt" if causal else ""))
+    message = generation_room_error(spec, position_limit(peft_model.base_model.config), prefix, prompt_len, causal)
+    if message:
+        raise SpecError("generation.max_new_tokens", message)
 
 
 @torch.no_grad()

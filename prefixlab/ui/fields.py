@@ -1,25 +1,48 @@
-"""Form field descriptions (pure, no Gradio): what each control on the form is.
+"""The form: what each control is (FieldSpec), and the one mapping between widget values and a spec.
 
-The fields are not written out by hand. `prefixlab.engine.spec.form_fields()` lists every form key
-with its type, default and help, generated from the dataclasses (PrefixTuningConfig's user-facing
-fields, then the model / data / training / generation sections), so a field added to a config
-shows up on the page with no UI change (STYLE.md 2, 12). This module adds what only the page needs:
-a control kind, a DOM id, and the inferred size fields (num_layers, token_dim, ...), which the spec
-leaves to the model but the page shows read-only with the values inferred for the chosen model.
+The fields are not written out by hand. `form_fields()` lists every form key with its type, default
+and help, generated from the spec's dataclasses (PrefixTuningConfig's user-facing fields, then the
+model / data / training / generation sections), so a field added to a config shows up on the page
+with no UI change (STYLE.md 2, 12). `page_fields()` adds what only the page needs: a control kind,
+a DOM id, and the inferred size fields (num_layers, token_dim, ...), which the spec leaves to the
+model but the page shows read-only with the values inferred for the chosen model.
+
+`spec_from_form` reshapes the form's dotted keys into the spec's JSON document and hands it to
+`ExperimentSpec.from_dict`, where every value is coerced and checked (once); `form_from_spec` is its
+inverse. Pure: no Gradio.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import typing
+import warnings
 from dataclasses import dataclass
 
 from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig
-from prefixlab.engine.spec import form_fields
+from prefixlab.engine.spec import (
+    DEFAULT_PREFIX,
+    SECTIONS,
+    STANDARD_VARIANTS,
+    ExperimentSpec,
+    SpecError,
+    type_name,
+    unwrap_optional,
+)
+
+# `experiment.variants`: which of the standard variants to train (the paper's pair by default).
+VARIANT_CHOICES = tuple(STANDARD_VARIANTS)
+# PrefixTuningConfig fields the form never shows: set by the library, derived from the model
+# (INFERRED_FIELDS, task_type) or chosen per variant (prefix_projection).
+HIDDEN_PREFIX_FIELDS = frozenset(
+    {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode",
+     "modules_to_save", "auto_mapping", "peft_version", "prefix_projection", *INFERRED_FIELDS}
+)
 
 # Keys whose control is a dropdown that also takes typed values (a Hub id, a file path, a column).
 FREE_CHOICE_KEYS = frozenset({"model.name", "data.source", "data.source_column", "data.target_column"})
-# Listed by experiment.form_fields() but not a choice anyone makes on the page: PEFT fills in its
+# Listed by form_fields() but not a choice anyone makes on the page: PEFT fills in its
 # own version when it saves an adapter.
 PAGE_HIDDEN_KEYS = frozenset({"prefix.peft_version"})
 # The form's sections, in page order, with their headings.
@@ -34,7 +57,7 @@ class FieldSpec:
     """How one form key appears on the page."""
 
     key: str  # dotted form key, e.g. "prefix.num_virtual_tokens" (CONTRACTS.md: spec_from_form)
-    kind: str  # "bool", "int", "float", "str", "choice" or "lines" (list[str], one item a line)
+    kind: str  # "bool", "int", "float", "str", "choice", "multi" (several choices) or "lines" (one item a line)
     default: typing.Any
     help: str
     optional: bool = False  # an empty box means None
@@ -61,13 +84,15 @@ class FieldSpec:
 
 
 def _kind(meta: dict) -> str:
+    if meta["type"] == "multi":
+        return "multi"
     if meta.get("choices") and meta["key"] not in FREE_CHOICE_KEYS:
         return "choice"
     return {"bool": "bool", "int": "int", "float": "float", "list[str]": "lines"}.get(meta["type"], "str")
 
 
 def field_from_metadata(meta: dict) -> FieldSpec:
-    """experiment.form_fields() entry -> FieldSpec."""
+    """form_fields() entry -> FieldSpec."""
     default = meta["default"]
     if meta["type"] == "list[str]" and isinstance(default, list):
         default = "\n".join(default)
@@ -98,3 +123,129 @@ def fields_by_section(fields: list[FieldSpec]) -> dict[str, list[FieldSpec]]:
     for f in fields:
         out.setdefault(f.section, []).append(f)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Form metadata from the dataclasses
+# ---------------------------------------------------------------------------------------------
+
+
+def _field_info(key: str, f: dataclasses.Field, type_: typing.Any) -> dict:
+    base, optional = unwrap_optional(type_)
+    optional = optional or f.default is None
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    if isinstance(default, enum.Enum):
+        default = default.value
+    choices = f.metadata.get("choices")
+    if choices is None and typing.get_origin(base) is typing.Literal:
+        choices = typing.get_args(base)
+    return {"key": key, "type": type_name(base), "optional": optional, "default": default,
+            "help": f.metadata.get("help", ""), "choices": tuple(choices) if choices else None}
+
+
+def prefix_form_fields() -> list[dict]:
+    """Form metadata for the user-editable PrefixTuningConfig fields (keys `prefix.<field>`)."""
+    hints = typing.get_type_hints(PrefixTuningConfig)
+    out = [_field_info(f"prefix.{f.name}", f, hints[f.name]) for f in dataclasses.fields(PrefixTuningConfig)
+           if f.name not in HIDDEN_PREFIX_FIELDS]
+    for info in out:  # the form starts from the default spec's prefix, not PEFT's empty one
+        name = info["key"].split(".", 1)[1]
+        if name in DEFAULT_PREFIX:
+            info["default"], info["optional"] = DEFAULT_PREFIX[name], False
+    return out
+
+
+def form_fields() -> list[dict]:
+    """Form metadata for every form key: {"key", "type", "optional", "default", "help", "choices"}.
+
+    `type` is one of int, float, bool, str, list[str] (a multi-line text box, one item a line) or
+    multi (several of `choices`). Order: experiment, prefix, model, data, training, generation.
+    """
+    out = [
+        {"key": "experiment.name", "type": "str", "optional": False, "default": "experiment",
+         "help": "A short name for the run.", "choices": None},
+        {"key": "experiment.description", "type": "str", "optional": False, "default": "",
+         "help": "Free text kept with the run and in a saved preset; presets say how to run them.",
+         "choices": None},
+        {"key": "experiment.variants", "type": "multi", "optional": False, "default": list(VARIANT_CHOICES),
+         "help": "The variants to train side by side on the same batches: the prefix trained directly "
+                 "(no_projection) and through the reparameterisation MLP (projection), the paper's comparison.",
+         "choices": VARIANT_CHOICES},
+    ]
+    out += prefix_form_fields()
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        out += [_field_info(f"{section}.{f.name}", f, hints[f.name]) for f in dataclasses.fields(cls)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Form values <-> spec
+# ---------------------------------------------------------------------------------------------
+
+
+def _form_key(spec_key: str) -> str:
+    """The form key a spec error is about: the variants' problems are the variants choice's."""
+    return "experiment.variants" if spec_key.startswith("variants") else spec_key
+
+
+def spec_from_form(values: dict) -> ExperimentSpec:
+    """The one function that turns form values (dotted keys, widget values) into a spec.
+
+    Missing keys take their defaults; a cleared box (None or "") means "not set". The values are
+    reshaped into the spec's JSON document and coerced and checked there, once. Raises SpecError
+    naming every bad form key.
+    """
+    document: dict = {"prefix": {}, "variants": list(VARIANT_CHOICES), **{s: {} for s in SECTIONS}}
+    errors: dict[str, str] = {}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        if section == "experiment" and name in ("name", "description"):
+            document[name] = value if value is not None else ""
+        elif section == "experiment" and name == "variants":
+            chosen = [value] if isinstance(value, str) else list(value or [])
+            unknown = [v for v in chosen if v not in VARIANT_CHOICES]
+            if unknown or not chosen:
+                errors[key] = (f"must be one or more of {', '.join(VARIANT_CHOICES)}, got {value!r}" if unknown else
+                               f"choose at least one variant to train ({', '.join(VARIANT_CHOICES)})")
+            else:
+                document["variants"] = [v for v in VARIANT_CHOICES if v in chosen]  # the page's order
+        elif section in document and section != "variants" and name:
+            document[section][name] = value
+        else:
+            errors[key] = f"unknown form field; expected experiment, prefix or {', '.join(SECTIONS)} + '.<field>'"
+    if document["prefix"].pop("prefix_projection", None) is not None:
+        # The variants choice sets prefix_projection; a stray form value is ignored, not an error.
+        warnings.warn("prefix.prefix_projection is set by experiment.variants; ignoring the form value")
+    document["prefix"] = {k: v for k, v in {**DEFAULT_PREFIX, **document["prefix"]}.items() if v not in (None, "")}
+    try:
+        spec = ExperimentSpec.from_dict(document)
+    except SpecError as err:
+        for key, message in err.errors.items():
+            errors.setdefault(_form_key(key), message)
+        raise SpecError(errors) from None
+    if errors:
+        raise SpecError(errors)
+    return spec
+
+
+def form_from_spec(spec: ExperimentSpec) -> tuple[dict, bool]:
+    """(form values, override): the inverse of `spec_from_form`, plus whether the spec pins any
+    inferred size (the page then unlocks those fields). Raises SpecError on experiment.variants when
+    a variant is not one of the form's standard ones: such specs are edited as JSON."""
+    custom = [v.name for v in spec.variants if not v.standard]
+    if custom:
+        raise SpecError("experiment.variants", f"variants {custom} are not the form's standard variants "
+                                               f"({', '.join(VARIANT_CHOICES)}); edit this experiment as JSON instead")
+    shared = spec.prefix.to_json_dict()
+    values = {"experiment.name": spec.name, "experiment.description": spec.description,
+              "experiment.variants": spec.variant_names}
+    for f in prefix_form_fields():
+        values[f["key"]] = shared.get(f["key"].split(".", 1)[1])
+    for section in SECTIONS:
+        for key, value in dataclasses.asdict(getattr(spec, section)).items():
+            values[f"{section}.{key}"] = value
+    pinned = {f"prefix.{n}": shared[n] for n in INFERRED_FIELDS if shared.get(n) is not None}
+    values.update(pinned)
+    return values, bool(pinned)

@@ -33,6 +33,8 @@ def component_for(field: FieldSpec, choices: tuple = (), value=None) -> gr.compo
         return gr.Number(value=value, step=1, **common)
     if field.kind == "float":
         return gr.Number(value=value, **common)
+    if field.kind == "multi":
+        return gr.CheckboxGroup(choices=list(field.choices), value=list(value or []), **common)
     if field.kind == "choice":
         options = [NONE_CHOICE, *field.choices] if field.optional else list(field.choices)
         return gr.Dropdown(choices=options, value=value if value is not None else "", **common)

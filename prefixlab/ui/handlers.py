@@ -17,14 +17,14 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from prefixlab.engine import checks as preflight
+from prefixlab.engine import checks
 from prefixlab.views import figures as plots
 from prefixlab.views import tables as compare
 from prefixlab.engine.data import DataError, read_table
 from prefixlab.engine.spec import ExperimentSpec, SpecError
 from prefixlab.engine.runs import JobQueue, RunDir
 from prefixlab.ui import values
-from prefixlab.ui.fields import FieldSpec
+from prefixlab.ui.fields import FieldSpec, form_from_spec
 from prefixlab.ui.form import to_component_value
 from prefixlab.ui.generate import generate_all, no_adapters_message, trained_variants
 
@@ -65,7 +65,7 @@ class Lab:
         """(component values in field order, override, message) for presets/<name>.json."""
         try:
             spec = ExperimentSpec.load(self.presets_dir / f"{name}.json")
-            form, override = values.form_from_spec(spec)
+            form, override = form_from_spec(spec)
         except SpecError as err:
             return [gr.skip()] * len(self.fields), False, values.errors_markdown({err.field: err.message})
         return [to_component_value(f, form.get(f.key)) for f in self.fields], override, ""
@@ -128,7 +128,7 @@ class Lab:
         if spec is not None:
             rows, errors = values.accounting(spec)
         form = dict(zip([f.key for f in self.fields], raw))
-        projection_on = form.get("experiment.variants") != "no_projection"
+        projection_on = "projection" in (form.get("experiment.variants") or [])
         errors = values.with_upload_error(errors, upload_error)
         return rows, values.errors_markdown(errors), gr.update(interactive=projection_on)
 
@@ -253,7 +253,7 @@ class Lab:
         if spec is not None:
             # What the worker would fail on at setup (model config, sizes, lengths, the task file's
             # lines): say so beside the field instead of queueing a run that cannot start.
-            errors = preflight.check(spec)
+            errors = checks.check(spec).errors
         if errors:
             return values.errors_markdown(errors), gr.skip(), gr.skip()
         run_id = self.queue.submit(spec)

@@ -14,12 +14,11 @@ import shlex
 import time
 from pathlib import Path
 
-from prefixlab.engine import checks as preflight
-from prefixlab.views import tables as compare
 from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
-from prefixlab.engine.spec import ExperimentSpec, SpecError, spec_from_form
-from prefixlab.ui.fields import FieldSpec
-from prefixlab.engine.zoo import load_model_config
+from prefixlab.engine import checks
+from prefixlab.engine.spec import ExperimentSpec, SpecError
+from prefixlab.engine.zoo import task_type_of_config
+from prefixlab.ui.fields import FieldSpec, spec_from_form
 
 ACCOUNTING_HEADERS = ["variant", "trainable", "total", "trainable %", "stored in adapter", "formula"]
 RUNS_HEADERS = ["run", "name", "model", "state", "step", "started (UTC)", "train loss", "val loss"]
@@ -60,11 +59,11 @@ def _typed(number: float) -> str:
 
 
 def check_form(values: dict) -> tuple[ExperimentSpec | None, dict[str, str]]:
-    """(spec, {}) for good values, (None, {dotted key: message}) for a bad one. Never raises."""
+    """(spec, {}) for good values, (None, {dotted key: message, ...}) naming every bad one. Never raises."""
     try:
         spec = spec_from_form(values)
     except SpecError as err:
-        return None, {err.field: err.message}
+        return None, dict(err.errors)
     except ValueError as err:  # a core check not yet mapped to a field; still a message, not a trace
         return None, {"experiment": str(err)}
     return spec, {}
@@ -83,18 +82,18 @@ def inferred_sizes(model_name: str, num_virtual_tokens: int = 1) -> dict[str, in
 
     Raises ValueError (ModelLoadError) when the model's config cannot be read, e.g. a Hub id offline.
     """
-    prefix = compare.with_task_type(PrefixTuningConfig(num_virtual_tokens=num_virtual_tokens), model_name)
-    filled = infer_sizes(prefix, load_model_config(model_name))
+    config = checks.cached_model_config(model_name)
+    filled = infer_sizes(PrefixTuningConfig(num_virtual_tokens=num_virtual_tokens), config, task_type_of_config(config))
     return {f"prefix.{name}": getattr(filled, name) for name in INFERRED_FIELDS}
 
 
 def accounting(spec: ExperimentSpec) -> tuple[list[list], dict[str, str]]:
-    """(table rows, errors): exact per-variant parameter counts for the spec, without weights
-    (preflight.accounting: errors on the field responsible, with no rows when the model's config
-    cannot be read or sizes do not fit it)."""
-    rows, errors = preflight.accounting(spec)
+    """(table rows, errors): exact per-variant parameter counts for the spec, without weights, and
+    every problem engine.checks.check finds (no rows when the model's config cannot be read or a
+    size does not fit it)."""
+    checked = checks.check(spec)
     return [[r["variant"], r["trainable"], r["total"], r["trainable %"], r["stored"], r["formula"]]
-            for r in rows], errors
+            for r in checked.rows()], checked.errors
 
 
 # --- the experiment as a file and a command ------------------------------------------------------
@@ -170,18 +169,6 @@ def with_upload_error(errors: dict[str, str], upload_error: str | None) -> dict[
     if not upload_error:
         return errors
     return {"data.source": upload_error, **{k: v for k, v in errors.items() if k != "data.source"}}
-
-
-def form_from_spec(spec: ExperimentSpec) -> tuple[dict, bool]:
-    """(form values, override): spec.to_form() plus the inferred sizes the spec sets explicitly.
-
-    `override` is True when the spec pins any inferred size, so the page unlocks those fields.
-    """
-    values = spec.to_form()
-    prefix = spec.variants[0].prefix
-    pinned = {f"prefix.{n}": getattr(prefix, n) for n in INFERRED_FIELDS if getattr(prefix, n) is not None}
-    values.update(pinned)
-    return values, bool(pinned)
 
 
 # --- runs --------------------------------------------------------------------------------------

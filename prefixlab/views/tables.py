@@ -1,23 +1,18 @@
 """Tables for the comparison panel, read from a run directory (finished or still running).
 
-Three tables: parameter accounting per variant (before training, from the spec alone: config
-arithmetic and a meta-device count of the base, no weights), the side-by-side comparison of the
-variants of a run (parameters, losses, speed), and the output grid (per prompt: reference, the
-base model's output and each variant's). The pure `*_rows` functions take parsed records so tests
+Two tables: the side-by-side comparison of the variants of a run (parameters, losses, speed; before
+summary.json exists the parameter counts are engine.checks' accounting, from the spec alone), and
+the output grid (per prompt: reference, the base model's output and each variant's). The pure `*_rows` functions take parsed records so tests
 can feed them directly; `comparison_table(run_dir)` and `output_grid(run_dir)` read the directory.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
-from functools import lru_cache
 
-from prefixlab.core.config import infer_sizes
-from prefixlab.core.encoder import prefix_parameter_counts
+from prefixlab.engine import checks
 from prefixlab.engine.runs import RunDir
-from prefixlab.engine.zoo import count_base_parameters, load_model_config, task_type_for
 
 COMPARISON_COLUMNS = (
     "variant", "trainable", "total", "trainable %", "stored",
@@ -26,55 +21,9 @@ COMPARISON_COLUMNS = (
 ACCOUNTING_COLUMNS = ("variant", "trainable", "total", "trainable %", "stored in adapter", "formula")
 
 
-@lru_cache(maxsize=32)
-def model_config(name: str):
-    """load_model_config, cached per model name: the page recomputes the accounting on every edit."""
-    return load_model_config(name)
-
-
-@lru_cache(maxsize=32)
-def _base_parameters(name: str) -> int:
-    return count_base_parameters(name)
-
-
 def trainable_percent(trainable: int, total: int) -> float:
     """Share of all parameters that train, in percent (PEFT's print_trainable_parameters)."""
     return 100.0 * trainable / total if total else 0.0
-
-
-def with_task_type(prefix, model_name: str):
-    """The form never asks for task_type: it follows from the model (CAUSAL_LM or SEQ_2_SEQ_LM)."""
-    if prefix.task_type is not None:
-        return prefix
-    return dataclasses.replace(prefix, task_type=task_type_for(model_name))
-
-
-def filled_prefix(model_name: str, prefix):
-    """`prefix` with task_type and the sizes inferred from the model's config (no weights loaded)."""
-    return infer_sizes(with_task_type(prefix, model_name), model_config(model_name))
-
-
-def variant_accounting(model_name: str, prefix) -> dict:
-    """Exact parameter counts of one variant, without loading weights.
-
-    `prefix` is a PrefixTuningConfig; its inferred fields are filled from the model's config.
-    total = frozen base + trainable prefix parameters (the projection MLP, when on, trains but is
-    not stored: the adapter keeps only the projected prefix, as PEFT does).
-    """
-    counts = prefix_parameter_counts(filled_prefix(model_name, prefix))
-    total = _base_parameters(model_name) + counts["trainable"]
-    return {
-        "trainable": counts["trainable"],
-        "total": total,
-        "trainable %": round(trainable_percent(counts["trainable"], total), 4),
-        "stored": counts["stored"],
-        "formula": counts["formula"],
-    }
-
-
-def accounting_rows(spec) -> list[dict]:
-    """Per variant of an ExperimentSpec: trainable, total, trainable %, stored, formula."""
-    return [{"variant": v.name, **variant_accounting(spec.model.name, v.prefix)} for v in spec.variants]
 
 
 def _last(records: list[dict], variant: str, key: str):
@@ -127,7 +76,7 @@ def comparison_rows(variants: list[str], metrics: list[dict], summary: dict | No
     """The variants side by side, one row each, columns COMPARISON_COLUMNS.
 
     summary.json (written when a run ends) is the authority; before it exists the losses come from
-    metrics.jsonl and the parameter counts from `accounting` (variant -> variant_accounting()).
+    metrics.jsonl and the parameter counts from `accounting` (variant -> checks.variant_accounting()).
     """
     per_variant = (summary or {}).get("variants", {})
     rows = []
@@ -160,13 +109,11 @@ def run_variants(spec, metrics: list[dict], summary: dict | None) -> list[str]:
 
 
 def safe_accounting(spec) -> dict[str, dict]:
-    """accounting_rows keyed by variant, or {} when the model's config cannot be read (offline Hub id)."""
+    """The spec's parameter accounting keyed by variant (engine.checks), or {} when the model's config
+    cannot be read (an offline Hub id) or the sizes do not fit it."""
     if spec is None:
         return {}
-    try:
-        return {row["variant"]: row for row in accounting_rows(spec)}
-    except (ValueError, OSError):
-        return {}
+    return {row["variant"]: row for row in checks.check(spec, data=False).rows()}
 
 
 def readable_spec(run: RunDir):
