@@ -280,9 +280,12 @@ class Job:
         self.accelerator = make_accelerator(training)
         self.say(f"device {self.accelerator.device}, mixed precision {self.accelerator.mixed_precision}")
         set_seed(training.seed)
-        model = self._build_model()
+        from prefixlab.engine.zoo import load_base
+
+        base, self.tokenizer, self.task_type = load_base(self.spec.model.name)
+        self.say(f"loaded base model {self.spec.model.name} ({TaskType(self.task_type).value})")
         self.train_loader, self.eval_loader = self._data_loaders()
-        self._check_lengths(model)
+        model = self._build_model(base, self._checked_configs(base))
         if len(self.train_loader) == 0:
             raise ValueError(f"data.source {self.spec.data.source!r}: the train split has no examples; "
                              "add some or check data.max_train_examples")
@@ -315,40 +318,33 @@ class Job:
             v.scaler = copy.deepcopy(shared)  # same kind and settings, fresh state
             v.optimizer.scaler = v.scaler  # the prepared optimizer's step() unscales, steps and updates it
 
-    def _build_model(self):
-        """The frozen base with every variant's prefix; prefixes initialise from the seed in variant
-        order, so a spec always starts from the same weights."""
-        import dataclasses
-
-        from prefixlab.core.model import get_peft_model
-        from prefixlab.engine.zoo import load_base
-
-        base, self.tokenizer, self.task_type = load_base(self.spec.model.name)
-        self.say(f"loaded base model {self.spec.model.name} ({TaskType(self.task_type).value})")
-        model = None
-        for v in self.spec.variants:
-            # The spec may leave task_type out: it is the loaded model's.
-            config = v.prefix if v.prefix.task_type else dataclasses.replace(v.prefix, task_type=self.task_type)
-            if model is None:
-                model = get_peft_model(base, config, adapter_name=v.name)
-            else:
-                model.add_adapter(v.name, config)
-        return model
-
-    def _check_lengths(self, model) -> None:
+    def _checked_configs(self, base) -> list:
         """Before any training, the spec's one check (engine.checks) against the loaded model and the
-        real prompts: lengths past the model's position table (zoo.position_limit) would fail deep
-        inside it (IndexError), generation at the very end, after all the training."""
+        real prompts (lengths past the model's position table would fail deep inside it, generation
+        at the very end, after all the training); returns each variant's config, sizes filled."""
         from prefixlab.engine import checks
         from prefixlab.engine.data import encode_prompts
 
         lengths = [encode_prompts([source], self.tokenizer, self.task_type, self.spec.data.separator,
                                   max_length=self.spec.training.max_length)["input_ids"].shape[1]
                    for source, _ in prompts_for(self.spec, self.test_examples)]
-        errors = checks.check(self.spec, model_config=model.base_model.config, prompt_lengths=lengths,
-                              data=False).errors
-        if errors:
-            raise SpecError(errors)
+        checked = checks.check(self.spec, model_config=base.config, prompt_lengths=lengths, data=False)
+        if checked.errors:
+            raise SpecError(checked.errors)
+        return [checked.filled[name] for name in self.spec.variant_names]
+
+    def _build_model(self, base, configs: list):
+        """The frozen base with every variant's prefix; prefixes initialise from the seed in variant
+        order, so a spec always starts from the same weights."""
+        from prefixlab.core.model import get_peft_model
+
+        model = None
+        for name, config in zip(self.spec.variant_names, configs):
+            if model is None:
+                model = get_peft_model(base, config, adapter_name=name)
+            else:
+                model.add_adapter(name, config)
+        return model
 
     def _optimizer(self, model, name: str):
         """AdamW over one adapter's parameters, with linear warmup then linear decay to 0."""
