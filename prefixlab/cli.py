@@ -8,7 +8,7 @@
     python -m prefixlab runs [--runs-dir runs]                      # every run: state, step, error
     python -m prefixlab inspect presets/gpt2-e2e.json               # parameter counts, no weights
     python -m prefixlab inspect --model gpt2-medium --prefix-length 10 --encoder-hidden-size 512
-    python -m prefixlab bench [core|engine|all] [--quick]
+    python -m prefixlab bench [core|engine|startup|all] [--quick] [--json PATH]
     python -m prefixlab gpucheck
 """
 
@@ -165,9 +165,9 @@ def train_in(args, owner: bool, stack: ExitStack) -> int:
 
     if args.spec is not None:
         spec = ExperimentSpec.load(args.spec)
-        from prefixlab.engine import checks as preflight
+        from prefixlab.engine import checks
 
-        problems = preflight.check(spec)  # what the worker would fail on at setup: bad input, no run folder
+        problems = checks.check(spec).errors  # what the worker would fail on at setup: bad input, no run folder
         if problems:
             raise CliError("; ".join(f"{key}: {message}" for key, message in problems.items())
                            + f" (in {args.spec})")
@@ -215,10 +215,10 @@ def train_in(args, owner: bool, stack: ExitStack) -> int:
 def cmd_generate(args) -> int:
     import torch
 
-    from prefixlab import PrefixTuningModel
+    from prefixlab.core.model import PrefixTuningModel
     from prefixlab.engine.devices import training_device_type
     from prefixlab.engine.runs import RunDir
-    from prefixlab.engine.worker import generate_outputs
+    from prefixlab.engine.generation import generate_outputs
     from prefixlab.engine.zoo import load_base
 
     run = RunDir(folder(args.run_dir, "--run-dir"))
@@ -231,6 +231,7 @@ def cmd_generate(args) -> int:
     names = [v for v in spec.variant_names if (run.adapter_path(v) / "adapter_config.json").exists()]
     if not names:
         raise CliError(no_adapters(run, spec))
+    quiet_transformers()
     base, tokenizer, task_type = load_base(spec.model.name)
     device = torch.device(training_device_type())  # where the worker would train: CUDA, MPS or CPU
     model = PrefixTuningModel.from_pretrained(base.to(device), str(run.adapter_path(names[0])), adapter_name=names[0])
@@ -304,14 +305,15 @@ def cmd_runs(args) -> int:
 
 def inspect_rows(spec: ExperimentSpec) -> list[dict]:
     """Per variant: the filled prefix sizes and parameter counts, from the model config only (the
-    page's accounting, compare.variant_accounting)."""
-    from prefixlab.views.tables import filled_prefix, variant_accounting
+    page's accounting: engine.checks). CliError with every problem when the sizes cannot be filled."""
+    from prefixlab.engine import checks
 
+    checked = checks.check(spec, data=False, machine=False)
+    if not checked.filled:
+        raise CliError("; ".join(f"{key}: {message}" for key, message in checked.errors.items()))
     rows = []
-    for v in spec.variants:
-        filled = filled_prefix(spec.model.name, v.prefix)
-        counts = variant_accounting(spec.model.name, v.prefix)
-        rows.append({"variant": v.name, "num_virtual_tokens": filled.num_virtual_tokens,
+    for filled, counts in zip(checked.filled.values(), checked.rows()):
+        rows.append({"variant": counts["variant"], "num_virtual_tokens": filled.num_virtual_tokens,
                      "num_layers": filled.num_layers, "token_dim": filled.token_dim,
                      "encoder_hidden_size": filled.encoder_hidden_size,
                      "prefix_projection": filled.prefix_projection, "trainable": counts["trainable"],
@@ -330,12 +332,10 @@ def cmd_inspect(args) -> int:
     if args.spec is not None:
         spec = ExperimentSpec.load(args.spec)
     elif args.model is not None:
-        prefix_length = 10 if args.prefix_length is None else args.prefix_length
-        form = {"model.name": args.model, "prefix.num_virtual_tokens": prefix_length,
-                "prefix.encoder_hidden_size": args.encoder_hidden_size}
-        from prefixlab.engine.spec import spec_from_form
-
-        spec = spec_from_form({k: v for k, v in form.items() if v is not None})
+        prefix = {"num_virtual_tokens": 10 if args.prefix_length is None else args.prefix_length}
+        if args.encoder_hidden_size is not None:
+            prefix["encoder_hidden_size"] = args.encoder_hidden_size
+        spec = ExperimentSpec.from_dict({"model": {"name": args.model}, "prefix": prefix})
     else:
         raise CliError("inspect needs SPEC.json or --model NAME")
     rows = inspect_rows(spec)
@@ -365,13 +365,9 @@ def _import(module: str, attr: str, what: str):
 
 
 def cmd_bench(args) -> int:
-    if args.which in ("core", "all"):  # without PEFT, run_core_bench raises the ValueError main() prints
-        _import("prefixlab.tools.bench", "main", "the core benchmark")(["--quick"] if args.quick else [])
-    if args.which in ("engine", "all"):
-        from prefixlab.tools.bench_engine import run_engine_bench
-
-        run_engine_bench(quick=args.quick)
-    return EXIT_OK
+    """prefixlab.tools.bench runs and prints them (without PEFT, `core` raises the ValueError main() prints)."""
+    argv = [args.which] + (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
+    return _import("prefixlab.tools.bench", "main", "the benchmarks")(argv)
 
 
 def cmd_gpucheck(args) -> int:
@@ -414,10 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-hidden-size", type=int, help="with --model: the projection MLP's hidden size")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("bench", help="benchmarks: core (a training step vs PEFT and a floor), "
-                                     "engine (paired vs separate runs)")
-    p.add_argument("which", nargs="?", choices=("core", "engine", "all"), default="all")
-    p.add_argument("--quick", action="store_true", help="small sizes, seconds not minutes")
+    p = sub.add_parser("bench", help="benchmarks: core (a training step vs PEFT and a floor), engine (paired vs "
+                                     "separate runs), startup (cold starts of these commands and the page)")
+    p.add_argument("which", nargs="?", choices=("core", "engine", "startup", "all"), default="all")
+    p.add_argument("--quick", action="store_true", help="small sizes and one round: seconds, not minutes")
+    p.add_argument("--json", metavar="PATH", help="also write every number measured to PATH")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("gpucheck", add_help=False,

@@ -16,13 +16,8 @@ from prefixlab.engine.spec import ExperimentSpec, TrainingSpec
 from prefixlab.engine.runs import CANCELLED, DONE, FAILED, RunDir
 from prefixlab.engine.tiny import tiny_model
 from prefixlab.engine.devices import mixed_precision_for, training_device_type
-from prefixlab.engine.worker import (
-    Job,
-    describe_error,
-    generation_kwargs,
-    run_worker,
-    total_steps,
-)
+from prefixlab.engine.generation import generation_kwargs
+from prefixlab.engine.worker import Job, describe_error, run_worker, total_steps
 
 
 def tiny_spec(**training) -> ExperimentSpec:
@@ -296,10 +291,10 @@ def test_generate_outputs_fills_exactly_the_room_left_and_refuses_one_more_token
     model itself fails there."""
     from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel
 
-    import prefixlab.engine.worker as train_module
+    import prefixlab.engine.generation as train_module
     from prefixlab.engine.data import encode_prompts
     from prefixlab.engine.spec import SpecError
-    from prefixlab.engine.worker import generate_outputs
+    from prefixlab.engine.generation import generate_outputs
     from prefixlab.engine.zoo import load_base
 
     spec = tiny_spec()

@@ -55,6 +55,29 @@ def test_offline_presets_are_the_tiny_models(name):
     assert zoo.load_model_config(name).to_dict() == reference.config.to_dict()
 
 
+@pytest.mark.parametrize("name", [*OFFLINE, *SHIPPED])
+@pytest.mark.parametrize("prefix", [dict(num_virtual_tokens=5), dict(num_virtual_tokens=3, encoder_hidden_size=24)])
+def test_offline_facts_without_transformers_equal_the_real_config(name, prefix):
+    """The checks read an offline preset's config values without importing transformers
+    (zoo.model_facts): the sizes, positions, task type and parameter count they give are the
+    transformers config's and the built model's."""
+    from prefixlab.core.config import PrefixTuningConfig, infer_sizes
+
+    facts = zoo.model_facts(name)
+    assert isinstance(facts.config, dict)
+    config = zoo.load_model_config(name)
+    real = config.to_dict()
+    for key, value in facts.config.items():  # every value given is the real config's
+        if key != "transformers_version":
+            assert real[key] == value, key
+    assert facts.task_type == zoo.task_type_of_config(config)
+    assert facts.position_limit == zoo.position_limit(config)
+    ours = infer_sizes(PrefixTuningConfig(**prefix), facts.config, facts.task_type)
+    assert ours == infer_sizes(PrefixTuningConfig(**prefix), config, facts.task_type)
+    model = zoo.load_base(name)[0]
+    assert facts.parameters == sum(p.numel() for p in model.parameters())
+
+
 def test_offline_presets_have_the_same_weights_in_another_process(tmp_path):
     code = ("import sys, torch; from prefixlab.engine import zoo\n"
             "torch.save({n: zoo.load_base(n)[0].state_dict() for n in sys.argv[2:]}, sys.argv[1])")
@@ -122,7 +145,7 @@ def test_unsupported_model_type_is_named(tmp_path):
 
 
 def test_hub_model_offline_fails_with_one_clear_message():
-    assert zoo.hub_offline()  # conftest sets HF_HUB_OFFLINE=1
+    assert hub.hub_offline()  # conftest sets HF_HUB_OFFLINE=1
     assert zoo.task_type_for("gpt2") == TaskType.CAUSAL_LM  # presets know their task type offline
     for call in (zoo.load_base, zoo.count_base_parameters, zoo.load_model_config):
         with pytest.raises(zoo.ModelLoadError) as info:
@@ -155,11 +178,11 @@ def test_reachability_probe_both_ways():
     thread = threading.Thread(target=server.handle_request, daemon=True)
     thread.start()
     try:
-        assert zoo.hub_unreachable_reason(f"http://127.0.0.1:{server.server_port}", timeout=5) is None
+        assert hub.hub_unreachable_reason(f"http://127.0.0.1:{server.server_port}", timeout=5) is None
     finally:
         thread.join(5)
         server.server_close()
-    reason = zoo.hub_unreachable_reason(f"http://127.0.0.1:{_closed_port()}", timeout=2)
+    reason = hub.hub_unreachable_reason(f"http://127.0.0.1:{_closed_port()}", timeout=2)
     assert reason is not None and reason.startswith("ConnectError")
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional, Union
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"  # PEFT with safe_serialization=False
+SAVED_KEY = "prompt_embeddings"  # PEFT's single key in adapter_model.safetensors
 INFERRED_FIELDS = ("num_layers", "token_dim", "num_attention_heads", "num_transformer_submodules")
 
 
@@ -394,3 +395,46 @@ def kv_layout(config: PrefixTuningConfig, model_config=None) -> tuple[int, int, 
             raise ValueError("kv_layout needs model_config when the config's sizes are not filled in")
         config = infer_sizes(config, model_config)
     return config.num_layers, config.num_attention_heads, config.token_dim // config.num_attention_heads
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter accounting (plain arithmetic on a filled config; the PrefixEncoder builds these tensors)
+
+
+def prefix_width(config: PrefixTuningConfig) -> int:
+    """Width of one virtual token's prefix: a key and a value vector for every layer."""
+    return config.num_layers * 2 * config.token_dim
+
+
+def require_filled(config: PrefixTuningConfig) -> None:
+    for name in ("num_virtual_tokens", "num_layers", "token_dim"):
+        if getattr(config, name) is None:
+            raise ValueError(
+                f"{name}=None: the PrefixEncoder needs it; set it in PrefixTuningConfig or build the encoder through "
+                "get_peft_model, which infers it from the model"
+            )
+
+
+def uses_projection(config: PrefixTuningConfig) -> bool:
+    """PEFT keeps the MLP only while training: an adapter loaded for inference stores the projected
+    prefix in a flat embedding (the MLP cannot be recovered from it)."""
+    return config.prefix_projection and not config.inference_mode
+
+
+def prefix_parameter_counts(config: PrefixTuningConfig) -> dict:
+    """Parameter accounting of one adapter without building it (config must have its sizes filled).
+
+    trainable: what the optimiser updates; stored: what adapter_model.safetensors holds.
+    """
+    require_filled(config)
+    n, d, out = config.num_virtual_tokens, config.token_dim, prefix_width(config)
+    stored = n * out
+    if uses_projection(config):
+        h = config.encoder_hidden_size or d
+        trainable = n * d + d * h + h + h * out + out
+        formula = (f"n*d + d*h + h + h*out + out = {n}*{d} + {d}*{h} + {h} + {h}*{out} + {out}"
+                   f" (out = num_layers*2*token_dim = {config.num_layers}*2*{d})")
+    else:
+        trainable = stored
+        formula = f"n*out = {n}*{out} (out = num_layers*2*token_dim = {config.num_layers}*2*{d})"
+    return {"trainable": trainable, "stored": stored, "formula": formula}

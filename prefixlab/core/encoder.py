@@ -10,29 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import PrefixTuningConfig
-
-SAVED_KEY = "prompt_embeddings"  # PEFT's single key in adapter_model.safetensors
-
-
-def _output_size(config: PrefixTuningConfig) -> int:
-    """Width of one virtual token's prefix: a key and a value vector for every layer."""
-    return config.num_layers * 2 * config.token_dim
-
-
-def _require_filled(config: PrefixTuningConfig) -> None:
-    for name in ("num_virtual_tokens", "num_layers", "token_dim"):
-        if getattr(config, name) is None:
-            raise ValueError(
-                f"{name}=None: the PrefixEncoder needs it; set it in PrefixTuningConfig or build the encoder through "
-                "get_peft_model, which infers it from the model"
-            )
-
-
-def uses_projection(config: PrefixTuningConfig) -> bool:
-    """PEFT keeps the MLP only while training: an adapter loaded for inference stores the projected
-    prefix in a flat embedding (the MLP cannot be recovered from it)."""
-    return config.prefix_projection and not config.inference_mode
+from .config import (  # noqa: F401 (prefix_parameter_counts: importable here, as before)
+    SAVED_KEY,
+    PrefixTuningConfig,
+    prefix_width,
+    require_filled,
+    prefix_parameter_counts,
+    uses_projection,
+)
 
 
 class PrefixEncoder(nn.Module):
@@ -48,9 +33,9 @@ class PrefixEncoder(nn.Module):
 
     def __init__(self, config: PrefixTuningConfig):
         super().__init__()
-        _require_filled(config)
+        require_filled(config)
         self.prefix_projection = uses_projection(config)
-        n, d, out = config.num_virtual_tokens, config.token_dim, _output_size(config)
+        n, d, out = config.num_virtual_tokens, config.token_dim, prefix_width(config)
         if self.prefix_projection:
             hidden = config.encoder_hidden_size or d  # PEFT falls back to token_dim
             self.embedding = nn.Embedding(n, d)
@@ -91,22 +76,3 @@ class PrefixEncoder(nn.Module):
             )
         with torch.no_grad():
             self.embedding.weight.copy_(prompt_embeddings.to(self.embedding.weight))
-
-
-def prefix_parameter_counts(config: PrefixTuningConfig) -> dict:
-    """Parameter accounting of one adapter without building it (config must have its sizes filled).
-
-    trainable: what the optimiser updates; stored: what adapter_model.safetensors holds.
-    """
-    _require_filled(config)
-    n, d, out = config.num_virtual_tokens, config.token_dim, _output_size(config)
-    stored = n * out
-    if uses_projection(config):
-        h = config.encoder_hidden_size or d
-        trainable = n * d + d * h + h + h * out + out
-        formula = (f"n*d + d*h + h + h*out + out = {n}*{d} + {d}*{h} + {h} + {h}*{out} + {out}"
-                   f" (out = num_layers*2*token_dim = {config.num_layers}*2*{d})")
-    else:
-        trainable = stored
-        formula = f"n*out = {n}*{out} (out = num_layers*2*token_dim = {config.num_layers}*2*{d})"
-    return {"trainable": trainable, "stored": stored, "formula": formula}

@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 from huggingface_hub import constants as hub_constants
 
-from .config import CONFIG_NAME, LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, AdapterFileError
-from .encoder import SAVED_KEY
+from .config import CONFIG_NAME, LEGACY_WEIGHTS_NAME, SAVED_KEY, WEIGHTS_NAME, AdapterFileError
 
 HUB_CHECK_TIMEOUT_S = 3.0
 _HUB_CHECK_TTL_S = 60.0  # re-check reachability at most once a minute
@@ -72,12 +70,14 @@ def cache_only(name: str) -> tuple[bool, str | None]:
 
 def load_options(torch_device: Optional[str] = None, autocast_adapter_dtype: bool = True,
                  ephemeral_gpu_offload: bool = False, low_cpu_mem_usage: bool = False,
-                 key_mapping: Optional[dict[str, str]] = None, **hub_kwargs) -> tuple[torch.device, dict]:
+                 key_mapping: Optional[dict[str, str]] = None, **hub_kwargs) -> tuple["torch.device", dict]:
     """PEFT's keywords for loading an adapter, so that code written for PeftModel runs unchanged:
     (the device the weights file is read onto, the Hub keywords left over). As in PEFT, the prefix
     ends on the base model's device whatever `torch_device` is, and autocast_adapter_dtype,
     ephemeral_gpu_offload and low_cpu_mem_usage act on adapter layers, which a prefix has none of,
     so they change nothing. key_mapping renames layer keys; a prefix adapter's one tensor has none."""
+    import torch
+
     del autocast_adapter_dtype, ephemeral_gpu_offload, low_cpu_mem_usage
     if key_mapping:
         raise ValueError(
@@ -87,7 +87,9 @@ def load_options(torch_device: Optional[str] = None, autocast_adapter_dtype: boo
     return (torch.device("cpu") if torch_device is None else _device_or_raise(torch_device)), hub_kwargs
 
 
-def _device_or_raise(name) -> torch.device:
+def _device_or_raise(name) -> "torch.device":
+    import torch
+
     try:
         device = torch.device(name)
         torch.empty(0, device=device)  # a device torch knows but this machine lacks fails here

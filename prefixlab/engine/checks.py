@@ -3,7 +3,7 @@ is loaded: one function, `check`, serves the page (on every form edit, every pro
 field), the CLI (`train SPEC` refuses with exit 2, making no run folder) and the worker (before the
 first step, with the model config it loaded and the real prompts' lengths).
 
-It reads the model's config (no weights), local task files (every line, cached by the file's size
+It reads the model's config (no weights; zoo.model_facts), local task files (every line, cached by the file's size
 and modification time) and asks torch which device a worker would train on; a Hub dataset is checked
 by the worker, which downloads it. Every problem is {dotted spec key: message}, the key the value
 comes from (`ExperimentSpec.prefix_key` for prefix fields, "model.name" for a model that cannot be
@@ -16,12 +16,10 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefixlab.core.config import ConfigError, PrefixTuningConfig, TaskType, infer_sizes
-from prefixlab.core.encoder import prefix_parameter_counts
-from prefixlab.engine import devices
+from prefixlab.core.config import ConfigError, PrefixTuningConfig, TaskType, infer_sizes, prefix_parameter_counts
 from prefixlab.engine.data import DataError, check_columns, load_task, resolve_source
 from prefixlab.engine.spec import ExperimentSpec
-from prefixlab.engine.zoo import count_base_parameters, load_model_config, position_limit, task_type_of_config
+from prefixlab.engine.zoo import ModelFacts, count_base_parameters, model_facts, position_limit, task_type_of_config
 
 
 @dataclass
@@ -39,30 +37,32 @@ class Checked:
 
 
 def check(spec: ExperimentSpec, *, model_config=None, prompt_lengths: list[int] | None = None,
-          data: bool = True) -> Checked:
+          data: bool = True, machine: bool = True) -> Checked:
     """Every problem a run of `spec` would fail on at setup that can be known without weights.
 
-    model_config: the model's transformers config (default: read for spec.model.name, cached).
+    model_config: the loaded model's transformers config (default: zoo.model_facts of
+    spec.model.name, cached, which for the offline presets needs neither torch nor transformers).
     prompt_lengths: the generation prompts' token counts, when known (the worker); otherwise the
     new tokens are checked after the shortest prompt. data=False skips the task data (the worker
-    reads it itself)."""
+    reads it itself); machine=False skips the precision this machine can train in."""
     out = Checked(model_name=spec.model.name)
-    out.errors.update(precision_errors(spec))
+    if machine:
+        out.errors.update(precision_errors(spec))
     try:
-        config = model_config if model_config is not None else cached_model_config(spec.model.name)
-        task_type = task_type_of_config(config)
+        facts = model_facts(spec.model.name) if model_config is None else ModelFacts(
+            spec.model.name, model_config, task_type_of_config(model_config), position_limit(model_config))
     except ValueError as err:  # ModelLoadError: offline Hub id, a typo, a folder without config.json
         out.errors["model.name"] = str(err)
-        config = None
-    if config is not None:
+        facts = None
+    if facts is not None:
         for i, v in enumerate(spec.variants):
             try:
-                out.filled[v.name] = infer_sizes(v.prefix, config, task_type)
+                out.filled[v.name] = infer_sizes(v.prefix, facts.config, facts.task_type)
             except ConfigError as err:
                 out.errors.setdefault(spec.prefix_key(i, err.field), str(err))
         if len(out.filled) == len(spec.variants):
-            causal = TaskType(task_type) == TaskType.CAUSAL_LM
-            out.errors.update(position_errors(spec, position_limit(config), prompt_lengths, causal))
+            causal = TaskType(facts.task_type) == TaskType.CAUSAL_LM
+            out.errors.update(position_errors(spec, facts.position_limit, prompt_lengths, causal))
         else:
             out.filled = {}
     if data:
@@ -73,12 +73,6 @@ def check(spec: ExperimentSpec, *, model_config=None, prompt_lengths: list[int] 
 
 # ---------------------------------------------------------------------------------------------
 # The model: sizes and positions
-
-
-@functools.lru_cache(maxsize=32)
-def cached_model_config(name: str):
-    """load_model_config, cached per model name: the page checks the form on every edit."""
-    return load_model_config(name)
 
 
 def variant_accounting(model_name: str, filled: PrefixTuningConfig) -> dict:
@@ -198,6 +192,8 @@ def precision_errors(spec: ExperimentSpec) -> dict[str, str]:
     precision (fp16 on a CPU, bf16 on MPS before macOS 14): the worker runs here and would refuse.
     On CUDA the check (bf16 on a pre-Ampere GPU) stays with the worker: asking the GPU would open a
     CUDA context in the page's process, which keeps the GPU for training."""
+    from prefixlab.engine import devices  # torch: asked only when the machine is checked
+
     device_type = devices.training_device_type()
     if device_type == "cuda":
         return {}

@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from prefixlab.core.config import TaskType
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
@@ -580,6 +578,8 @@ def encode_examples(examples: list[dict], tokenizer, task_type, max_length: int,
 
 def pad_sequences(sequences: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     """(batch, longest) long tensor of `sequences` padded with `value` on the right (or left)."""
+    import torch
+
     longest = max(len(s) for s in sequences)
     rows = [[value] * (longest - len(s)) + list(s) if left else list(s) + [value] * (longest - len(s))
             for s in sequences]

@@ -387,7 +387,10 @@ class ExperimentSpec:
 
 
 def _module_dict_attribute(name: str) -> bool:
-    """Whether a prefix named `name` would clash with an attribute of the ModuleDict holding them."""
+    """Whether a prefix named `name` would clash with an attribute of the ModuleDict holding them.
+    The standard variants' names never do, so a spec of them is checked without importing torch."""
+    if name in STANDARD_VARIANTS:
+        return False
     import torch
 
     return hasattr(torch.nn.ModuleDict(), name)

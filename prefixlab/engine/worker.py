@@ -30,9 +30,9 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader
 
-from prefixlab.core.card import write_model_card
 from prefixlab.core.config import TaskType
-from prefixlab.engine.spec import ExperimentSpec, GenerationSpec, SpecError, TrainingSpec
+from prefixlab.engine.generation import generate_outputs, prompts_for
+from prefixlab.engine.spec import ExperimentSpec, SpecError, TrainingSpec
 from prefixlab.engine.devices import make_accelerator, peak_gpu_memory, release_gpu_memory
 from prefixlab.engine.runs import (CANCELLED, DONE, FAILED, RUNNING, RunDir, RunFileError, append_jsonl,
                             atomic_write_json, worker_lock)
@@ -177,16 +177,6 @@ def total_steps(training: TrainingSpec, batches_per_epoch: int) -> int:
         return training.max_steps
     per_epoch = math.ceil(batches_per_epoch / training.gradient_accumulation_steps)
     return max(1, math.ceil(per_epoch * training.num_epochs))
-
-
-def generation_kwargs(gen: GenerationSpec, tokenizer) -> dict:
-    kwargs = {"max_new_tokens": gen.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-              "eos_token_id": tokenizer.eos_token_id}
-    if gen.strategy == "sampling":
-        return {**kwargs, "do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p}
-    if gen.strategy == "beam":
-        return {**kwargs, "do_sample": False, "num_beams": gen.num_beams}
-    return {**kwargs, "do_sample": False, "num_beams": 1}
 
 
 def describe_error(err: BaseException, spec: ExperimentSpec | None) -> str:
@@ -544,62 +534,11 @@ class Job:
 
 
 
-def prompts_for(spec: ExperimentSpec, examples: list[dict]) -> list[tuple[str, str | None]]:
-    """(source, reference) pairs: the spec's prompts, else the first test (or validation) examples."""
-    if spec.generation.prompts:
-        return [(p, None) for p in spec.generation.prompts]
-    return [(e["source"], e["target"]) for e in examples[: spec.generation.num_prompts]]
-
-
-def check_generation_room(peft_model, task_type, spec: ExperimentSpec, adapter_names: list[str],
-                          prompt_len: int) -> None:
-    """Raise SpecError on generation.max_new_tokens when a prompt of `prompt_len` tokens, the longest
-    of the adapters' prefixes and the new tokens do not fit the model's position table
-    (checks.generation_room_error)."""
-    from prefixlab.engine.checks import generation_room_error
-    from prefixlab.engine.zoo import position_limit
-
-    prefix = max(peft_model.peft_config[name].num_virtual_tokens for name in adapter_names)
-    causal = TaskType(task_type) == TaskType.CAUSAL_LM
-    message = generation_room_error(spec, position_limit(peft_model.base_model.config), prefix, prompt_len, causal)
-    if message:
-        raise SpecError("generation.max_new_tokens", message)
-
-
-@torch.no_grad()
-def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, source: str,
-                     adapter_names: list[str], device) -> dict[str, str]:
-    """{"base": text, <adapter>: text, ...} for one source, the base model without any prefix first.
-
-    One prompt at a time, so an output never depends on which other prompts share its batch; the
-    prompt is built and truncated exactly as in training (data.encode_prompts).
-    """
-    from prefixlab.engine.data import encode_prompts
-
-    encoded = encode_prompts([source], tokenizer, task_type, spec.data.separator,
-                             max_length=spec.training.max_length)
-    check_generation_room(peft_model, task_type, spec, adapter_names, encoded["input_ids"].shape[1])
-    encoded = {k: v.to(device) for k, v in encoded.items()}  # (1, prompt_len) each
-    kwargs = generation_kwargs(spec.generation, tokenizer)
-    causal = TaskType(task_type) == TaskType.CAUSAL_LM
-
-    def text(model) -> str:
-        torch.manual_seed(spec.training.seed)  # sampling: every model draws the same stream
-        out = model.generate(**encoded, **kwargs)  # (1, total_len)
-        if causal:
-            out = out[:, encoded["input_ids"].shape[1]:]  # keep only the continuation
-        return tokenizer.decode(out[0], skip_special_tokens=True)
-
-    outputs = {"base": text(peft_model.base_model)}
-    for name in adapter_names:
-        peft_model.set_adapter(name)
-        outputs[name] = text(peft_model)
-    return outputs
-
-
 def save_adapter(peft_model, name: str, target: Path, training: str = "") -> None:
     """Save one adapter to `target` through a temp folder and renames (never half-written), with a
     model card for that folder (`training`: its Markdown on how the adapter was trained)."""
+    from prefixlab.core.card import write_model_card
+
     tmp = target.with_name(f".{target.name}.tmp")
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)

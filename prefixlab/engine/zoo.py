@@ -17,20 +17,19 @@ cache is tried.
 from __future__ import annotations
 
 import functools
+import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
-)
+from typing import Any
 
 from prefixlab.core.config import TaskType
-from prefixlab.core.hub import cache_only, hub_offline, hub_unreachable_reason, local_folder
+from prefixlab.core.hub import cache_only, hub_offline, local_folder
 from prefixlab.engine.data import PRESETS_DIR
-from prefixlab.engine.tiny import tiny_config, tiny_model, tiny_tokenizer
+from prefixlab.engine.tiny import TINY_PARAMETERS, tiny_config, tiny_config_values, tiny_model, tiny_tokenizer
+
+# torch and transformers are imported where a model or a transformers config is built: the page's
+# parameter table and `python -m prefixlab inspect` of an offline preset need neither (ModelFacts).
 
 
 
@@ -126,8 +125,10 @@ def shipped_folder(name: str) -> Path:
     return folder
 
 
-def load_model_config(name: str) -> PretrainedConfig:
-    """The model's config (no weights): tiny presets built in code, others via AutoConfig."""
+def load_model_config(name: str):
+    """The model's transformers config (no weights): tiny presets built in code, others via AutoConfig."""
+    from transformers import AutoConfig
+
     if name in _TINY_ARCH:
         return tiny_config(_TINY_ARCH[name])
     if name in SHIPPED_MODELS:
@@ -151,16 +152,26 @@ POSITION_TABLE_KEYS = {
 }
 
 
-def position_limit(config: PretrainedConfig) -> int | None:
+def _value(config, key: str):
+    """A config value, from a transformers config or from a dict of its values (ModelFacts)."""
+    return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+
+def position_limit(config) -> int | None:
     """How many positions the model can address (prefix included), or None where it has no table."""
-    key = POSITION_TABLE_KEYS.get(getattr(config, "model_type", None))
-    return getattr(config, key, None) if key else None
+    key = POSITION_TABLE_KEYS.get(_value(config, "model_type"))
+    return _value(config, key) if key else None
 
 
-def task_type_of_config(config: PretrainedConfig) -> TaskType:
+def task_type_of_config(config) -> TaskType:
     """SEQ_2_SEQ_LM for encoder-decoders, CAUSAL_LM for decoder-only models transformers knows."""
-    model_type = config.model_type
-    if getattr(config, "is_encoder_decoder", False) or model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    model_type = _value(config, "model_type")
+    if _value(config, "is_encoder_decoder") or model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
         return TaskType.SEQ_2_SEQ_LM
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return TaskType.CAUSAL_LM
@@ -176,21 +187,76 @@ def task_type_for(name: str) -> TaskType:
 
 
 def _model_class(task_type: TaskType):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
     return AutoModelForSeq2SeqLM if task_type == TaskType.SEQ_2_SEQ_LM else AutoModelForCausalLM
 
 
 @functools.lru_cache(maxsize=64)
 def count_base_parameters(name: str) -> int:
     """Parameters of the base model, counted on the meta device: no weights are read or allocated.
+    The offline presets' counts are known without building anything (ModelFacts).
 
     Cached per name for the page, which asks again on every form change.
 
     Tied weights (e.g. GPT-2's input and output embeddings) count once, as in `model.parameters()`.
     """
+    if name in _TINY_ARCH:
+        return TINY_PARAMETERS[_TINY_ARCH[name]]
+    if name in SHIPPED_MODELS:
+        return safetensors_parameters(shipped_folder(name) / "model.safetensors")
+    import torch
+
     config = load_model_config(name)
     with torch.device("meta"):
         model = _model_class(task_type_of_config(config)).from_config(config)
     return sum(p.numel() for p in model.parameters())
+
+
+def safetensors_parameters(path: Path) -> int:
+    """The number of values in a .safetensors file, from its JSON header alone (transformers saves a
+    tied weight once, so this is the model's parameter count)."""
+    with open(path, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+    total = 0
+    for key, entry in header.items():
+        if key != "__metadata__":
+            count = 1
+            for dim in entry["shape"]:
+                count *= dim
+            total += count
+    return total
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the checks need of a base model, without its weights: its config (a transformers config,
+    or for the offline presets a dict of the same values, read without importing transformers), its
+    task type, the positions it can address, and its parameter count."""
+
+    name: str
+    config: Any
+    task_type: TaskType
+    position_limit: int | None
+
+    @property
+    def parameters(self) -> int:
+        return count_base_parameters(self.name)
+
+
+@functools.lru_cache(maxsize=32)
+def model_facts(name: str) -> ModelFacts:
+    """ModelFacts of a preset, Hub id or folder (cached per name: the page checks on every edit).
+    Raises ModelLoadError when the config cannot be read."""
+    if name in _TINY_ARCH:
+        config = tiny_config_values(_TINY_ARCH[name])
+    elif name in SHIPPED_MODELS:
+        config = json.loads((shipped_folder(name) / "config.json").read_text(encoding="utf-8"))
+    else:
+        config = load_model_config(name)
+    task_type = MODEL_PRESETS[name].task_type if name in MODEL_PRESETS else task_type_of_config(config)
+    return ModelFacts(name, config, task_type, position_limit(config))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,12 +274,15 @@ def _ensure_pad_token(tokenizer, model, task_type: TaskType) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_base(name: str, *, dtype: torch.dtype | None = None):
+def load_base(name: str, *, dtype=None):
     """`(model, tokenizer, task_type)` for an offline preset, Hub id or local folder.
 
     The model is in eval mode with weights in `dtype` (default float32: the base stays frozen and
     mixed precision is the trainer's autocast). Raises ModelLoadError with one clear message.
     """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     dtype = dtype or torch.float32
     if name in _TINY_ARCH:
         model = tiny_model(_TINY_ARCH[name]).to(dtype)

@@ -113,7 +113,7 @@ def safe_accounting(spec) -> dict[str, dict]:
     cannot be read (an offline Hub id) or the sizes do not fit it."""
     if spec is None:
         return {}
-    return {row["variant"]: row for row in checks.check(spec, data=False).rows()}
+    return {row["variant"]: row for row in checks.check(spec, data=False, machine=False).rows()}
 
 
 def readable_spec(run: RunDir):
