@@ -191,8 +191,11 @@ def precision_errors(spec: ExperimentSpec) -> dict[str, str]:
     """{"training.precision": why} when this machine's training device cannot train in the chosen
     precision (fp16 on a CPU, bf16 on MPS before macOS 14): the worker runs here and would refuse.
     On CUDA the check (bf16 on a pre-Ampere GPU) stays with the worker: asking the GPU would open a
-    CUDA context in the page's process, which keeps the GPU for training."""
-    from prefixlab.engine import devices  # torch: asked only when the machine is checked
+    CUDA context in the page's process, which keeps the GPU for training. auto and fp32 train
+    everywhere (auto picks what the device can do), so only bf16 and fp16 ask torch."""
+    if spec.training.precision in ("auto", "fp32"):
+        return {}
+    from prefixlab.engine import devices
 
     device_type = devices.training_device_type()
     if device_type == "cuda":
