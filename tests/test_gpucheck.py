@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prefixlab.tools import gpucheck
-from prefixlab.tools.gpucheck.report import (
+from prefixlab.tools.gpucheck import (
     median,
     overall_status,
     ratio,
@@ -45,16 +46,21 @@ def cpu_context(tmp_path: Path, seconds: float = 120.0, **kwargs) -> gpucheck.Ch
 # Without CUDA
 
 
-@pytest.mark.parametrize("command", [["-m", "prefixlab.tools.gpucheck"], ["-m", "prefixlab", "gpucheck"]])
-def test_without_cuda_it_exits_2_with_a_clear_message_and_writes_nothing(tmp_path, command):
+def assert_no_cuda_message(text: str) -> None:
+    assert "no CUDA device:" in text
+    assert "torch.cuda.is_available() == False" in text
+    assert "docs/gpu.md" in text and "python -m pytest" in text
+
+
+def test_without_cuda_it_exits_2_with_a_clear_message_and_writes_nothing(tmp_path):
+    """`python -m prefixlab.tools.gpucheck`; `python -m prefixlab gpucheck` is the prepared script's
+    command, checked the same way below."""
     out = tmp_path / "out"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA even where this suite runs on a GPU machine
-    proc = subprocess.run([sys.executable, *command, "--out", str(out)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "prefixlab.tools.gpucheck", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "no CUDA device:" in proc.stderr
-    assert "torch.cuda.is_available() == False" in proc.stderr
-    assert "docs/gpu.md" in proc.stderr and "python -m pytest" in proc.stderr
+    assert_no_cuda_message(proc.stderr)
     assert not out.exists()  # no results file that claims anything
 
 
@@ -241,18 +247,18 @@ def test_memory_probes_report_nothing_off_cuda():
 def test_device_memory_poller_arithmetic_with_a_fake_device(monkeypatch):
     """The CUDA-only logic, with cudaMemGetInfo replaced by a script of readings (bytes used)."""
     readings = iter([1000, 1000, 5000, 3000] + [1000] * 1000)
-    monkeypatch.setattr("prefixlab.tools.gpucheck.common.device_used_bytes", lambda device: next(readings))
+    monkeypatch.setattr(gpucheck, "device_used_bytes", lambda device: next(readings))
     with gpucheck.DeviceMemoryPoller("cuda", interval_s=0.001) as poller:
         while poller.peak < 5000:
             time.sleep(0.001)
     assert poller.baseline == 1000 and poller.peak_above_baseline == 4000
     assert poller.released(wait_s=1.0) is True
-    monkeypatch.setattr("prefixlab.tools.gpucheck.common.device_used_bytes", lambda device: 1000 + poller.SLACK_BYTES + 1)
+    monkeypatch.setattr(gpucheck, "device_used_bytes", lambda device: 1000 + poller.SLACK_BYTES + 1)
     assert poller.released(wait_s=0.3) is False
 
 
 def test_step_peak_bytes_is_the_peak_above_the_start(monkeypatch):
-    monkeypatch.setattr("prefixlab.tools.gpucheck.common._sync", lambda device: None)
+    monkeypatch.setattr(gpucheck, "synchronize", lambda device: None)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: None)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 100)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 350)
@@ -384,28 +390,35 @@ def test_run_dir_checks_fail_on_a_half_precision_adapter_and_a_rising_loss(e2e_r
     assert problems[0] in ("mixed precision 'no', expected 'bf16'", "mixed precision 'no', expected 'fp16'")
 
 
-def test_the_prepared_script_reports_versions_and_copies_them_to_out_without_cuda(tmp_path):
-    """.ci/gpucheck, the one command for a GPU machine: without CUDA it stops with gpucheck's status 2
-    (running no tests), having written the versions it saw, and copies what exists to $OUT."""
-    out, batch_out = tmp_path / "results", tmp_path / "OUT"
-    batch_out.mkdir()
+def prepared_script(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """.ci/gpucheck OUT ARGS with these environment variables, run from OUT's parent folder."""
     # The script runs `python3`: the interpreter running these tests, also from an unactivated venv.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "CUDA_VISIBLE_DEVICES": "", "OUT": str(batch_out)}
-    proc = subprocess.run([str(REPO / ".ci" / "gpucheck"), str(out)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=180)
+    return subprocess.run([str(REPO / ".ci" / "gpucheck"), str(out), *args], cwd=out.parent,
+                          env={**os.environ, "PATH": path, **env}, capture_output=True, text=True, timeout=180)
+
+
+def test_the_prepared_script_reports_versions_and_copies_them_to_out_without_cuda(tmp_path):
+    """.ci/gpucheck, the one command for a GPU machine: without CUDA it stops with the status and the
+    message of `python -m prefixlab gpucheck` (running no tests), having written the versions it saw,
+    and copies what exists to $OUT."""
+    out, batch_out = tmp_path / "results", tmp_path / "OUT"
+    batch_out.mkdir()
+    proc = prepared_script(out, CUDA_VISIBLE_DEVICES="", OUT=str(batch_out))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     versions = (out / "versions.txt").read_text()
-    assert f"torch {torch.__version__}" in versions and "transformers " in versions and "peft " in versions
+    assert f"torch {torch.__version__}" in versions and "| cuda " in versions
+    for package in ("transformers", "accelerate", "peft"):
+        assert f"{package} {metadata.version(package)}" in versions
     assert re.search(r"^pytest \d+\.\d+", versions, flags=re.M)  # this one, or .whl's where it has one
-    assert "no CUDA device:" in (out / "gpucheck.log").read_text()
-    assert not (out / "pytest.log").exists()
+    assert_no_cuda_message((out / "gpucheck.log").read_text())
+    assert not (out / "pytest.log").exists() and not (out / "results.json").exists()
     assert sorted(p.name for p in batch_out.iterdir()) == ["gpucheck.log", "versions.txt"]
 
 
 def test_the_prepared_script_without_pytest_says_how_to_get_it(tmp_path):
-    """A GPU image may lack pytest: the check still runs, and the tests' log says what to install
-    (status 3: the check passed, the tests did not run)."""
+    """A GPU image may lack pytest: the check still runs (here its cheapest section, on CPU), and the
+    tests' log says what to install (status 3: the check passed, the tests did not run)."""
     out, batch_out, blocked = tmp_path / "results", tmp_path / "OUT", tmp_path / "blocked"
     batch_out.mkdir(), blocked.mkdir()
     # Blocked by an import hook, not a shadowing module: the script puts .whl's packages (which may
@@ -415,12 +428,12 @@ def test_the_prepared_script_without_pytest_says_how_to_get_it(tmp_path):
         "        if name.split('.')[0] == 'pytest':\n"
         "            raise ImportError('No module named pytest (blocked by the test)')\n\n\n"
         "sys.meta_path.insert(0, NoPytest())\n")
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "OUT": str(batch_out), "PYTHONPATH": str(blocked)}
-    proc = subprocess.run([str(REPO / ".ci" / "gpucheck"), str(out), "--", "--device", "cpu", "--sections", "parity"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = prepared_script(out, "--", "--device", "cpu", "--sections", "generation", OUT=str(batch_out),
+                           PYTHONPATH=str(blocked))
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert "## 1. Parity with PEFT on the device: ok" in (out / "results.md").read_text()
+    assert "## 4. Generation latency (greedy): ok" in (out / "results.md").read_text()
     log = (batch_out / "pytest.log").read_text()
     assert log.startswith("pytest is not installed, so the tests did not run") and "pip download --no-deps pytest" in log
     assert "No module named pytest" in (out / "versions.txt").read_text()
+    assert sorted(p.name for p in batch_out.iterdir()) == ["gpucheck.log", "pytest.log", "results.json", "results.md",
+                                                           "versions.txt"]

@@ -1,4 +1,5 @@
-"""The built-in table-to-text task: deterministic, shipped as generated, disjoint, faithful."""
+"""The built-in table-to-text task and its generator, prefixlab.tools.make_task: deterministic, shipped
+as generated, disjoint, faithful."""
 
 from __future__ import annotations
 
@@ -10,19 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from prefixlab.tools import make_task as e2e
+from prefixlab.tools import make_task
 
 SHIPPED = Path(__file__).resolve().parents[1] / "presets" / "data" / "e2e_synth"
 
 
 @pytest.fixture(scope="module")
 def splits():
-    return e2e.generate_splits()
+    return make_task.generate_splits()
 
 
 def test_shipped_files_equal_the_generators_output(splits):
     for split, examples in splits.items():
-        assert (SHIPPED / f"{split}.jsonl").read_text(encoding="utf-8") == e2e.to_jsonl(examples), split
+        assert (SHIPPED / f"{split}.jsonl").read_text(encoding="utf-8") == make_task.to_jsonl(examples), split
 
 
 def test_split_sizes_meet_the_issue(splits):
@@ -39,15 +40,15 @@ def test_splits_are_disjoint(splits):
 
 def test_same_seed_same_data_other_seed_other_data():
     sizes = {"train": 50, "validation": 5, "test": 5}
-    assert e2e.generate_splits(3, sizes) == e2e.generate_splits(3, sizes)
-    assert e2e.generate_splits(3, sizes) != e2e.generate_splits(4, sizes)
+    assert make_task.generate_splits(3, sizes) == make_task.generate_splits(3, sizes)
+    assert make_task.generate_splits(3, sizes) != make_task.generate_splits(4, sizes)
 
 
 def test_generator_leaves_global_random_state_alone():
     random.seed(7)
     expected = random.random()
     random.seed(7)
-    e2e.generate_splits(1, {"train": 20})
+    make_task.generate_splits(1, {"train": 20})
     assert random.random() == expected
 
 
@@ -70,7 +71,7 @@ def _mentions(key: str, value: str, target: str) -> bool:
 def test_every_target_realises_its_attributes(splits):
     for examples in splits.values():
         for ex in examples:
-            attrs = e2e.parse_source(ex["source"])
+            attrs = make_task.parse_source(ex["source"])
             assert list(attrs)[0] == "name" and ex["target"].startswith(tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
             assert attrs["name"] in ex["target"], ex
             for key, value in attrs.items():
@@ -84,10 +85,10 @@ def test_every_target_realises_its_attributes(splits):
 
 def test_source_layout_round_trips(splits):
     ex = splits["train"][0]
-    attrs = e2e.parse_source(ex["source"])
-    assert e2e.format_source(attrs) == ex["source"]
-    assert set(attrs) <= set(e2e.ATTRIBUTES) and 3 <= len(attrs) <= 8
-    assert e2e.format_source({"name": "The Eagle", "food": "French"}) == "name[The Eagle] | food[French]"
+    attrs = make_task.parse_source(ex["source"])
+    assert make_task.format_source(attrs) == ex["source"]
+    assert set(attrs) <= set(make_task.ATTRIBUTES) and 3 <= len(attrs) <= 8
+    assert make_task.format_source({"name": "The Eagle", "food": "French"}) == "name[The Eagle] | food[French]"
 
 
 def test_targets_vary(splits):
@@ -97,7 +98,7 @@ def test_targets_vary(splits):
     for ex in splits["train"]:
         if ex["target"].startswith("There is"):
             frames["There"] += 1
-        elif f"{e2e.parse_source(ex['source'])['name']} is" in ex["target"]:
+        elif f"{make_task.parse_source(ex['source'])['name']} is" in ex["target"]:
             frames["is"] += 1
     assert len(openings) > 20 and min(frames.values()) > 200
 
@@ -107,7 +108,7 @@ def test_cli_writes_the_files(tmp_path):
     subprocess.run([sys.executable, "-m", "prefixlab.tools.make_task", "--out", str(out), "--train", "30",
                     "--validation", "4", "--test", "4", "--seed", "5"], check=True,
                    cwd=Path(__file__).resolve().parents[1], capture_output=True)
-    expected = e2e.generate_splits(5, {"train": 30, "validation": 4, "test": 4})
+    expected = make_task.generate_splits(5, {"train": 30, "validation": 4, "test": 4})
     for split, examples in expected.items():
         lines = (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
         assert [json.loads(line) for line in lines] == examples

@@ -534,7 +534,15 @@ def test_the_queue_leaves_a_queued_run_alone_while_another_worker_holds_it(queue
     holder.kill()
     holder.wait()
     queue.run_dir(claimed).cancel_path.unlink()
-    assert queue.poll() == claimed  # the holder died before starting it: it is queued again
+    try:
+        assert queue.poll() == claimed  # the holder died before starting it: it is queued again
+        queue.run_dir(claimed).path.joinpath("release").touch()  # and the worker the queue started finishes
+        wait_for(lambda: queue.run_dir(claimed).read_status()["state"] == DONE)
+    finally:  # no worker outlives the test, whichever assertion failed
+        for proc in queue._children.values():
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait()
 
 
 def test_a_queue_worker_that_finds_the_run_locked_does_not_fail_it(tmp_path, hold_lock):

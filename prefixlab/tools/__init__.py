@@ -1,6 +1,6 @@
-"""Developer tooling, outside the runtime: benchmarks (bench.py), the GPU check (gpucheck), the
-tiny-model pretraining that makes presets/models/tiny-gpt2-e2e (pretrain.py) and the built-in task's
-generator (make_task.py).
+"""Developer tooling, outside the runtime, one module per tool: the benchmarks (bench.py: core, engine,
+startup), the GPU check (gpucheck.py), the tiny-model pretraining that makes
+presets/models/tiny-gpt2-e2e (pretrain.py) and the built-in task's generator (make_task.py).
 
 May import anything in prefixlab; only the CLI (`python -m prefixlab bench|gpucheck`) imports it.
 """

@@ -1,33 +1,97 @@
-"""Core benchmark: one prefix-tuning training step of prefixlab vs PEFT vs the floor, and memory.
+"""Benchmarks: `python -m prefixlab bench [core|engine|startup|all] [--quick] [--json PATH]`.
 
-    python -m prefixlab.tools.bench            # GPT-2-small-sized random model, batch 8 x 128 tokens, 10 virtual tokens
-    python -m prefixlab.tools.bench --quick    # a tiny model, seconds; for tests of the output structure
+    core     one prefix-tuning training step of prefixlab vs PEFT vs the floor, and memory
+    engine   one paired lockstep run against two separate single-variant runs
+    startup  cold starts of the everyday commands, as subprocesses, against their budgets
 
-A step is forward + backward + AdamW. The contenders run interleaved (round-robin, rotating order)
-on one shared frozen base model, so drift in machine speed hits all of them alike; medians and
-ratios are reported, never asserted. The floor is the same frozen model fed a prefix that is a
-plain leaf tensor of key/values per layer (no encoder, no wrapper): no prefix-tuning step can beat it.
+Timings are reported, never asserted: medians and ratios measured in the same invocation, with
+the contenders interleaved so that drift in machine speed hits all of them alike.
 
-Memory: the projection and no-projection variants held as two adapters on one base (prefixlab)
-versus two PEFT models (two loaded bases, PEFT's usual way), each measured in a fresh process that
-builds the setup and runs one training step per variant: on CUDA torch.cuda.max_memory_allocated,
-on CPU the peak resident set size (VmHWM, reset before the setup) above the process's size after imports.
+    python -m prefixlab.tools.bench core --quick --repeats 2 --no-peak-memory   # every section's own options
+    python -m prefixlab.tools.bench engine --model gpt2 --steps 50 --batch-size 8
+    python -m prefixlab.tools.bench startup --repeats 5 --only runs,inspect
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
+import os
+import platform
+import shlex
+import signal
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import torch
-from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer around a step measures the step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
+                     device: torch.device) -> dict[str, dict[str, list[float]]]:
+    """Seconds per step for each contender, measured round-robin with a rotating order.
+
+    Returns {name: {"wall": [...], "cpu": [...]}}. "cpu" is this process's CPU time (all threads):
+    on a shared CPU machine it is far less disturbed by other processes than wall time. On CUDA
+    only wall time (with synchronisation) means anything.
+    """
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    synchronize(device)
+    times = {name: {"wall": [], "cpu": []} for name in names}
+    for rep in range(repeats):
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for name in order:
+            synchronize(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            steps[name]()
+            synchronize(device)
+            times[name]["wall"].append(time.perf_counter() - wall)
+            times[name]["cpu"].append(time.process_time() - cpu)
+    return times
+
+
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+# =============================================================================================
+# core: one training step (forward + backward + AdamW) of prefixlab, PEFT and the floor
+# =============================================================================================
+#
+# On a GPT-2-small-sized random model, batch 8 x 128 tokens, 10 virtual tokens (--quick: a tiny
+# model, seconds). The contenders share one frozen base model. The floor is the same model fed a
+# prefix that is a plain leaf tensor of key/values per layer (no encoder, no wrapper): no
+# prefix-tuning step can beat it. Memory: the projection and no-projection variants held as two
+# adapters on one base (prefixlab) versus two PEFT models (two loaded bases, PEFT's usual way),
+# each measured in a fresh process that builds the setup and runs one training step per variant:
+# on CUDA torch.cuda.max_memory_allocated, on CPU the peak resident set size (VmHWM, reset before
+# the setup) above the process's size after imports.
 
 
 @dataclass
@@ -44,7 +108,6 @@ class BenchArgs:
     device: str = "auto"
     peak_memory: bool = True
     seed: int = 0
-    json_path: Optional[str] = None
 
     @classmethod
     def quick(cls, **overrides) -> "BenchArgs":
@@ -58,42 +121,28 @@ class BenchArgs:
         return torch.device(self.device)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> BenchArgs:
-    parser = argparse.ArgumentParser(prog="python -m prefixlab.tools.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model and batch: seconds, for tests")
-    parser.add_argument("--repeats", type=int, help="timed steps per contender (median reported)")
-    parser.add_argument("--warmup", type=int, help="untimed steps per contender first")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--seq-len", type=int)
-    parser.add_argument("--num-virtual-tokens", type=int)
-    parser.add_argument("--no-peak-memory", action="store_true", help="skip the per-process peak memory probes")
-    parser.add_argument("--json", dest="json_path", help="also write the full result (every timing) to this file")
-    ns = parser.parse_args(argv)
+def core_args(ns: argparse.Namespace) -> BenchArgs:
     overrides = {k: v for k, v in {
         "repeats": ns.repeats, "warmup": ns.warmup, "device": ns.device, "batch_size": ns.batch_size,
         "seq_len": ns.seq_len, "num_virtual_tokens": ns.num_virtual_tokens}.items() if v is not None}
     if ns.no_peak_memory:
         overrides["peak_memory"] = False
-    if ns.json_path:
-        overrides["json_path"] = ns.json_path
     return BenchArgs.quick(**overrides) if ns.quick else BenchArgs(**overrides)
 
 
-# ---------------------------------------------------------------------------------------------
-# Setups
+def build_base(args: BenchArgs):
+    """A GPT-2 with random weights (no download), built directly on the device (no host copy of a
+    355M-parameter model to initialise and move), in eval mode so that steps are deterministic."""
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-
-def build_base(args: BenchArgs) -> GPT2LMHeadModel:
-    """A GPT-2 with random weights (no download), eval mode so that steps are deterministic."""
     last_id = args.vocab_size - 1  # GPT-2's <|endoftext|> is its last id
     config = GPT2Config(n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head, vocab_size=args.vocab_size,
                         n_positions=max(1024, args.seq_len + args.num_virtual_tokens), bos_token_id=last_id,
                         eos_token_id=last_id, loss_type="ForCausalLM")
-    with torch.random.fork_rng(devices=[]):
+    device = args.resolved_device()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         torch.manual_seed(args.seed)
-        model = GPT2LMHeadModel(config)
-    return model.to(args.resolved_device()).eval()
+        return GPT2LMHeadModel(config).eval()
 
 
 def make_batch(args: BenchArgs) -> dict[str, torch.Tensor]:
@@ -103,7 +152,7 @@ def make_batch(args: BenchArgs) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
 
-def _training_step(model: Callable, params: list[torch.Tensor], batch: dict) -> Callable[[], None]:
+def training_step(model: Callable, params: list[torch.Tensor], batch: dict) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     def step() -> None:
@@ -133,19 +182,11 @@ def peft_model(base, args: BenchArgs, projection: bool):
         return peft.get_peft_model(base, _prefix_config(peft, args, projection))
 
 
-def prefixlab_step(base, args: BenchArgs, projection: bool, batch: dict) -> Callable[[], None]:
-    model = prefixlab_model(base, args, projection)
-    return _training_step(model, list(model.prompt_encoder.parameters()), batch)
-
-
-def peft_step(base, args: BenchArgs, projection: bool, batch: dict) -> Callable[[], None]:
-    model = peft_model(base, args, projection)
-    return _training_step(model, list(model.prompt_encoder.parameters()), batch)
-
-
 def floor_step(base, args: BenchArgs, batch: dict) -> Callable[[], None]:
     """The frozen model with a prefix that is already key/values: per layer two leaf tensors
     (batch, heads, n, head_dim), handed over in a fresh DynamicCache each step."""
+    from transformers import DynamicCache
+
     from prefixlab.core.model import cache_kwarg_name
 
     device = args.resolved_device()
@@ -161,7 +202,7 @@ def floor_step(base, args: BenchArgs, batch: dict) -> Callable[[], None]:
         cache = DynamicCache([(leaves[2 * i], leaves[2 * i + 1]) for i in range(args.n_layer)])
         return base(input_ids=input_ids, attention_mask=mask, labels=labels, **{cache_kwarg: cache})
 
-    return _training_step(forward, leaves, batch)
+    return training_step(forward, leaves, batch)
 
 
 def prefix_path_step(model, batch_size: int) -> Callable[[], None]:
@@ -177,61 +218,6 @@ def prefix_path_step(model, batch_size: int) -> Callable[[], None]:
     return step
 
 
-# ---------------------------------------------------------------------------------------------
-# Timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                     device: torch.device) -> dict[str, dict[str, list[float]]]:
-    """Seconds per step for each contender, measured round-robin with a rotating order.
-
-    Returns {name: {"wall": [...], "cpu": [...]}}. "cpu" is this process's CPU time (all threads):
-    on a shared CPU machine it is far less disturbed by other processes than wall time. On CUDA
-    only wall time (with synchronisation) means anything.
-    """
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    _sync(device)
-    times = {name: {"wall": [], "cpu": []} for name in names}
-    for rep in range(repeats):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            _sync(device)
-            wall, cpu = time.perf_counter(), time.process_time()
-            steps[name]()
-            _sync(device)
-            times[name]["wall"].append(time.perf_counter() - wall)
-            times[name]["cpu"].append(time.process_time() - cpu)
-    return times
-
-
-# ---------------------------------------------------------------------------------------------
-# Memory
-
-
-def _status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak_rss() -> None:
-    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0). ru_maxrss cannot be
-    # used: a spawned child inherits its parent's ru_maxrss across fork and exec.
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def probe_peak_memory(setup: str, args: BenchArgs) -> dict:
     """Build `setup`, run one training step per variant, return its peak memory (MiB).
 
@@ -243,7 +229,10 @@ def probe_peak_memory(setup: str, args: BenchArgs) -> dict:
 
     device = args.resolved_device()
     batch = make_batch(args)
-    _reset_peak_rss()
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0). ru_maxrss cannot be
+    # used: a spawned child inherits its parent's ru_maxrss across fork and exec.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     baseline = _status_mib("VmRSS")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -252,13 +241,14 @@ def probe_peak_memory(setup: str, args: BenchArgs) -> dict:
         model.add_adapter("projection", _prefix_config(prefixlab, args, True))
         for name in ("no_projection", "projection"):
             model.set_adapter(name)
-            _training_step(model, list(model.prompt_encoder[name].parameters()), batch)()
+            training_step(model, list(model.prompt_encoder[name].parameters()), batch)()
     elif setup == "peft_two_models":
-        for step in [peft_step(build_base(args), args, projection, batch) for projection in (False, True)]:
-            step()
+        models = [peft_model(build_base(args), args, projection) for projection in (False, True)]
+        for model in models:
+            training_step(model, list(model.prompt_encoder.parameters()), batch)()
     else:
         raise ValueError(f"setup={setup!r}: use 'prefixlab_two_adapters_one_base' or 'peft_two_models'")
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         return {"peak_mib": torch.cuda.max_memory_allocated(device) / 2**20, "measure": "cuda_max_allocated"}
     return {"peak_mib": _status_mib("VmHWM") - baseline, "measure": "cpu_peak_rss_above_baseline"}
@@ -281,9 +271,6 @@ def measure_peak_memory(args: BenchArgs) -> dict[str, dict]:
     return results
 
 
-# ---------------------------------------------------------------------------------------------
-
-
 def require_peft() -> None:
     """The reference is a test dependency: without it, say what to install before building anything."""
     try:
@@ -294,33 +281,30 @@ def require_peft() -> None:
                          ) from None
 
 
-def run_core_bench(argv_or_args=None) -> dict:
+def run_core_bench(args: BenchArgs) -> dict:
     """Run the benchmark; returns medians (s), ratios and memory (MiB). Prints nothing."""
     require_peft()
-    args = argv_or_args if isinstance(argv_or_args, BenchArgs) else parse_args(argv_or_args)
     device = args.resolved_device()
     base = build_base(args)
     batch = make_batch(args)
     steps = {"floor": floor_step(base, args, batch)}
     for projection in (False, True):
         suffix = "projection" if projection else "no_projection"
-        steps[f"prefixlab/{suffix}"] = prefixlab_step(base, args, projection, batch)
-        steps[f"peft/{suffix}"] = peft_step(base, args, projection, batch)
+        for library, wrap in (("prefixlab", prefixlab_model), ("peft", peft_model)):
+            model = wrap(base, args, projection)
+            steps[f"{library}/{suffix}"] = training_step(model, list(model.prompt_encoder.parameters()), batch)
     times = time_interleaved(steps, args.repeats, args.warmup, device)
     clocks = ("wall",) if device.type == "cuda" else ("wall", "cpu")
     medians = {clock: {name: statistics.median(t[clock]) for name, t in times.items()} for clock in clocks}
     # On a shared machine other processes only ever add time, so the fastest repeat is the least
     # disturbed estimate of a step (timeit's rule); the median is reported beside it.
     minima = {clock: {name: min(t[clock]) for name, t in times.items()} for clock in clocks}
-    ratios = {clock: _ratios(medians[clock]) for clock in clocks}
-    ratios_min = {clock: _ratios(minima[clock]) for clock in clocks}
     prefix_steps = {}
     for projection in (False, True):
         suffix = "projection" if projection else "no_projection"
-        prefix_steps[f"prefixlab/{suffix}"] = prefix_path_step(prefixlab_model(base, args, projection), args.batch_size)
-        prefix_steps[f"peft/{suffix}"] = prefix_path_step(peft_model(base, args, projection), args.batch_size)
+        for library, wrap in (("prefixlab", prefixlab_model), ("peft", peft_model)):
+            prefix_steps[f"{library}/{suffix}"] = prefix_path_step(wrap(base, args, projection), args.batch_size)
     prefix_times = time_interleaved(prefix_steps, max(4 * args.repeats, 20), args.warmup, device)
-    prefix_path = {name: min(t["wall"]) for name, t in prefix_times.items()}
     memory = {"weights_held_mib": _weights_held(args)}
     if args.peak_memory:
         memory["peak"] = measure_peak_memory(args)
@@ -333,9 +317,9 @@ def run_core_bench(argv_or_args=None) -> dict:
         "times_s": times,
         "median_s": medians,
         "min_s": minima,
-        "ratios": ratios,
-        "ratios_of_min": ratios_min,
-        "prefix_path_min_s": prefix_path,
+        "ratios": {clock: _ratios(medians[clock]) for clock in clocks},
+        "ratios_of_min": {clock: _ratios(minima[clock]) for clock in clocks},
+        "prefix_path_min_s": {name: min(t["wall"]) for name, t in prefix_times.items()},
         "targets": {"prefixlab/peft": "<= 1.0", "prefixlab/floor": "<= 1.10"},
         "memory": memory,
     }
@@ -351,21 +335,14 @@ def _ratios(medians: dict[str, float]) -> dict[str, float]:
 
 def _weights_held(args: BenchArgs) -> dict[str, float]:
     """Parameter+buffer memory of the two setups (deterministic, no process needed)."""
-    import peft
-
     import prefixlab
 
     args = BenchArgs(**{**asdict(args), "device": "meta"})
-    with torch.device("meta"):
-        ours = prefixlab.get_peft_model(build_base(args), _prefix_config(prefixlab, args, False), "no_projection")
+    with torch.device("meta"):  # sizes without memory: the prefixes are made on the meta device too
+        ours = prefixlab_model(build_base(args), args, False)
         ours.add_adapter("projection", _prefix_config(prefixlab, args, True))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            theirs = [peft.get_peft_model(build_base(args), _prefix_config(peft, args, p)) for p in (False, True)]
-    return {
-        "prefixlab_two_adapters_one_base": _bytes_mib([ours]),
-        "peft_two_models": _bytes_mib(theirs),
-    }
+        theirs = [peft_model(build_base(args), args, projection) for projection in (False, True)]
+    return {"prefixlab_two_adapters_one_base": _bytes_mib([ours]), "peft_two_models": _bytes_mib(theirs)}
 
 
 def _bytes_mib(modules: list[torch.nn.Module]) -> float:
@@ -380,7 +357,7 @@ def _bytes_mib(modules: list[torch.nn.Module]) -> float:
     return total / 2**20
 
 
-def format_report(result: dict) -> str:
+def format_core_report(result: dict) -> str:
     args = result["args"]
     lines = [
         f"prefix-tuning training step (forward + backward + AdamW), GPT-2 {args['n_layer']} layers x {args['n_embd']}"
@@ -418,17 +395,341 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
-    result = run_core_bench(argv)
-    print(format_report(result))
-    if result["args"]["json_path"]:
-        with open(result["args"]["json_path"], "w") as f:
-            json.dump(result, f, indent=1)
-    return result
+# =============================================================================================
+# engine: the paired lockstep experiment against two separate single-variant runs
+# =============================================================================================
+#
+# Each configuration runs in a fresh subprocess (`bench engine --one CONFIG`) so its peak memory
+# is its own: CUDA's max_memory_allocated on a GPU, else the process's peak resident set (which on
+# CPU includes the Python + torch runtime, the same for every configuration).
+
+ENGINE_CONFIGS = ("paired", "no_projection", "projection")
+
+
+def bench_spec(model: str, steps: int, batch_size: int, max_length: int, variants: str):
+    """A spec with logging/eval pushed to the end so the loop measures training steps only."""
+    from prefixlab.engine.spec import ExperimentSpec
+
+    return ExperimentSpec.from_dict({
+        "name": f"bench-{variants}", "model": {"name": model},
+        "prefix": {"num_virtual_tokens": 10, "encoder_hidden_size": 512},
+        "variants": None if variants == "paired" else [
+            {"name": variants, "prefix": {"prefix_projection": variants == "projection"}}],
+        "data": {"source": "e2e-synth", "max_train_examples": steps * batch_size, "max_eval_examples": batch_size},
+        "training": {"learning_rate": 1e-3, "max_steps": steps, "batch_size": batch_size,
+                     "max_length": max_length, "eval_interval": steps, "log_interval": steps},
+    })
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child would report its
+    # parent's peak if that were larger.
+    return _status_mib("VmHWM")
+
+
+def measure_one(spec) -> dict:
+    """Set up and train `spec` in this process; tokens/s over the training loop, setup time, peak memory."""
+    from prefixlab.engine.runs import RunDir
+    from prefixlab.engine.worker import Job
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir(tmp)
+        run.write_spec(spec)
+        job = Job(spec, run, threading.Event())
+        start = time.perf_counter()
+        job.setup()
+        setup_s = time.perf_counter() - start
+        cpu_start = time.process_time()  # CPU seconds: steadier than wall time on a shared machine
+        job.train()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        train_s = time.perf_counter() - start - setup_s
+        train_cpu_s = time.process_time() - cpu_start
+        tokens = sum(v.total_tokens + v.tokens for v in job.variants)
+    return {"variants": len(spec.variants), "steps": job.step, "tokens": tokens, "setup_s": setup_s,
+            "train_s": train_s, "tokens_per_s": tokens / train_s, "train_cpu_s": train_cpu_s,
+            "tokens_per_cpu_s": tokens / train_cpu_s, "peak_mb": _peak_memory_mb(),
+            "device": str(job.accelerator.device)}
+
+
+def _measure_in_child(config: str, model: str, steps: int, batch_size: int, max_length: int) -> dict:
+    cmd = [sys.executable, "-m", "prefixlab.tools.bench", "engine", "--one", config, "--model", model,
+           "--steps", str(steps), "--batch-size", str(batch_size), "--max-length", str(max_length)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench configuration {config} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(results: dict[str, dict]) -> dict:
+    """Ratios paired / separate. Time: paired wall time against the two runs one after the other.
+    Memory: paired peak against the two runs side by side (sum), and against the larger one."""
+    paired, a, b = results["paired"], results["no_projection"], results["projection"]
+    separate_tokens = a["tokens"] + b["tokens"]
+    separate_train_s = a["train_s"] + b["train_s"]
+    return {
+        "throughput_ratio": paired["tokens_per_s"] / (separate_tokens / separate_train_s),
+        "cpu_throughput_ratio": paired["tokens_per_cpu_s"] / (separate_tokens / (a["train_cpu_s"] + b["train_cpu_s"])),
+        "wall_time_ratio": (paired["setup_s"] + paired["train_s"]) / (
+            a["setup_s"] + a["train_s"] + b["setup_s"] + b["train_s"]),
+        "memory_ratio_vs_both": paired["peak_mb"] / (a["peak_mb"] + b["peak_mb"]),
+        "memory_ratio_vs_larger": paired["peak_mb"] / max(a["peak_mb"], b["peak_mb"]),
+    }
+
+
+def run_engine_bench(quick: bool = False, model: str = "tiny-gpt2", steps: int | None = None,
+                     batch_size: int = 8, max_length: int = 128, repeats: int = 3) -> dict:
+    """The three configurations, `repeats` rounds alternating the order (ABC, CBA, ...) so a slow
+    spell of a shared machine does not land on one configuration; each one's fastest round is kept
+    (peak memory is the same in every round). Returns {"settings", "results", "ratios"}; prints nothing."""
+    steps = steps or (10 if quick else 40)
+    repeats = 1 if quick else repeats
+    best: dict[str, dict] = {}
+    for round_ in range(repeats):
+        for config in ENGINE_CONFIGS if round_ % 2 == 0 else reversed(ENGINE_CONFIGS):
+            result = _measure_in_child(config, model, steps, batch_size, max_length)
+            if config not in best or result["train_s"] < best[config]["train_s"]:
+                best[config] = result
+    results = {c: best[c] for c in ENGINE_CONFIGS}
+    settings = {"model": model, "steps": steps, "batch_size": batch_size, "max_length": max_length,
+                "repeats": repeats}
+    return {"settings": settings, "results": results, "ratios": compare(results)}
+
+
+def format_engine_report(result: dict) -> str:
+    s, results, ratios = result["settings"], result["results"], result["ratios"]
+    device = results["paired"]["device"]
+    memory = "CUDA max allocated" if device.startswith("cuda") else "peak RSS incl. runtime"
+    lines = [f"engine bench: {s['model']}, {s['steps']} steps, batch {s['batch_size']}, max_length "
+             f"{s['max_length']}, device {device}, best of {s['repeats']} round(s)",
+             f"{'configuration':<24}{'tokens/s':>10}{'tok/CPU-s':>11}{'setup s':>9}{'train s':>9}{'peak MiB':>10}"]
+    for config, r in results.items():
+        label = "paired (both, lockstep)" if config == "paired" else f"separate: {config}"
+        lines.append(f"{label:<24}{r['tokens_per_s']:>10.0f}{r['tokens_per_cpu_s']:>11.0f}{r['setup_s']:>9.2f}"
+                     f"{r['train_s']:>9.2f}{r['peak_mb']:>10.1f}")
+    lines += [f"throughput paired / separate:           {ratios['throughput_ratio']:.2f}x "
+              f"(per CPU-second: {ratios['cpu_throughput_ratio']:.2f}x)",
+              f"wall time paired / two runs in turn:     {ratios['wall_time_ratio']:.2f}x",
+              f"peak memory paired / two runs at once:   {ratios['memory_ratio_vs_both']:.2f}x ({memory})",
+              f"peak memory paired / larger single run:  {ratios['memory_ratio_vs_larger']:.2f}x"]
+    return "\n".join(lines)
+
+
+# =============================================================================================
+# startup: cold starts of the everyday commands, each a fresh subprocess
+# =============================================================================================
+#
+# What a person waits for before a command answers: the interpreter, the imports, reading the
+# run or spec, and for the page until it prints its URL. Everything it needs (a runs folder with
+# one finished run of the shipped tiny-gpt2-e2e, trained for 4 steps) is made once in a temporary
+# folder, removed afterwards; every command runs in its own process group, ended when it is done.
+
+
+@dataclass(frozen=True)
+class StartupCommand:
+    name: str
+    argv: tuple[str, ...]  # after the interpreter; {runs}, {run}, {port}, {empty} are filled in
+    budget_s: float
+    ready: Optional[str] = None  # a server: the output that means it is up; it is then terminated
+
+
+STARTUP_COMMANDS = (
+    StartupCommand("runs", ("-m", "prefixlab", "runs", "--runs-dir", "{runs}"), 1.5),
+    StartupCommand("inspect", ("-m", "prefixlab", "inspect", "presets/offline-tiny.json"), 1.5),
+    StartupCommand("generate", ("-m", "prefixlab", "generate", "--run-dir", "{run}", "--prompt",
+                                "name[Aromi] | food[Thai]", "--max-new-tokens", "20"), 5.0),
+    StartupCommand("app", ("app.py", "--port", "{port}", "--runs-dir", "{empty}"), 10.0,
+                   ready="prefixlab running at"),
+)
+SHOWN_AS = {"runs": "RUNS", "run": "RUNS/startup", "port": "PORT", "empty": "EMPTY"}  # in the table
+STARTUP_TIMEOUT_S = 300.0
+
+
+def startup_spec() -> dict:
+    """presets/offline-pretrained.json cut to a 4-step run that still saves both adapters."""
+    spec = json.loads((REPO_ROOT / "presets" / "offline-pretrained.json").read_text(encoding="utf-8"))
+    spec.pop("_command", None)
+    spec["name"] = "startup-bench"
+    spec["training"].update(max_steps=4, eval_interval=4, warmup_steps=0)
+    spec["generation"].update(num_prompts=1, max_new_tokens=20)
+    return spec
+
+
+def shown(command: StartupCommand) -> str:
+    """The command as the table shows it, its temporary paths named."""
+    return shlex.join(["python", *(a.format(**SHOWN_AS) for a in command.argv)])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group has already exited
+        os.killpg(pgid, sig)
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the command's process group (the page exits cleanly on it), then SIGKILL whatever is
+    left of the group (it outlives its leader while a child of the leader lives)."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+
+def time_startup(argv: Sequence[str], ready: Optional[str] = None, timeout_s: float = STARTUP_TIMEOUT_S) -> float:
+    """Seconds from starting `argv` (in the repository root) to its exit, or, with `ready`, to the
+    first output line that contains it. A failure, or no `ready` line, raises with the output's tail."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(argv), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    lines: list[str] = []
+    watchdog = threading.Timer(timeout_s, _signal_group, (proc.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if ready is not None and ready in line:
+                return time.perf_counter() - start
+        if proc.wait() == 0 and ready is None:
+            return time.perf_counter() - start
+    finally:
+        watchdog.cancel()
+        _end_group(proc)
+    what = f"exited with status {proc.returncode}" if ready is None else f"never printed {ready!r}"
+    tail = "".join(lines[-10:]).strip()
+    raise RuntimeError(f"startup bench: `{shlex.join(argv)}` {what} (limit {timeout_s:.0f} s):\n{tail}")
+
+
+def _prepare_startup(tmp: Path) -> dict[str, str]:
+    """A runs folder holding one finished 4-step run of tiny-gpt2-e2e, and an empty one for the page."""
+    (tmp / "spec.json").write_text(json.dumps(startup_spec(), indent=1), encoding="utf-8")
+    paths = {"runs": str(tmp / "runs"), "run": str(tmp / "runs" / "startup"), "empty": str(tmp / "empty")}
+    time_startup([sys.executable, "-m", "prefixlab", "train", str(tmp / "spec.json"), "--run-dir", paths["run"],
+                  "--no-progress"])
+    return paths
+
+
+def run_startup_bench(repeats: int = 3, only: Optional[Sequence[str]] = None,
+                      commands: Sequence[StartupCommand] = STARTUP_COMMANDS) -> dict:
+    """The median cold start of each command over `repeats` rounds (one command after another in
+    each round), against its budget. Returns {"repeats", "python", "rows": [...]}; prints nothing."""
+    chosen = [c for c in commands if only is None or c.name in only]
+    unknown = sorted(set(only or ()) - {c.name for c in commands})
+    if unknown or not chosen:
+        raise ValueError(f"startup bench: unknown command(s) {unknown}; choose from "
+                         f"{', '.join(c.name for c in commands)}")
+    seconds: dict[str, list[float]] = {c.name: [] for c in chosen}
+    with tempfile.TemporaryDirectory(prefix="prefixlab-startup-") as tmp:
+        needs_run = any("{run" in a for c in chosen for a in c.argv)
+        paths = _prepare_startup(Path(tmp)) if needs_run else {"empty": str(Path(tmp) / "empty")}
+        for _ in range(repeats):
+            for command in chosen:
+                argv = [sys.executable, *(a.format(**paths, port=free_port()) for a in command.argv)]
+                seconds[command.name].append(time_startup(argv, command.ready))
+    rows = []
+    for command in chosen:
+        median = statistics.median(seconds[command.name])
+        rows.append({"name": command.name, "command": shown(command), "seconds": seconds[command.name],
+                     "median_s": median, "budget_s": command.budget_s, "ratio": median / command.budget_s,
+                     "until": command.ready})
+    return {"repeats": repeats, "python": platform.python_version(), "cpus": os.cpu_count(), "rows": rows}
+
+
+def format_startup_table(result: dict) -> str:
+    rows = result["rows"]
+    commands = [r["command"] + (" (until it prints its URL)" if r["until"] else "") for r in rows]
+    width = max(len("command"), *(len(c) for c in commands))
+    lines = [f"startup: cold start of each command as a subprocess, median of {result['repeats']} run(s) "
+             f"(python {result['python']}, {result['cpus']} CPUs)",
+             f"{'command':<{width}}  {'median s':>8}  {'budget s':>8}  {'ratio':>6}"]
+    for command, r in zip(commands, rows):
+        lines.append(f"{command:<{width}}  {r['median_s']:>8.2f}  {r['budget_s']:>8.2f}  {r['ratio']:>5.2f}x")
+    return "\n".join(lines)
+
+
+# =============================================================================================
+# The command line
+# =============================================================================================
+
+BENCHES = ("core", "engine", "startup")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quick", action="store_true", help="small sizes and one round: seconds, not minutes")
+    common.add_argument("--json", dest="json_path", metavar="PATH",
+                        help="also write every number measured to this file")
+    parser = argparse.ArgumentParser(prog="python -m prefixlab.tools.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="which", required=True)
+
+    p = sub.add_parser("core", parents=[common], help="a training step of prefixlab vs PEFT vs the floor")
+    p.add_argument("--repeats", type=int, help="timed steps per contender (median reported)")
+    p.add_argument("--warmup", type=int, help="untimed steps per contender first")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--num-virtual-tokens", type=int)
+    p.add_argument("--no-peak-memory", action="store_true", help="skip the per-process peak memory probes")
+
+    p = sub.add_parser("engine", parents=[common], help="paired lockstep run vs two separate runs")
+    p.add_argument("--one", choices=ENGINE_CONFIGS, help=argparse.SUPPRESS)  # a child measuring one configuration
+    p.add_argument("--model", default="tiny-gpt2")
+    p.add_argument("--steps", type=int, help="training steps (default: 40; --quick: 10)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3, help="rounds; each configuration's fastest is kept")
+
+    p = sub.add_parser("startup", parents=[common], help="cold starts of runs, inspect, generate and the page")
+    p.add_argument("--repeats", type=int, help="runs of each command (default: 3; --quick: 1)")
+    p.add_argument("--only", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+                   help=f"comma-separated subset of {','.join(c.name for c in STARTUP_COMMANDS)}")
+
+    sub.add_parser("all", parents=[common], help="core, engine and startup, in that order")
+    return parser
+
+
+def run_bench(which: str, ns: argparse.Namespace) -> tuple[dict, str]:
+    """One benchmark with its options: (every number, the printed report)."""
+    if which == "core":
+        result = run_core_bench(core_args(ns))
+        return result, format_core_report(result)
+    if which == "engine":
+        result = run_engine_bench(ns.quick, ns.model, ns.steps, ns.batch_size, ns.max_length, ns.repeats)
+        return result, format_engine_report(result)
+    result = run_startup_bench(ns.repeats or (1 if ns.quick else 3), ns.only)
+    return result, format_startup_table(result)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the chosen benchmarks, printing each report as it finishes; --json PATH gets
+    {benchmark: every number}. A missing PEFT (core) raises ValueError with what to install."""
+    ns = build_parser().parse_args(argv)
+    if ns.which == "engine" and ns.one:
+        print(json.dumps(measure_one(bench_spec(ns.model, ns.steps or 40, ns.batch_size, ns.max_length, ns.one))))
+        return 0
+    results = {}
+    for which in BENCHES if ns.which == "all" else (ns.which,):
+        # `all` runs each benchmark with its defaults (and --quick).
+        options = ns if ns.which != "all" else build_parser().parse_args([which] + (["--quick"] if ns.quick else []))
+        results[which], report = run_bench(which, options)
+        print(report, flush=True)
+    if ns.json_path:
+        Path(ns.json_path).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return 0
 
 
 if __name__ == "__main__":
     try:
-        main()
+        sys.exit(main())
     except ValueError as err:
         sys.exit(f"error: {err}")
