@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import shutil
 from pathlib import Path
 
 import gradio as gr
 import pytest
 
 from prefixlab.engine.runs import JobQueue
-from prefixlab.ui import build_app
+from prefixlab.ui import build_app, panels
+from prefixlab.ui.app import REPO_PRESETS, build_page
+from prefixlab.ui.registry import Registry, WiringError
 
 _spec = importlib.util.spec_from_file_location("lab_app", Path(__file__).resolve().parents[1] / "app.py")
 lab_app = importlib.util.module_from_spec(_spec)
@@ -45,6 +49,102 @@ def test_build_app_has_the_panels_and_a_one_second_timer(tmp_path):
     assert [t.value for t in timers] == [1.0]
     assert {f.key for f in lab.fields} <= {f"{b.elem_id[2:].replace('-', '.', 1)}" for b in demo.blocks.values()
                                           if (b.elem_id or "").startswith("f-")}
+
+
+# --- wired by name --------------------------------------------------------------------------------
+
+
+def _page(tmp_path):
+    """build_page over an empty runs folder and a copy of the presets (Save as preset may write)."""
+    presets = tmp_path / "presets"
+    shutil.copytree(REPO_PRESETS, presets, ignore=shutil.ignore_patterns("data", "models"))
+    return build_page(JobQueue(tmp_path / "runs"), presets)
+
+
+def _fire(demo, event):
+    """Run `event` as the page would on opening: Gradio preprocesses every input's first value,
+    calls the event's function with {component: value} and maps its {component: update} onto the
+    outputs. -> {id(output component): payload sent to the browser}, or None when the handler
+    refused (gr.Error, as generate and download do without a run)."""
+    block_fn = demo.fns[event.fn_id]
+    try:
+        result = asyncio.run(demo.process_api(block_fn, [block.value for block in block_fn.inputs]))
+    except gr.Error:
+        return None
+    return dict(zip([id(b) for b in block_fn.outputs], result["data"]))
+
+
+def _check_every_event(demo, registry):
+    """Every wired event, called directly and through Gradio with the page's first values: it reads
+    only the inputs it declares (any other key would be a KeyError), returns only outputs it
+    declares, and Gradio leaves every other output as it is."""
+    assert registry.events
+    for event in registry.events:
+        values = {i: registry[i].value for i in event.inputs}
+        try:
+            updates = event.handler(values)
+        except gr.Error:
+            updates = None
+        if updates is not None:
+            assert set(updates) <= set(event.outputs), (event.name, set(updates) - set(event.outputs))
+        sent = _fire(demo, event)
+        if sent is None or updates is None:
+            continue
+        for output in event.outputs:
+            if output not in updates:  # an update without a value: the browser keeps what it shows
+                payload = sent[id(registry[output])]
+                assert payload["__type__"] == "update" and "value" not in payload, (event.name, output, payload)
+
+
+def test_every_event_is_wired_by_id_and_returns_only_its_outputs(tmp_path):
+    demo, lab, registry = _page(tmp_path)
+    # Every trigger, input and output names a registered component.
+    for event in registry.events:
+        for name in (*event.inputs, *event.outputs):
+            assert name in registry, (event.name, name)
+        assert all(name.rpartition(".")[0] in registry for name in event.triggers), event.triggers
+    # The page's controls keep their DOM ids under their registry ids.
+    assert registry["run.status"].elem_id == "status" and registry["run.chart"].elem_id == "loss-chart"
+    assert registry["form.prefix.num_virtual_tokens"].elem_id == "f-prefix-num_virtual_tokens"
+    assert {registry.id_of(registry[f.id]) for f in lab.fields} == {f.id for f in lab.fields}
+    _check_every_event(demo, registry)
+
+
+def test_an_output_an_event_does_not_declare_is_refused_by_name():
+    registry = Registry()
+    with gr.Blocks() as demo:
+        registry.add("p", {"a": gr.Textbox("x"), "b": gr.Textbox("y"), "c": gr.Textbox("z")})
+        event = registry.on("p.a.change", lambda v: {"p.b": v["p.a"], "p.c": "!"}, ["p.a"], ["p.b"])
+        with pytest.raises(WiringError, match="no component 'p.d'"):
+            registry.on("p.a.change", lambda v: {}, ["p.d"], ["p.b"])
+        with pytest.raises(WiringError, match="'p.a' has no event 'clicked'"):
+            registry.on("p.a.clicked", lambda v: {}, ["p.a"], ["p.b"])
+        with pytest.raises(WiringError, match="'p.a' is registered twice"):
+            registry.add("p", {"a": gr.Textbox()})
+    with pytest.raises(WiringError, match=r"returned \['p.c'\], which its event does not declare"):
+        registry.event_function(event)({registry["p.a"]: "x"})
+    with pytest.raises(WiringError):
+        asyncio.run(demo.process_api(demo.fns[event.fn_id], ["x"]))
+
+
+def test_a_component_added_to_a_panel_needs_no_count_changed_anywhere(tmp_path, monkeypatch):
+    """One more component in a panel's dict is registered under its id and every event still works:
+    no list of outputs or of skips counts the components (the timer's event, for one, returns only
+    what changed, keyed by id)."""
+    chart_panel = panels.build_chart_panel
+    monkeypatch.setattr(panels, "build_chart_panel",
+                        lambda: {**chart_panel(), "note": gr.Markdown("a note", elem_id="chart-note")})
+    form_panel = panels.build_form
+    monkeypatch.setattr(panels, "build_form", lambda *args: {**form_panel(*args), "hint": gr.Markdown("a hint")})
+    demo, lab, registry = _page(tmp_path)
+    assert registry["run.note"].elem_id == "chart-note" and "form.hint" in registry
+    assert registry.ids("run.")[-1] == "run.note"  # filed with its panel, in build order
+    _check_every_event(demo, registry)
+    # A handler that updates the new component is one more entry in its dict and its outputs.
+    with demo:
+        registry.on("run.select.change", lambda v: {"run.note": f"run {v['run.select']}"}, ["run.select"],
+                    ["run.note"])
+    assert _fire(demo, registry.events[-1]) == {id(registry["run.note"]): "run None"}
 
 
 def test_model_choices_put_real_models_first_only_where_the_hub_answers():

@@ -1,4 +1,6 @@
-"""ui/handlers.py without a browser: the timer reads a run directory and skips what did not change."""
+"""ui/handlers.py and ui/run_handlers.py without a browser: handlers take their inputs by registry id
+and return the outputs they change, by id; the timer reads a run directory and leaves out what did
+not change."""
 
 from __future__ import annotations
 
@@ -20,34 +22,63 @@ from prefixlab.engine.spec import ExperimentSpec
 from prefixlab.engine.runs import JobQueue, append_jsonl, atomic_write_json
 from prefixlab.ui import values
 from prefixlab.ui.fields import page_fields
-from prefixlab.ui.handlers import Lab, files_signature
+from prefixlab.ui.handlers import Lab
+from prefixlab.ui.run_handlers import files_signature
 from prefixlab.ui.app import REPO_PRESETS
 
 SKIP = gr.skip()
+# What the timer's event draws (ui/app.py); the tick leaves out those that did not change.
+RUN_PANELS = {"run.chart", "run.points", "compare.table", "compare.bars", "compare.outputs", "compare.adapter",
+              "runs.table", "run.select", "run.overlay"}
 
 
 def _lab(tmp_path):
     return Lab(JobQueue(tmp_path / "runs"), page_fields(), REPO_PRESETS)
 
 
+def _tick(lab, run_id, overlay="", seen=None, variant=None):
+    """The timer's event: its inputs by id (smoothing 0.6, linear scale)."""
+    return lab.tick({"run.select": run_id, "run.overlay": overlay, "run.smoothing": 0.6, "run.log_scale": False,
+                     "run.seen": seen if seen is not None else {}, "compare.adapter": variant})
+
+
+def _upload(lab, path, current_source=None):
+    return lab.upload_task({"form.upload": str(path), "form.data.source": current_source})
+
+
 def test_tick_draws_a_run_then_skips_until_its_files_change(tmp_path):
     lab = _lab(tmp_path)
     run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=False)
-    out = lab.tick(run.run_id, "", 0.6, False, {})
-    status, chart, points, comparison, bars, grid, adapters, runs, run_choices, overlay_choices, seen = out
+    out = _tick(lab, run.run_id)
+    status, seen = out["run.status"], out["run.seen"]
     assert "**running**" in status and "step 4 / 4" in status
-    assert isinstance(chart, Figure) and isinstance(bars, Figure)
-    assert points == "4 training points, 2 validation points"
+    assert isinstance(out["run.chart"], Figure) and isinstance(out["compare.bars"], Figure)
+    assert out["run.points"] == "4 training points, 2 validation points"
+    comparison = out["compare.table"]
     assert isinstance(comparison, pd.DataFrame) and list(comparison["variant"]) == ["no_projection", "projection"]
-    assert runs[0][:4] == [run.run_id, "fixture", "tiny-gpt2", "running"]
-    assert run_choices["choices"] == [run.run_id] and overlay_choices["choices"] == ["", run.run_id]
+    assert out["runs.table"][0][:4] == [run.run_id, "fixture", "tiny-gpt2", "running"]
+    assert out["run.select"]["choices"] == [run.run_id] and out["run.overlay"]["choices"] == ["", run.run_id]
     # Nothing changed on disk: only the status line (elapsed time) is sent again.
-    again = lab.tick(run.run_id, "", 0.6, False, seen)
-    assert all(value == SKIP for value in again[1:10]) and "**running**" in again[0]
+    again = _tick(lab, run.run_id, seen=seen)
+    assert not set(again) & RUN_PANELS and "**running**" in again["run.status"]
     # A new metrics line redraws the chart; the runs listing is unchanged (same state and step).
     append_jsonl(run.metrics_path, {"variant": "projection", "step": 3, "loss": 2.5, "time": 1010.0})
-    third = lab.tick(run.run_id, "", 0.6, False, again[-1])
-    assert third[2] == "5 training points, 2 validation points" and third[7] == SKIP
+    third = _tick(lab, run.run_id, seen=again.get("run.seen", seen))
+    assert third["run.points"] == "5 training points, 2 validation points" and "runs.table" not in third
+
+
+def test_the_tick_returns_only_what_changed_keyed_by_id(tmp_path):
+    """No list to line up with the event's outputs: an unchanged run sends its status line and
+    nothing else, not even "run.seen", and a changed file sends what it redraws."""
+    lab = _lab(tmp_path)
+    run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=False)
+    first = _tick(lab, run.run_id)
+    assert set(first) == RUN_PANELS | {"run.status", "run.seen"}
+    assert set(_tick(lab, run.run_id, seen=first["run.seen"])) == {"run.status"}
+    append_jsonl(run.metrics_path, {"variant": "projection", "step": 3, "loss": 2.5, "time": 1010.0})
+    assert set(_tick(lab, run.run_id, seen=first["run.seen"])) == {
+        "run.status", "run.seen", "run.chart", "run.points", "compare.table", "compare.bars", "compare.outputs",
+        "compare.adapter"}
 
 
 def test_files_signature_changes_when_a_run_file_grows(tmp_path):
@@ -61,17 +92,16 @@ def test_page_load_selects_the_running_run(tmp_path):
     lab = _lab(tmp_path)
     write_run(tmp_path / "runs" / "20260101-000000-a", finished=True)
     running = write_run(tmp_path / "runs" / "20250101-000000-b", finished=False)
-    run_select, overlay, rows = lab.page_load()
-    assert run_select["value"] == running.run_id
-    assert {r[0] for r in rows} == {"20260101-000000-a", running.run_id}
+    out = lab.page_load({})
+    assert out["run.select"]["value"] == running.run_id
+    assert {r[0] for r in out["runs.table"]} == {"20260101-000000-a", running.run_id}
 
 
 def test_train_with_a_bad_value_names_the_field_and_submits_nothing(tmp_path):
     lab = _lab(tmp_path)
-    initial, override, _, _ = lab.initial_state("offline-tiny")
-    raw = [initial[f.key] for f in lab.fields]
-    raw[[f.key for f in lab.fields].index("training.batch_size")] = 0
-    messages, run_select, status = lab.train(override, *raw)
+    form = lab.initial_state("offline-tiny")
+    form["form.training.batch_size"] = 0
+    messages = lab.train(form)["actions.messages"]
     assert "**training.batch_size**" in messages and "got 0" in messages
     assert lab.queue.list_runs() == []
 
@@ -81,18 +111,18 @@ def test_train_in_a_precision_the_machine_cannot_do_is_refused_beside_the_field(
 
     monkeypatch.setattr(devices, "training_device_type", lambda: "cpu")
     lab = _lab(tmp_path)
-    initial, override, _, _ = lab.initial_state("offline-tiny")
-    initial["training.precision"] = "fp16"
-    messages, _, _ = lab.train(override, *[initial[f.key] for f in lab.fields])
+    form = lab.initial_state("offline-tiny")
+    form["form.training.precision"] = "fp16"
+    messages = lab.train(form)["actions.messages"]
     assert "**training.precision**" in messages and "fp16 needs a CUDA or Apple MPS GPU" in messages
     assert lab.queue.list_runs() == []
 
 
 def test_train_with_a_model_that_cannot_load_says_so_and_submits_nothing(tmp_path):
     lab = _lab(tmp_path)
-    initial, override, _, _ = lab.initial_state("offline-tiny")
-    initial["model.name"] = str(tmp_path / "no-such-model")
-    messages, _, _ = lab.train(override, *[initial[f.key] for f in lab.fields])
+    form = lab.initial_state("offline-tiny")
+    form["form.model.name"] = str(tmp_path / "no-such-model")
+    messages = lab.train(form)["actions.messages"]
     assert "**model.name**" in messages and "no-such-model" in messages
     assert lab.queue.list_runs() == []
 
@@ -105,18 +135,18 @@ def test_train_reads_the_whole_task_file_and_names_a_bad_line_far_down(tmp_path)
     """A file is checked line by line with the chosen columns before anything is queued, so its 35th
     line is reported beside the form instead of by a failed run."""
     lab = _lab(tmp_path)
-    initial, override, _, _ = lab.initial_state("offline-tiny")
+    form = lab.initial_state("offline-tiny")
     rows = _rows(40)
     del rows[34]["text"]  # line 35 lacks the target column
     task = tmp_path / "task.jsonl"
     task.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    initial.update({"data.source": str(task), "data.source_column": "table", "data.target_column": "text"})
-    messages, _, _ = lab.train(override, *[initial[f.key] for f in lab.fields])
+    form.update({"form.data.source": str(task), "form.data.source_column": "table", "form.data.target_column": "text"})
+    messages = lab.train(form)["actions.messages"]
     assert "**data.target_column**" in messages and "line 35" in messages and "'text'" in messages
     assert lab.queue.list_runs() == []
     rows[34]["text"] = "Place 34 serves Thai food."
     task.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    messages, _, _ = lab.train(override, *[initial[f.key] for f in lab.fields])
+    messages = lab.train(form)["actions.messages"]
     assert messages == "" and len(lab.queue.list_runs()) == 1
 
 
@@ -124,8 +154,9 @@ def test_upload_reads_every_line_not_only_those_the_pickers_look_at(tmp_path):
     lab = _lab(tmp_path)
     upload = tmp_path / "late-error.jsonl"
     upload.write_text("".join(json.dumps(r) + "\n" for r in _rows(30)) + "{not json}\n")
-    source, _, _, message, rejection = lab.upload_task(str(upload), "e2e-synth")
-    assert source is gr.skip() or source == gr.skip()  # data.source keeps its value
+    out = _upload(lab, upload, "e2e-synth")
+    message, rejection = out["actions.messages"], out["form.upload_error"]
+    assert "form.data.source" not in out  # data.source keeps its value
     assert "**data.source**" in message and "late-error.jsonl, line 31: bad JSON" in message
     assert str(tmp_path) not in message  # named by the file's own name, not where Gradio put it
     assert "This file was not used (data.source is still 'e2e-synth')" in message
@@ -134,10 +165,10 @@ def test_upload_reads_every_line_not_only_those_the_pickers_look_at(tmp_path):
 
 
 def test_initial_state_is_the_offline_preset_with_model_sizes(tmp_path):
-    initial, override, rows, errors = _lab(tmp_path).initial_state("offline-tiny")
-    assert errors == "" and not override
-    assert initial["model.name"] == "tiny-gpt2" and initial["prefix.num_layers"] == "2"
-    assert [r[0] for r in rows] == ["no_projection", "projection"]
+    initial = _lab(tmp_path).initial_state("offline-tiny")
+    assert initial["actions.messages"] == "" and not initial["form.override"]
+    assert initial["form.model.name"] == "tiny-gpt2" and initial["form.prefix.num_layers"] == "2"
+    assert [r[0] for r in initial["accounting.table"]] == ["no_projection", "projection"]
 
 
 def test_an_upload_is_named_by_an_absolute_path_so_exported_specs_work_anywhere(tmp_path, monkeypatch):
@@ -145,7 +176,7 @@ def test_an_upload_is_named_by_an_absolute_path_so_exported_specs_work_anywhere(
     lab = Lab(JobQueue("runs"), page_fields(), REPO_PRESETS)  # app.py's default: relative to its folder
     upload = tmp_path / "mine.csv"
     upload.write_text("question,answer\nwhat?,that\n")
-    source = lab.upload_task(str(upload))[0]
+    source = _upload(lab, upload)["form.data.source"]
     digest = hashlib.sha256(upload.read_bytes()).hexdigest()[:12]
     assert source == str(tmp_path / "runs" / "uploads" / f"mine-{digest}.csv")
 
@@ -154,7 +185,10 @@ def test_upload_copies_the_file_and_offers_its_columns(tmp_path):
     lab = _lab(tmp_path)
     upload = tmp_path / "mine.csv"
     upload.write_text("question,answer,id\nwhat?,that,1\n")
-    source, source_column, target_column, message, rejection = lab.upload_task(str(upload))
+    out = _upload(lab, upload)
+    source, source_column, target_column = (out["form.data.source"], out["form.data.source_column"],
+                                            out["form.data.target_column"])
+    message, rejection = out["actions.messages"], out["form.upload_error"]
     digest = hashlib.sha256(upload.read_bytes()).hexdigest()[:12]
     assert source == str(tmp_path / "runs" / "uploads" / f"mine-{digest}.csv") and message == rejection == ""
     assert Path(source).read_text() == upload.read_text()
@@ -162,7 +196,7 @@ def test_upload_copies_the_file_and_offers_its_columns(tmp_path):
     assert target_column["value"] == "answer"
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
-    _, _, _, message, _ = lab.upload_task(str(bad))
+    message = _upload(lab, bad)["actions.messages"]
     assert "**data.source**" in message and "unsupported file type '.txt'" in message
 
 
@@ -170,18 +204,18 @@ def test_the_target_picker_never_starts_on_the_source_column(tmp_path):
     lab = _lab(tmp_path)
     upload = tmp_path / "t.csv"
     upload.write_text("x,source\na,b\n")
-    _, source_column, target_column, _, _ = lab.upload_task(str(upload))
-    assert (source_column["value"], target_column["value"]) == ("source", "x")
+    out = _upload(lab, upload)
+    assert (out["form.data.source_column"]["value"], out["form.data.target_column"]["value"]) == ("source", "x")
     for header, picked in [("target,input", ("input", "target")), ("a,b,c", ("a", "b")),
                            ("target,x,source", ("source", "target")), ("x,source,y", ("source", "x"))]:
         upload.write_text(header + "\n" + ",".join("v" * len(header.split(","))) + "\n")
-        _, source_column, target_column, _, _ = lab.upload_task(str(upload))
-        assert (source_column["value"], target_column["value"]) == picked, header
+        out = _upload(lab, upload)
+        assert (out["form.data.source_column"]["value"], out["form.data.target_column"]["value"]) == picked, header
 
 
 def _tiny_form(lab):
-    initial, override, _, _ = lab.initial_state("offline-tiny")
-    return initial, override
+    """The page's form inputs by id, as it opens on offline-tiny."""
+    return lab.initial_state("offline-tiny")
 
 
 @pytest.mark.parametrize("name,content,needle", [
@@ -195,23 +229,25 @@ def test_a_rejected_upload_blocks_train_export_and_save_until_it_is_cleared(tmp_
     """While a rejected file is on show, the task is still the old one: Train (and export, save)
     refuse with the upload's message, and every form edit keeps it; clearing the upload lifts it."""
     lab = _lab(tmp_path)
-    initial, override = _tiny_form(lab)
-    raw = [initial[f.key] for f in lab.fields]
+    form = _tiny_form(lab)
     upload = tmp_path / name
     upload.write_bytes(content if isinstance(content, bytes) else content.encode())
-    source, _, _, shown, rejection = lab.upload_task(str(upload), "e2e-synth")
-    assert source == SKIP and needle in rejection and shown == values.errors_markdown({"data.source": rejection})
+    out = _upload(lab, upload, "e2e-synth")
+    shown, rejection = out["actions.messages"], out["form.upload_error"]
+    assert "form.data.source" not in out and needle in rejection
+    assert shown == values.errors_markdown({"data.source": rejection})
     assert "clear the upload (×)" in rejection and "Traceback" not in rejection
-    messages, run_select, status = lab.train(override, *raw, upload_error=rejection)
-    assert messages == shown and run_select == SKIP and lab.queue.list_runs() == []
-    assert lab.export_spec(override, *raw, upload_error=rejection)[2] == shown
-    assert lab.save_preset("kept-out", override, *raw, upload_error=rejection)[3] == shown
+    form["form.upload_error"] = rejection  # the page's state while the file is shown
+    out = lab.train(form)
+    assert out["actions.messages"] == shown and "run.select" not in out and lab.queue.list_runs() == []
+    assert lab.export_spec(form)["actions.messages"] == shown
+    assert lab.save_preset({**form, "export.preset_name": "kept-out"})["actions.messages"] == shown
     assert not (lab.presets_dir / "kept-out.json").exists()
-    rows, messages, _ = lab.form_changed(override, *raw, upload_error=rejection)
-    assert messages == shown and len(rows) == 2  # the table still follows the form
+    out = lab.form_changed(form)
+    assert out["actions.messages"] == shown and len(out["accounting.table"]) == 2  # the table still follows the form
     # Cleared (the page's state goes back to ""): Train runs the form as shown.
-    messages, _, _ = lab.train(override, *raw, upload_error="")
-    assert messages == "" and len(lab.queue.list_runs()) == 1
+    form |= lab.clear_upload({})
+    assert lab.train(form)["actions.messages"] == "" and len(lab.queue.list_runs()) == 1
 
 
 def test_uploads_are_stored_under_their_own_names_and_a_rejected_one_replaces_nothing(tmp_path):
@@ -223,63 +259,70 @@ def test_uploads_are_stored_under_their_own_names_and_a_rejected_one_replaces_no
     (tmp_path / "c").mkdir()
     first = tmp_path / "a" / "task.jsonl"
     first.write_text("".join(json.dumps(r) + "\n" for r in _rows(20)))
-    stored, _, _, _, _ = lab.upload_task(str(first))
+    stored = _upload(lab, first)["form.data.source"]
     assert Path(stored).name.startswith("task-") and Path(stored).suffix == ".jsonl"
     before = Path(stored).read_bytes()
     bad = tmp_path / "b" / "task.jsonl"
     bad.write_bytes(b"\xff\xfe not text")
-    assert "task.jsonl" in lab.upload_task(str(bad), stored)[4]
+    assert "task.jsonl" in _upload(lab, bad, stored)["form.upload_error"]
     assert Path(stored).read_bytes() == before
     other = tmp_path / "c" / "task.jsonl"
     other.write_text("".join(json.dumps(r) + "\n" for r in _rows(12)))
-    stored_other, _, _, _, _ = lab.upload_task(str(other))
+    stored_other = _upload(lab, other)["form.data.source"]
     assert stored_other != stored and Path(stored).read_bytes() == before
     assert Path(stored_other).read_bytes() == other.read_bytes()
-    assert lab.upload_task(str(first))[0] == stored  # the same content again: the same file
+    assert _upload(lab, first)["form.data.source"] == stored  # the same content again: the same file
     assert sorted(p.name for p in (tmp_path / "runs" / "uploads").iterdir()) == sorted(
         [Path(stored).name, Path(stored_other).name])
 
 
 def test_one_column_as_source_and_target_is_refused_at_train(tmp_path):
     lab = _lab(tmp_path)
-    initial, override = _tiny_form(lab)
+    form = _tiny_form(lab)
     task = tmp_path / "one.jsonl"
     task.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(20)))
-    initial.update({"data.source": str(task), "data.source_column": "text", "data.target_column": "text"})
-    messages, _, _ = lab.train(override, *[initial[f.key] for f in lab.fields])
+    form.update({"form.data.source": str(task), "form.data.source_column": "text", "form.data.target_column": "text"})
+    messages = lab.train(form)["actions.messages"]
     assert "**data.target_column**" in messages and "the source and target columns are both 'text'" in messages
     assert lab.queue.list_runs() == []
 
 
 def test_unticking_override_shows_the_chosen_model_s_sizes_again(tmp_path):
     lab = _lab(tmp_path)
-    ticked = lab.override_changed(True, "tiny-gpt2")
-    assert all(u["interactive"] is True and "value" not in u for u in ticked)  # typed values stay
-    unticked = lab.override_changed(False, "tiny-gpt2")
-    assert [u["value"] for u in unticked] == ["2", "64", "4", "1"] and all(not u["interactive"] for u in unticked)
-    assert [u["value"] for u in lab.override_changed(False, "tiny-t5")][3] == "2"
+    sizes = ["form.prefix.num_layers", "form.prefix.token_dim", "form.prefix.num_attention_heads",
+             "form.prefix.num_transformer_submodules"]
+    ticked = lab.override_changed({"form.override": True, "form.model.name": "tiny-gpt2"})
+    assert set(ticked) == set(sizes)
+    assert all(u["interactive"] is True and "value" not in u for u in ticked.values())  # typed values stay
+    unticked = lab.override_changed({"form.override": False, "form.model.name": "tiny-gpt2"})
+    assert [unticked[i]["value"] for i in sizes] == ["2", "64", "4", "1"]
+    assert all(not u["interactive"] for u in unticked.values())
+    assert lab.override_changed({"form.override": False, "form.model.name": "tiny-t5"})[sizes[3]]["value"] == "2"
 
 
 def test_a_selected_run_deleted_on_disk_is_named_once_and_unselected(tmp_path):
     lab = _lab(tmp_path)
     run = write_run(tmp_path / "runs" / "20260101-000000-gone", finished=True)
     other = write_run(tmp_path / "runs" / "20250101-000000-other", finished=True)
-    seen = lab.tick(run.run_id, other.run_id, 0.6, False, {})[-1]
+    seen = _tick(lab, run.run_id, other.run_id)["run.seen"]
     shutil.rmtree(run.path)
     shutil.rmtree(other.path)
-    out = lab.tick(run.run_id, other.run_id, 0.6, False, seen)
-    status, runs, run_choices, overlay_choices, seen = out[0], out[7], out[8], out[9], out[10]
+    out = _tick(lab, run.run_id, other.run_id, seen)
+    status, runs, run_choices, overlay_choices, seen = (out["run.status"], out["runs.table"], out["run.select"],
+                                                        out["run.overlay"], out["run.seen"])
     assert status.startswith(f"Run **{run.run_id}** no longer exists") and "No run selected" in status
     assert runs == [] and run_choices["value"] is None and run_choices["choices"] == []
-    assert isinstance(out[1], Figure) and out[2] == "" and out[3].empty and out[6]["choices"] == []  # cleared
+    assert isinstance(out["run.chart"], Figure) and out["run.points"] == "" and out["compare.table"].empty
+    assert out["compare.adapter"]["choices"] == []  # cleared
     assert overlay_choices["value"] == ""
     # The dropdown's change (no run) and later ticks go on quietly, and a new run is listed.
-    again = lab.tick(None, "", 0.6, False, seen)
-    assert "No run selected" in again[0]
+    again = _tick(lab, None, "", seen)
+    assert "No run selected" in again["run.status"]
+    seen = again.get("run.seen", seen)
     new = write_run(tmp_path / "runs" / "20270101-000000-new", finished=True)
-    later = lab.tick(None, "", 0.6, False, again[-1])
-    assert later[7][0][0] == new.run_id and later[8]["choices"] == [new.run_id]
-    assert "no longer exists" not in lab.tick(new.run_id, "", 0.6, False, later[-1])[0]
+    later = _tick(lab, None, "", seen)
+    assert later["runs.table"][0][0] == new.run_id and later["run.select"]["choices"] == [new.run_id]
+    assert "no longer exists" not in _tick(lab, new.run_id, "", later["run.seen"])["run.status"]
 
 
 def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path, monkeypatch):
@@ -288,15 +331,15 @@ def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path, monkeyp
     presets.mkdir()
     (presets / "offline-tiny.json").write_text((REPO_PRESETS / "offline-tiny.json").read_text())
     lab = Lab(JobQueue(tmp_path / "runs"), page_fields(), presets)
-    initial, override, _, _ = lab.initial_state("offline-tiny")
-    raw = [initial[f.key] for f in lab.fields]
-    path, command, message = lab.export_spec(override, *raw)
+    form = lab.initial_state("offline-tiny")
+    out = lab.export_spec(form)
+    path, command, message = out["export.spec_file"], out["export.command"], out["actions.messages"]
     assert message == "" and command == "python -m prefixlab train offline-tiny.json"
     exported = ExperimentSpec.load(path).to_dict()
     preset = ExperimentSpec.load(presets / "offline-tiny.json").to_dict()
     # The form has no description field; everything else survives form -> spec.
     assert {**exported, "description": ""} == {**preset, "description": ""}
-    dropdown, saved, command, message = lab.save_preset("My Recipe", override, *raw)
+    dropdown, saved, command, message = _save(lab, form, "My Recipe")
     assert saved == str(presets / "my-recipe.json") and dropdown["value"] == "my-recipe"
     assert dropdown["choices"] == ["my-recipe", "offline-tiny"]
     assert command == "python -m prefixlab train presets/my-recipe.json" and "my-recipe" in message
@@ -308,8 +351,15 @@ def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path, monkeyp
     assert lab.preset_values("my-recipe") == lab.preset_values("offline-tiny")
     # A presets folder outside the current one (app.py --presets-dir) is named by its absolute path.
     monkeypatch.chdir(REPO_PRESETS)
-    _, saved, command, _ = lab.save_preset("Other Recipe", override, *raw)
+    _, saved, command, _ = _save(lab, form, "Other Recipe")
     assert command == f"python -m prefixlab train {presets / 'other-recipe.json'}" and Path(saved).is_file()
+
+
+def _save(lab, form, name):
+    """Save as preset -> (preset dropdown, saved file, command, messages); SKIP for an output left out."""
+    out = lab.save_preset({**form, "export.preset_name": name})
+    return tuple(out.get(i, SKIP) for i in ("preset.choice", "export.spec_file", "export.command",
+                                             "actions.messages"))
 
 
 def _presets_copy(tmp_path):
@@ -326,14 +376,13 @@ def test_save_preset_never_replaces_a_preset(tmp_path, name):
     the file, and the file is unchanged."""
     presets = _presets_copy(tmp_path)
     lab = Lab(JobQueue(tmp_path / "runs"), page_fields(), presets)
-    initial, override = _tiny_form(lab)
-    initial["training.max_steps"] = "70"
-    raw = [initial[f.key] for f in lab.fields]
-    assert lab.save_preset("my-recipe", override, *raw)[3] == "Saved preset **my-recipe**."
+    form = _tiny_form(lab)
+    form["form.training.max_steps"] = "70"
+    assert _save(lab, form, "my-recipe")[3] == "Saved preset **my-recipe**."
     slug = values.preset_slug(name)
     before = (presets / f"{slug}.json").read_bytes()
-    initial["training.max_steps"] = "90"
-    dropdown, saved, command, message = lab.save_preset(name, override, *[initial[f.key] for f in lab.fields])
+    form["form.training.max_steps"] = "90"
+    dropdown, saved, command, message = _save(lab, form, name)
     assert dropdown == SKIP and saved is None and command == ""
     assert message == (f"⚠️ **preset name**: a preset named {slug!r} already exists ({presets / (slug + '.json')}); "
                        "saving never replaces a preset: type another name")
@@ -344,9 +393,10 @@ def test_save_preset_never_replaces_a_preset(tmp_path, name):
                                             ("x" * 300, "x" * 60 + ".json"), ("My run #2", "my-run-2.json")])
 def test_export_names_the_file_after_any_experiment_name_the_form_accepts(tmp_path, name, file_name):
     lab = Lab(JobQueue(tmp_path / "runs"), page_fields(), _presets_copy(tmp_path))
-    initial, override = _tiny_form(lab)
-    initial["experiment.name"] = name
-    path, command, message = lab.export_spec(override, *[initial[f.key] for f in lab.fields])
+    form = _tiny_form(lab)
+    form["form.experiment.name"] = name
+    out = lab.export_spec(form)
+    path, command, message = out["export.spec_file"], out["export.command"], out["actions.messages"]
     assert message == "" and Path(path).name == file_name and command == f"python -m prefixlab train {shlex.quote(file_name)}"
     assert ExperimentSpec.load(path).name == name
 
@@ -359,14 +409,14 @@ def test_export_names_the_file_after_any_experiment_name_the_form_accepts(tmp_pa
 def test_save_preset_names_a_preset_name_that_cannot_be_a_file(tmp_path, name, needle):
     presets = _presets_copy(tmp_path)
     lab = Lab(JobQueue(tmp_path / "runs"), page_fields(), presets)
-    initial, override = _tiny_form(lab)
+    form = _tiny_form(lab)
     before = sorted(presets.iterdir())
-    dropdown, saved, _, message = lab.save_preset(name, override, *[initial[f.key] for f in lab.fields])
+    dropdown, saved, _, message = _save(lab, form, name)
     assert message == f"⚠️ **preset name**: {needle}" and saved is None and dropdown == SKIP
     assert sorted(presets.iterdir()) == before
     # With no preset name typed, the experiment name is used: "日本語" keeps its letters.
-    initial["experiment.name"] = "日本語"
-    assert lab.save_preset("", override, *[initial[f.key] for f in lab.fields])[3] == "Saved preset **日本語**."
+    form["form.experiment.name"] = "日本語"
+    assert _save(lab, form, "")[3] == "Saved preset **日本語**."
 
 
 def test_a_reloaded_page_offers_presets_saved_since_start_up(tmp_path):
@@ -374,16 +424,16 @@ def test_a_reloaded_page_offers_presets_saved_since_start_up(tmp_path):
     preset's file changed on disk refills the form; otherwise the form is left as it is."""
     presets = _presets_copy(tmp_path)
     lab = Lab(JobQueue(tmp_path / "runs"), page_fields(), presets)
-    initial, override = _tiny_form(lab)  # what build_app does at start-up
-    unchanged = lab.presets_on_load("offline-tiny")
-    assert all(value == SKIP for value in unchanged[1:])
-    lab.save_preset("later", override, *[initial[f.key] for f in lab.fields])
-    assert "later" in lab.presets_on_load("offline-tiny")[0]["choices"]
+    form = _tiny_form(lab)  # what build_app does at start-up
+    unchanged = lab.presets_on_load({"preset.default": "offline-tiny"})
+    assert set(unchanged) == {"preset.choice"}  # the form is left as it is
+    _save(lab, form, "later")
+    assert "later" in lab.presets_on_load({"preset.default": "offline-tiny"})["preset.choice"]["choices"]
     spec = json.loads((presets / "offline-tiny.json").read_text())
     spec["training"]["max_steps"] = 123
     (presets / "offline-tiny.json").write_text(json.dumps(spec))
-    refilled = lab.presets_on_load("offline-tiny")
-    assert refilled[1 + [f.key for f in lab.fields].index("training.max_steps")] == "123"
+    refilled = lab.presets_on_load({"preset.default": "offline-tiny"})
+    assert refilled["form.training.max_steps"] == "123"
 
 
 def test_zip_adapter_holds_the_peft_folder(tmp_path):
@@ -393,10 +443,11 @@ def test_zip_adapter_holds_the_peft_folder(tmp_path):
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
     (folder / "adapter_model.safetensors").write_bytes(b"x")
-    with zipfile.ZipFile(lab.zip_adapter(run.run_id, "projection")) as archive:
+    zipped = lab.zip_adapter({"run.select": run.run_id, "compare.adapter": "projection"})["compare.adapter_file"]
+    with zipfile.ZipFile(zipped) as archive:
         assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
     with pytest.raises(gr.Error, match="no saved adapter 'no_projection'"):
-        lab.zip_adapter(run.run_id, "no_projection")
+        lab.zip_adapter({"run.select": run.run_id, "compare.adapter": "no_projection"})
 
 
 def test_the_adapter_picked_stays_picked_while_the_run_saves_again(tmp_path):
@@ -407,11 +458,11 @@ def test_the_adapter_picked_stays_picked_while_the_run_saves_again(tmp_path):
     for variant in ("no_projection", "projection"):
         (run.adapter_path(variant)).mkdir(parents=True)
         (run.adapter_path(variant) / "adapter_config.json").write_text("{}")
-    adapters = lab.tick(run.run_id, "", 0.6, False, {}, "projection")[6]
+    adapters = _tick(lab, run.run_id, variant="projection")["compare.adapter"]
     assert adapters["choices"] == ["no_projection", "projection"] and adapters["value"] == "projection"
-    assert lab.tick(run.run_id, "", 0.6, False, {}, None)[6]["value"] == "no_projection"
+    assert _tick(lab, run.run_id, variant=None)["compare.adapter"]["value"] == "no_projection"
     shutil.rmtree(run.adapter_path("projection"))
-    assert lab.tick(run.run_id, "", 0.6, False, {}, "projection")[6] == {"choices": ["no_projection"],
+    assert _tick(lab, run.run_id, variant="projection")["compare.adapter"] == {"choices": ["no_projection"],
                                                                           "value": "no_projection",
                                                                           "__type__": "update"}
 
@@ -429,6 +480,7 @@ def test_a_run_without_adapters_says_why_on_generate_and_download(tmp_path, stat
     run.update_status(state=state, error=error)
     if state == "running":  # marked running long ago, no pid: its worker never started
         atomic_write_json(run.status_path, {**run.read_status(), "pid": None, "heartbeat": 1.0, "updated_at": 1.0})
-    for call in (lambda: lab.generate(run.run_id, "a prompt"), lambda: lab.zip_adapter(run.run_id, None)):
+    for call in (lambda: lab.generate({"run.select": run.run_id, "compare.prompt": "a prompt"}),
+                 lambda: lab.zip_adapter({"run.select": run.run_id, "compare.adapter": None})):
         with pytest.raises(gr.Error, match=re.escape(says)):
             call()

@@ -12,11 +12,10 @@ from prefixlab.ui.fields import form_from_spec, page_fields
 from prefixlab.ui.form import component_for, to_component_value
 
 FIELDS = page_fields()
-KEYS = [f.key for f in FIELDS]
 
 
 def _raw(**changes):
-    """Component values of a valid tiny form, in page order, with `changes` (dotted key via __)."""
+    """Component values of a valid tiny form by field key, with `changes` (dotted key via __)."""
     spec = ExperimentSpec.from_dict({"name": "t", "model": {"name": "tiny-gpt2"},
                                      "prefix": {"num_virtual_tokens": 4},
                                      "training": {"max_steps": 4, "eval_interval": 2}})
@@ -24,7 +23,7 @@ def _raw(**changes):
     raw = {f.key: to_component_value(f, form.get(f.key)) for f in FIELDS}
     for key, value in changes.items():
         raw[key.replace("__", ".")] = value
-    return [raw[k] for k in KEYS]
+    return raw
 
 
 def _check(override=False, **changes):
@@ -139,7 +138,7 @@ def test_form_from_spec_round_trips_and_unlocks_pinned_sizes():
                                      "prefix": {"num_virtual_tokens": 6, "num_layers": 2}})
     form, override = form_from_spec(spec)
     assert override and form["prefix.num_layers"] == 2 and form["prefix.num_virtual_tokens"] == 6
-    raw = [to_component_value(f, form.get(f.key)) for f in FIELDS]
+    raw = {f.key: to_component_value(f, form.get(f.key)) for f in FIELDS}
     again, errors = values.check_form(values.collect_form(FIELDS, raw, override))
     assert errors == {} and again.to_dict() == spec.to_dict()
 

@@ -1,4 +1,5 @@
-"""The Gradio lab: fields (form metadata), form (controls), panels (layout), handlers, app (wiring).
+"""The Gradio lab: fields (form metadata), form (controls), panels (layout), registry (components and
+events by id), handlers and run_handlers (behaviour), values (pure), app (wiring).
 
 `build_app` is imported on first use so that the pure modules (fields, values) load without
 pulling in the whole page.

@@ -45,6 +45,8 @@ FREE_CHOICE_KEYS = frozenset({"model.name", "data.source", "data.source_column",
 # Listed by form_fields() but not a choice anyone makes on the page: PEFT fills in its
 # own version when it saves an adapter.
 PAGE_HIDDEN_KEYS = frozenset({"prefix.peft_version"})
+# The form's namespace in the page's registry (ui/registry.py): a field's component is "form.<key>".
+FORM = "form"
 # The form's sections, in page order, with their headings.
 SECTION_TITLES = {
     "experiment": "Experiment", "prefix": "Prefix tuning (PrefixTuningConfig)", "model": "Model",
@@ -76,6 +78,11 @@ class FieldSpec:
     def label(self) -> str:
         """The field's own name (searchable, matches the JSON and the Python API)."""
         return self.name
+
+    @property
+    def id(self) -> str:
+        """The control's id in the page's registry: "form.prefix.num_virtual_tokens"."""
+        return f"{FORM}.{self.key}"
 
     @property
     def elem_id(self) -> str:

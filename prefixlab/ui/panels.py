@@ -1,6 +1,10 @@
-"""Page layout: one builder per panel, each returning its components by name (no event wiring here).
+"""Page layout: one builder per panel, each returning `{name: component}` (no event wiring here).
 
-Stable elem_id's on everything a browser test touches; ui/handlers.py wires the events.
+ui/app.py registers each panel's components under a namespace ("run" + "status" -> "run.status",
+ui/registry.py) and wires the events by those ids; the handlers are in ui/handlers.py. A
+component added to a panel is one more entry in its dict: nothing else counts the components.
+The page's state (gr.State) and timer belong to the panel they serve. Stable elem_id's on everything
+a browser test touches.
 """
 
 from __future__ import annotations
@@ -14,21 +18,23 @@ from prefixlab.ui.fields import SECTION_TITLES, FieldSpec, fields_by_section
 from prefixlab.ui.form import component_for
 
 OPEN_SECTIONS = {"experiment", "prefix", "model", "data", "training"}  # generation starts collapsed
+TIMER_SECONDS = 1.0  # how often the run panels read the run directory
 
 
 def build_preset_bar(preset_names: list[str], default: str | None) -> dict:
     with gr.Row():
         preset = gr.Dropdown(preset_names, value=default, label="preset", elem_id="preset", scale=3,
                              info="Fills the whole form from presets/<name>.json")
-    return {"preset": preset}
+    # The preset the page opened with: a page load refills the form if its file changed since.
+    return {"choice": preset, "default": gr.State(default)}
 
 
 def build_form(fields: list[FieldSpec], suggestions: dict[str, tuple], initial: dict, override: bool) -> dict:
-    """The configuration form, one accordion per section; returns {"fields": {key: component}, ...}.
+    """The configuration form, one accordion per section: a control per field, by its key
+    ("prefix.num_virtual_tokens"), the override box, the task upload and its rejection's state.
 
-    `initial` holds the controls' first values (the default preset's), so the page opens filled in.
+    `initial` holds the controls' first values by key (the default preset's), so the page opens filled in.
     """
-    components: dict[str, gr.components.Component] = {}
     out = {}
     for section, section_fields in fields_by_section(fields).items():
         if not section_fields:
@@ -44,8 +50,8 @@ def build_form(fields: list[FieldSpec], suggestions: dict[str, tuple], initial: 
                 out["upload"] = gr.File(label="upload a task file (JSONL or CSV)", file_types=[".jsonl", ".csv"],
                                         elem_id="upload-task", height=90)
             for f in section_fields:
-                components[f.key] = component_for(f, suggestions.get(f.key, ()), initial.get(f.key))
-    out["fields"] = components
+                out[f.key] = component_for(f, suggestions.get(f.key, ()), initial.get(f.key))
+    out["upload_error"] = gr.State("")  # a rejected upload's message while its file is on show
     return out
 
 
@@ -55,7 +61,7 @@ def build_actions(errors: str) -> dict:
     with gr.Row():
         train = gr.Button("Train", variant="primary", elem_id="train")
         stop = gr.Button("Stop", variant="stop", elem_id="stop")
-    return {"train": train, "stop": stop, "errors": messages}
+    return {"train": train, "stop": stop, "messages": messages}
 
 
 def build_export() -> dict:
@@ -68,7 +74,7 @@ def build_export() -> dict:
         spec_file = gr.File(label="experiment spec", elem_id="spec-file", interactive=False, height=90)
         command = gr.Code(label="the same run from a terminal", language="shell", elem_id="cli-command",
                           interactive=False)
-    return {"preset_name": preset_name, "save": save, "export": export, "spec_file": spec_file,
+    return {"preset_name": preset_name, "save_preset": save, "export_spec": export, "spec_file": spec_file,
             "command": command}
 
 
@@ -79,11 +85,13 @@ def build_accounting_panel(rows: list[list]) -> dict:
     gr.Markdown("trainable = what the optimiser updates; stored in adapter = what adapter_model.safetensors "
                 "holds (the projection MLP trains but is not saved: only the prefix it produces is). "
                 "total = base model + trainable.", elem_classes=["note"])
-    return {"accounting": table}
+    return {"table": table}
 
 
 def build_status_panel() -> dict:
-    return {"status": gr.Markdown(values.status_markdown("", {}), elem_id="status")}
+    """The status line, the timer that refreshes the run panels, and what they last drew ("seen")."""
+    return {"status": gr.Markdown(values.status_markdown("", {}), elem_id="status"), "seen": gr.State({}),
+            "timer": gr.Timer(TIMER_SECONDS)}
 
 
 def build_chart_panel() -> dict:
@@ -95,7 +103,7 @@ def build_chart_panel() -> dict:
         log_scale = gr.Checkbox(False, label="log scale", elem_id="log-scale")
     chart = gr.Plot(plots.loss_figure({}), label="loss", elem_id="loss-chart", format="png")
     points = gr.Markdown("", elem_id="loss-points")
-    return {"run": run, "overlay": overlay, "smoothing": smoothing, "log_scale": log_scale,
+    return {"select": run, "overlay": overlay, "smoothing": smoothing, "log_scale": log_scale,
             "chart": chart, "points": points}
 
 
@@ -114,11 +122,11 @@ def build_comparison_panel() -> dict:
         variant = gr.Dropdown([], label="adapter", elem_id="adapter-select", scale=2)
         zip_button = gr.Button("Download adapter (PEFT folder, zipped)", elem_id="zip-adapter", scale=2)
     adapter_file = gr.File(label="adapter zip", interactive=False, elem_id="adapter-file", height=90)
-    return {"comparison": table, "bars": bars, "grid": grid, "prompt": prompt, "generate": generate,
-            "generated": generated, "variant": variant, "zip": zip_button, "adapter_file": adapter_file}
+    return {"table": table, "bars": bars, "outputs": grid, "prompt": prompt, "generate": generate,
+            "generated": generated, "adapter": variant, "zip_adapter": zip_button, "adapter_file": adapter_file}
 
 
 def build_runs_panel() -> dict:
     gr.Markdown("### Runs")
     table = gr.Dataframe(headers=values.RUNS_HEADERS, interactive=False, elem_id="runs", wrap=True)
-    return {"runs": table}
+    return {"table": table}

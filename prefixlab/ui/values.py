@@ -13,12 +13,17 @@ import re
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
 from prefixlab.engine import checks
 from prefixlab.engine.spec import ExperimentSpec, SpecError
-from prefixlab.engine.zoo import task_type_of_config
+from prefixlab.engine.zoo import model_facts
 from prefixlab.ui.fields import FieldSpec, spec_from_form
+
+# What an event handler takes and returns: component values (or updates) by registry id, e.g.
+# {"run.status": "...", "form.prefix.num_virtual_tokens": 5} (ui/registry.py).
+Values = dict[str, Any]
 
 ACCOUNTING_HEADERS = ["variant", "trainable", "total", "trainable %", "stored in adapter", "formula"]
 RUNS_HEADERS = ["run", "name", "model", "state", "step", "started (UTC)", "train loss", "val loss"]
@@ -29,14 +34,16 @@ _OOM = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|MP
 # --- form -> spec ------------------------------------------------------------------------------
 
 
-def collect_form(fields: list[FieldSpec], raw: list, override: bool) -> dict:
-    """Dotted-key form values for spec_from_form, from the components' values in `fields` order.
+def collect_form(fields: list[FieldSpec], raw: dict, override: bool) -> dict:
+    """Dotted-key form values for spec_from_form, from the components' values by field key
+    (every one of `fields` must be there).
 
     Inferred size fields are left out unless "override" is ticked, so the sizes come from the
     model; when ticked, the shown values are passed on and checked against the model.
     """
     values = {}
-    for f, value in zip(fields, raw, strict=True):
+    for f in fields:
+        value = raw[f.key]
         if f.inferred and not override:
             continue
         if isinstance(value, str) and value == "" and f.optional:
@@ -51,6 +58,11 @@ def collect_form(fields: list[FieldSpec], raw: list, override: bool) -> dict:
             value = [line.strip() for line in value.splitlines() if line.strip()]
         values[f.key] = value
     return values
+
+
+def field_values(fields: list[FieldSpec], values: Values) -> dict:
+    """The form's control values by field key ("training.batch_size"), from an event's values by id."""
+    return {f.key: values[f.id] for f in fields}
 
 
 def _typed(number: float) -> str:
@@ -82,8 +94,8 @@ def inferred_sizes(model_name: str, num_virtual_tokens: int = 1) -> dict[str, in
 
     Raises ValueError (ModelLoadError) when the model's config cannot be read, e.g. a Hub id offline.
     """
-    config = checks.cached_model_config(model_name)
-    filled = infer_sizes(PrefixTuningConfig(num_virtual_tokens=num_virtual_tokens), config, task_type_of_config(config))
+    facts = model_facts(model_name)
+    filled = infer_sizes(PrefixTuningConfig(num_virtual_tokens=num_virtual_tokens), facts.config, facts.task_type)
     return {f"prefix.{name}": getattr(filled, name) for name in INFERRED_FIELDS}
 
 
@@ -153,6 +165,16 @@ def upload_name(original: str, digest: str) -> str:
     the one a queued or finished run reads."""
     path = Path(original)
     return f"{path.stem}-{digest[:12]}{path.suffix.lower()}"
+
+
+def upload_columns(columns: list[str]) -> tuple[str, str]:
+    """(source, target) columns to pick first for an uploaded file's `columns` (two or more):
+    "source" and "target" where the file has them, else the first column the other does not take."""
+    if "target" in columns:
+        source = "source" if "source" in columns else next(c for c in columns if c != "target")
+        return source, "target"
+    source = "source" if "source" in columns else columns[0]
+    return source, next(c for c in columns if c != source)
 
 
 def upload_rejected(detail: str, current_source: str | None) -> str:
