@@ -43,7 +43,8 @@ def test_startup_bench_prints_the_table_and_writes_json_for_a_real_command(tmp_p
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("startup: cold start of each command as a subprocess, median of 1 run(s) (python ")
     assert lines[1].split() == ["command", "median", "s", "budget", "s", "ratio"]
-    assert len(lines) == 3 and lines[2].startswith("python -m prefixlab inspect presets/offline-tiny.json  ")
+    assert len(lines) == 4 and lines[2].startswith("python -m prefixlab inspect presets/offline-tiny.json  ")
+    assert lines[3].startswith("RUNS: a runs folder holding one finished 4-step run of tiny-gpt2-e2e")
     assert re.fullmatch(r"\d+\.\d\d +1\.50 +\d+\.\d\dx", lines[2].split("offline-tiny.json")[1].strip())
     row, = json.loads(path.read_text())["startup"]["rows"]
     assert (row["name"], row["budget_s"], len(row["seconds"]), row["until"]) == ("inspect", 1.5, 1, None)
@@ -64,7 +65,7 @@ def test_startup_machinery_times_each_round_and_ends_a_server_with_its_children(
     assert lines[0].startswith("startup: cold start of each command as a subprocess, median of 2 run(s)")
     assert lines[2].startswith(shlex.join(["python", "-c", "print('done')"]) + "  ")
     assert lines[3].startswith("python -c ") and "(until it prints its URL)" in lines[3]
-    assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
+    assert len({len(line) for line in lines[1:4]}) == 1  # aligned columns
 
 
 def test_a_failing_command_or_a_server_that_never_comes_up_is_an_error_with_its_output():

@@ -654,6 +654,8 @@ def format_startup_table(result: dict) -> str:
              f"{'command':<{width}}  {'median s':>8}  {'budget s':>8}  {'ratio':>6}"]
     for command, r in zip(commands, rows):
         lines.append(f"{command:<{width}}  {r['median_s']:>8.2f}  {r['budget_s']:>8.2f}  {r['ratio']:>5.2f}x")
+    lines.append("RUNS: a runs folder holding one finished 4-step run of tiny-gpt2-e2e (RUNS/startup); EMPTY: an "
+                 "empty runs folder; PORT: a free port")
     return "\n".join(lines)
 
 
