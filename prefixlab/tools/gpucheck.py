@@ -17,9 +17,10 @@ Nothing is downloaded. Without CUDA it says so and exits with status 2, having i
 `--device cpu` is for the tests only: it runs the same code with tiny sizes and marks the results
 as a test run. docs/gpu.md describes every check and the layout of results.json.
 
-The file reads top to bottom: sizes and the section context; device and memory probes; the four
-sections; running them within the budget; results.md and results.json (pure, tested on CPU); the
-command line.
+The file reads top to bottom: sizes and the section context; device and memory probes; the
+arithmetic; the four sections; running them within the budget; results.md and results.json; the
+command line. The arithmetic and the results files are pure (tests/test_gpucheck.py checks them on
+a CPU); the sections run there too, at tiny sizes, with `--device cpu`.
 """
 
 from __future__ import annotations
