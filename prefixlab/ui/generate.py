@@ -10,12 +10,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import torch
-
-from prefixlab.core.model import WEIGHTS_NAME, PrefixTuningModel
+from prefixlab.core.config import WEIGHTS_NAME
 from prefixlab.engine.runs import RunDir, why_no_adapters
-from prefixlab.engine.worker import generate_outputs
-from prefixlab.engine.zoo import load_base
+
+# torch, the model and generation are imported by the first Generate, not when the page starts.
 
 _lock = threading.Lock()  # one generation at a time: the cached model is shared
 _cache: dict = {}  # {"key": (run path, adapters, their files' stamps), "model": ..., "tokenizer": ..., ...}
@@ -41,6 +39,9 @@ def _stamp(folder: Path) -> tuple:
 def _load(run: RunDir, variants: list[str]):
     """Base + every adapter of the run, cached for the last run; the adapters are read again when
     the worker has saved newer ones (every eval_interval steps, and at the end), the base is not."""
+    from prefixlab.core.model import PrefixTuningModel
+    from prefixlab.engine.zoo import load_base
+
     key = (str(run.path), tuple(variants), tuple(_stamp(run.adapter_path(v)) for v in variants))
     if _cache.get("key") != key:
         if _cache.get("key", (None,))[0] == key[0]:  # the same run, newer adapters: keep its base
@@ -69,7 +70,6 @@ def no_adapters_message(run: RunDir) -> str:
             "to run its experiment again")
 
 
-@torch.no_grad()
 def generate_all(run_path: str | Path, prompt: str, on_progress=None) -> list[list[str]]:
     """[[model, output], ...] for the base model and every trained variant of the run at `run_path`.
 
@@ -83,6 +83,8 @@ def generate_all(run_path: str | Path, prompt: str, on_progress=None) -> list[li
     variants = trained_variants(run)
     if not variants:
         raise ValueError(no_adapters_message(run))
+    from prefixlab.engine.generation import generate_outputs  # under torch.no_grad
+
     report = on_progress or (lambda fraction, text: None)
     with _lock:
         report(0.0, "loading base model and adapters")
