@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -43,6 +44,104 @@ def cpu_context(tmp_path: Path, seconds: float = 120.0, **kwargs) -> gpucheck.Ch
 
 
 # ---------------------------------------------------------------------------------------------
+# Runs in a fresh interpreter: gpucheck without CUDA, the prepared script twice, section 2's worker.
+# Each spends seconds importing torch on one core, so the runs the selected tests need all start
+# when the first of those tests asks, and each test waits for its own.
+
+
+def prepared_script(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """.ci/gpucheck OUT ARGS with these environment variables, run from OUT's parent folder."""
+    # The script runs `python3`: the interpreter running these tests, also from an unactivated venv.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run([str(REPO / ".ci" / "gpucheck"), str(out), *args], cwd=out.parent,
+                          env={**os.environ, "PATH": path, **env}, capture_output=True, text=True, timeout=300)
+
+
+def run_module_without_cuda(tmp: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA even where this suite runs on a GPU machine
+    proc = subprocess.run([sys.executable, "-m", "prefixlab.tools.gpucheck", "--out", str(tmp / "out")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    return proc, tmp / "out"
+
+
+def run_script_without_cuda(tmp: Path) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    out, batch_out = tmp / "results", tmp / "OUT"
+    batch_out.mkdir()
+    return prepared_script(out, CUDA_VISIBLE_DEVICES="", OUT=str(batch_out)), out, batch_out
+
+
+def run_script_without_pytest(tmp: Path) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """On CPU, the check's cheapest section only; pytest blocked by an import hook, not a shadowing
+    module: the script puts .whl's packages (which may hold pytest, on a GPU machine) ahead of PYTHONPATH."""
+    out, batch_out, blocked = tmp / "results", tmp / "OUT", tmp / "blocked"
+    batch_out.mkdir(), blocked.mkdir()
+    (blocked / "sitecustomize.py").write_text(
+        "import sys\n\n\nclass NoPytest:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'pytest':\n"
+        "            raise ImportError('No module named pytest (blocked by the test)')\n\n\n"
+        "sys.meta_path.insert(0, NoPytest())\n")
+    proc = prepared_script(out, "--", "--device", "cpu", "--sections", "generation", OUT=str(batch_out),
+                           PYTHONPATH=str(blocked))
+    return proc, out, batch_out
+
+
+def run_e2e_section(tmp: Path) -> tuple[dict, Path]:
+    """Section 2 on CPU with a shortened offline preset (8 steps): a real worker run."""
+    spec = json.loads((REPO / "presets" / "offline-tiny.json").read_text())
+    spec["data"].update(max_train_examples=64, max_eval_examples=8)
+    spec["training"].update(max_steps=8, log_interval=2, eval_interval=8, max_length=64)
+    spec["generation"].update(max_new_tokens=2, num_prompts=1)
+    spec_path = tmp / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    return gpucheck.run_e2e(cpu_context(tmp, seconds=240, spec_path=spec_path)), tmp / "e2e-run"
+
+
+# fixture name -> the run it waits for
+FRESH_RUNS = {"module_without_cuda": run_module_without_cuda, "script_without_cuda": run_script_without_cuda,
+              "script_without_pytest": run_script_without_pytest, "e2e_result": run_e2e_section}
+
+
+@pytest.fixture(scope="module")
+def fresh_runs(request, tmp_path_factory):
+    """fresh_runs(name) -> that run's result; the selected tests' runs start together, on first use."""
+    pool = ThreadPoolExecutor(max_workers=len(FRESH_RUNS))  # each thread waits on its subprocess
+    futures = {}
+
+    def start(name: str) -> Future:
+        if name not in futures:
+            futures[name] = pool.submit(FRESH_RUNS[name], tmp_path_factory.mktemp(name))
+        return futures[name]
+
+    for name in FRESH_RUNS:
+        if any(name in item.fixturenames for item in request.session.items if item.module is request.module):
+            start(name)
+    try:
+        yield lambda name: start(name).result()
+    finally:
+        pool.shutdown(wait=True)  # no run outlives the module
+
+
+@pytest.fixture(scope="module")
+def module_without_cuda(fresh_runs):
+    return fresh_runs("module_without_cuda")
+
+
+@pytest.fixture(scope="module")
+def script_without_cuda(fresh_runs):
+    return fresh_runs("script_without_cuda")
+
+
+@pytest.fixture(scope="module")
+def script_without_pytest(fresh_runs):
+    return fresh_runs("script_without_pytest")
+
+
+@pytest.fixture(scope="module")
+def e2e_result(fresh_runs):
+    return fresh_runs("e2e_result")
+
+
+# ---------------------------------------------------------------------------------------------
 # Without CUDA
 
 
@@ -52,13 +151,10 @@ def assert_no_cuda_message(text: str) -> None:
     assert "docs/gpu.md" in text and "python -m pytest" in text
 
 
-def test_without_cuda_it_exits_2_with_a_clear_message_and_writes_nothing(tmp_path):
+def test_without_cuda_it_exits_2_with_a_clear_message_and_writes_nothing(module_without_cuda):
     """`python -m prefixlab.tools.gpucheck`; `python -m prefixlab gpucheck` is the prepared script's
-    command, checked the same way below."""
-    out = tmp_path / "out"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA even where this suite runs on a GPU machine
-    proc = subprocess.run([sys.executable, "-m", "prefixlab.tools.gpucheck", "--out", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    command, checked the same way at the end of this file."""
+    proc, out = module_without_cuda
     assert proc.returncode == 2, proc.stderr
     assert_no_cuda_message(proc.stderr)
     assert not out.exists()  # no results file that claims anything
@@ -340,21 +436,7 @@ def test_main_on_cpu_runs_throughput_and_generation_and_writes_both_files(tmp_pa
 
 
 # ---------------------------------------------------------------------------------------------
-# Section 2 on CPU: the worker in a subprocess, then the run-directory checks
-
-
-@pytest.fixture(scope="module")
-def e2e_result(tmp_path_factory):
-    """Section 2 on CPU with a shortened offline preset (8 steps): a real worker run."""
-    tmp = tmp_path_factory.mktemp("e2e")
-    spec = json.loads((REPO / "presets" / "offline-tiny.json").read_text())
-    spec["data"].update(max_train_examples=64, max_eval_examples=8)
-    spec["training"].update(max_steps=8, log_interval=2, eval_interval=8, max_length=64)
-    spec["generation"].update(max_new_tokens=2, num_prompts=1)
-    spec_path = tmp / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    ctx = cpu_context(tmp, seconds=240, spec_path=spec_path)
-    return gpucheck.run_e2e(ctx), tmp / "e2e-run"
+# Section 2 on CPU: the worker in a subprocess (a fresh run, above), then the run-directory checks
 
 
 @pytest.mark.slow
@@ -390,21 +472,15 @@ def test_run_dir_checks_fail_on_a_half_precision_adapter_and_a_rising_loss(e2e_r
     assert problems[0] in ("mixed precision 'no', expected 'bf16'", "mixed precision 'no', expected 'fp16'")
 
 
-def prepared_script(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """.ci/gpucheck OUT ARGS with these environment variables, run from OUT's parent folder."""
-    # The script runs `python3`: the interpreter running these tests, also from an unactivated venv.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return subprocess.run([str(REPO / ".ci" / "gpucheck"), str(out), *args], cwd=out.parent,
-                          env={**os.environ, "PATH": path, **env}, capture_output=True, text=True, timeout=180)
+# ---------------------------------------------------------------------------------------------
+# The prepared script, .ci/gpucheck
 
 
-def test_the_prepared_script_reports_versions_and_copies_them_to_out_without_cuda(tmp_path):
+def test_the_prepared_script_reports_versions_and_copies_them_to_out_without_cuda(script_without_cuda):
     """.ci/gpucheck, the one command for a GPU machine: without CUDA it stops with the status and the
     message of `python -m prefixlab gpucheck` (running no tests), having written the versions it saw,
     and copies what exists to $OUT."""
-    out, batch_out = tmp_path / "results", tmp_path / "OUT"
-    batch_out.mkdir()
-    proc = prepared_script(out, CUDA_VISIBLE_DEVICES="", OUT=str(batch_out))
+    proc, out, batch_out = script_without_cuda
     assert proc.returncode == 2, proc.stdout + proc.stderr
     versions = (out / "versions.txt").read_text()
     assert f"torch {torch.__version__}" in versions and "| cuda " in versions
@@ -416,20 +492,10 @@ def test_the_prepared_script_reports_versions_and_copies_them_to_out_without_cud
     assert sorted(p.name for p in batch_out.iterdir()) == ["gpucheck.log", "versions.txt"]
 
 
-def test_the_prepared_script_without_pytest_says_how_to_get_it(tmp_path):
+def test_the_prepared_script_without_pytest_says_how_to_get_it(script_without_pytest):
     """A GPU image may lack pytest: the check still runs (here its cheapest section, on CPU), and the
     tests' log says what to install (status 3: the check passed, the tests did not run)."""
-    out, batch_out, blocked = tmp_path / "results", tmp_path / "OUT", tmp_path / "blocked"
-    batch_out.mkdir(), blocked.mkdir()
-    # Blocked by an import hook, not a shadowing module: the script puts .whl's packages (which may
-    # hold pytest, on a GPU machine) ahead of PYTHONPATH.
-    (blocked / "sitecustomize.py").write_text(
-        "import sys\n\n\nclass NoPytest:\n    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'pytest':\n"
-        "            raise ImportError('No module named pytest (blocked by the test)')\n\n\n"
-        "sys.meta_path.insert(0, NoPytest())\n")
-    proc = prepared_script(out, "--", "--device", "cpu", "--sections", "generation", OUT=str(batch_out),
-                           PYTHONPATH=str(blocked))
+    proc, out, batch_out = script_without_pytest
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "## 4. Generation latency (greedy): ok" in (out / "results.md").read_text()
     log = (batch_out / "pytest.log").read_text()
