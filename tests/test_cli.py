@@ -16,7 +16,7 @@ import torch
 
 from prefixlab import get_peft_model
 from prefixlab.cli import CliError, _import, main
-from prefixlab.tools.bench_engine import bench_spec, compare, measure_one
+from prefixlab.tools.bench import bench_spec, compare, measure_one
 from prefixlab.engine.spec import ExperimentSpec
 from prefixlab.engine.runs import QUEUE_LAUNCH_ENV, JobQueue, RunDir
 from prefixlab.engine.tiny import tiny_model
@@ -263,7 +263,7 @@ def test_page_generation_reads_adapters_the_worker_saved_again(finished_run, tmp
     run = RunDir(shutil.copytree(finished_run.path, tmp_path / "run"))
     generate.generate_all(run.path, "name[x]")
     loads = []
-    monkeypatch.setattr(generate, "load_base", lambda name: loads.append(name))  # must not be called
+    monkeypatch.setattr("prefixlab.engine.zoo.load_base", lambda name: loads.append(name))  # must not be called
     cached = generate._cache["model"]
     variant = "projection"
     with torch.no_grad():  # the worker's next checkpoint: another prefix, saved the worker's way
