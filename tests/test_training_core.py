@@ -132,8 +132,3 @@ def test_peft_s_config_is_converted_and_other_methods_are_refused():
         model.add_adapter("d", {"num_virtual_tokens": 4})
 
 
-def test_gradient_checkpointing_is_refused():
-    base = tiny_model("gpt2")
-    base.gradient_checkpointing_enable()
-    with pytest.raises(ValueError, match="gradient checkpointing.*gradient_checkpointing_disable"):
-        get_peft_model(base, ours_config("gpt2", False))

@@ -67,21 +67,69 @@ def prefix_key_values(states: torch.Tensor, config: PrefixTuningConfig) -> torch
     return kv.permute(1, 2, 0, 3)  # (2L, heads, n, head_dim)
 
 
-def build_prefix_cache(kv: torch.Tensor, batch_size: int, config: PrefixTuningConfig):
-    """A fresh cache holding the prefix for `batch_size` rows (caches are mutated by each forward).
+class PrefixCache(DynamicCache):
+    """The prefix as a cache that every layer reads and no forward changes: `update` returns
+    [prefix; new keys] without storing them. A training forward never reuses what a cache stores, and
+    gradient checkpointing runs each layer twice (forward, then again in backward): a cache that
+    stores would hand the replay the prefix plus the first pass's keys (why transformers drops the
+    cache under checkpointing, and PEFT's prefix with it: huggingface/peft#869)."""
 
-    kv: (2L, heads, n, head_dim). Each row is broadcast with expand (no copy of our own; the cache
-    makes the one copy it needs when it concatenates new tokens).
-    """
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+
+class _PassThroughCache(DynamicCache):
+    """An encoder-decoder's cross-attention under a PrefixCache: computed from the encoder output on
+    every call, nothing stored."""
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return key_states, value_states
+
+
+class _NeverUpdated(dict):
+    """EncoderDecoderCache.is_updated for _PassThroughCache: cross-attention is never cached."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def get(self, key, default=None):
+        return False
+
+
+def prefix_layers(kv: torch.Tensor, rows: int, config: PrefixTuningConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the (key, value) of `rows` batch rows: kv (2L, heads, n, head_dim) is one prefix
+    broadcast to every row (expand, no copy); kv (rows, 2L, heads, n, head_dim) gives each row its own
+    (the fused pass of several variants)."""
     layers = []
     for key_row, value_row in layer_rows(config):
-        key = kv[key_row].unsqueeze(0).expand(batch_size, -1, -1, -1)  # (batch, heads, n, head_dim)
-        value = kv[value_row].unsqueeze(0).expand(batch_size, -1, -1, -1)
+        if kv.dim() == 4:
+            key = kv[key_row].unsqueeze(0).expand(rows, -1, -1, -1)  # (rows, heads, n, head_dim)
+            value = kv[value_row].unsqueeze(0).expand(rows, -1, -1, -1)
+        else:
+            key, value = kv[:, key_row], kv[:, value_row]  # (rows, heads, n, head_dim)
         layers.append((key, value))
+    return layers
+
+
+def build_prefix_cache(kv: torch.Tensor, batch_size: int, config: PrefixTuningConfig, stateless: bool = False):
+    """A fresh cache holding the prefix for `batch_size` rows (caches are mutated by each forward).
+
+    kv: (2L, heads, n, head_dim), or one per row (batch_size, 2L, heads, n, head_dim). Each row is
+    broadcast with expand (no copy of our own; the cache makes the one copy it needs when it
+    concatenates new tokens). `stateless`: a PrefixCache, which no forward changes (training with
+    gradient checkpointing).
+    """
+    layers = prefix_layers(kv, batch_size, config)
+    cache_class = PrefixCache if stateless else DynamicCache
     if config.num_transformer_submodules == 2:
         # Cross-attention starts empty: the decoder computes it from the (un-prefixed) encoder output.
+        if stateless:
+            cache = EncoderDecoderCache(cache_class(layers), _PassThroughCache())
+            cache.is_updated = _NeverUpdated()
+            return cache
         return EncoderDecoderCache(DynamicCache(layers), DynamicCache())
-    return DynamicCache(layers)
+    return cache_class(layers)
 
 
 def cache_kwarg_name(model: nn.Module) -> str:
@@ -145,6 +193,27 @@ def _uses_activation_checkpointing(model: nn.Module) -> bool:
     return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
+def _checkpointable_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks transformers itself would checkpoint (GradientCheckpointingLayer)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def _checkpointed(forward):
+    """`forward`, recomputed in backward instead of keeping its activations (torch.utils.checkpoint,
+    non-reentrant, RNG state kept so dropout repeats), whenever gradients are being recorded."""
+    from torch.utils.checkpoint import checkpoint
+
+    def wrapped(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    wrapped.__wrapped__ = forward
+    return wrapped
+
+
 def _drop_token_type_ids(kwargs: dict) -> None:
     """PEFT drops token_type_ids for prompt learning, with this warning; so do we, so that the same
     call gives the same logits (GPT-2, say, would add them to its input embeddings)."""
@@ -168,19 +237,22 @@ class PrefixTuningModel(nn.Module):
 
     def __init__(self, model: nn.Module, config: PrefixTuningConfig, adapter_name: str = "default"):
         super().__init__()
-        if _uses_activation_checkpointing(model):
-            raise ValueError(
-                "the base model has gradient checkpointing enabled, which drops the prefix cache in training; "
-                "call model.gradient_checkpointing_disable() before get_peft_model"
-            )
+        # transformers' own checkpointing drops the cache, and with it the prefix (PEFT #869): ours
+        # takes over, with a cache the replay can read again.
+        take_over = _uses_activation_checkpointing(model)
+        if take_over:
+            model.gradient_checkpointing_disable()
         self.base_model = model
         self.peft_config: dict[str, PrefixTuningConfig] = {}
         self.prompt_encoder = nn.ModuleDict()
         self.active_adapter = adapter_name
         self._adapters_disabled = False
         self._cache_kwarg = cache_kwarg_name(model)
+        self._checkpointing = False
         freeze(model)
         self.add_adapter(adapter_name, config)
+        if take_over:
+            self.gradient_checkpointing_enable()
 
     def __getattr__(self, name: str) -> Any:
         """Unknown attributes (config, generation_config, device, ...) come from the base model."""
@@ -255,6 +327,39 @@ class PrefixTuningModel(nn.Module):
     def _is_seq2seq(self, adapter_name: str) -> bool:
         return self.peft_config[adapter_name].task_type == TaskType.SEQ_2_SEQ_LM
 
+    # -- gradient checkpointing ----------------------------------------------------------------
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        """Recompute each transformer block in backward instead of keeping its activations (memory
+        for time), with exact gradients: the prefix reaches the replay through a PrefixCache, which
+        no forward changes. transformers' and PEFT's checkpointing drop the prefix instead (PEFT
+        #869). `gradient_checkpointing_kwargs` is accepted for transformers' signature; only
+        non-reentrant checkpointing is used."""
+        del gradient_checkpointing_kwargs
+        if self._checkpointing:
+            return
+        layers = _checkpointable_layers(self.base_model)
+        if not layers:
+            raise ValueError(f"{type(self.base_model).__name__} has no transformers GradientCheckpointingLayer "
+                             "blocks to checkpoint; train without gradient checkpointing")
+        for layer in layers:
+            layer.forward = _checkpointed(layer.forward)
+        self._checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        for layer in _checkpointable_layers(self.base_model):
+            if "forward" in vars(layer) and hasattr(layer.forward, "__wrapped__"):
+                del layer.forward  # back to the class's forward
+        self._checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self._checkpointing
+
+    def _stateless_cache(self) -> bool:
+        """A PrefixCache for this forward: checkpointing replays the layers while gradients flow."""
+        return self._checkpointing and self.training and torch.is_grad_enabled()
+
     # -- the prefix --------------------------------------------------------------------------
 
     def prefix_key_values(self, adapter_name: Optional[str] = None) -> torch.Tensor:
@@ -268,7 +373,8 @@ class PrefixTuningModel(nn.Module):
     def get_prompt(self, batch_size: int, adapter_name: Optional[str] = None):
         """A fresh prefix cache for `batch_size` rows (PEFT's name)."""
         name = adapter_name or self.active_adapter
-        return build_prefix_cache(self.prefix_key_values(name), batch_size, self.peft_config[name])
+        return build_prefix_cache(self.prefix_key_values(name), batch_size, self.peft_config[name],
+                                  stateless=self._stateless_cache())
 
     # -- forward and generate ----------------------------------------------------------------
 

@@ -1,0 +1,81 @@
+"""Several adapters' losses from one pass of the frozen base: the variants of an experiment see the
+same batch, so their rows are stacked (variant A's rows, then variant B's, each row reading its own
+variant's prefix from the cache) and the base runs once over them, forward and backward, instead of
+once per variant.
+
+Each variant's loss is computed on its own rows exactly as the base computes it on a batch of its
+own (mean cross-entropy over its target tokens), so the sum's gradient with respect to a variant's
+prefix parameters is that variant's own gradient: the variants share no trainable parameter and the
+base is frozen. An encoder-decoder's encoder reads no prefix in PEFT's layout, so it runs once on the
+batch and its output is repeated for each variant's decoder rows.
+
+`fusable` says why a set of adapters cannot share a pass (their prefixes differ in length, so their
+inputs would sit at different positions); the caller then runs one pass per variant.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import TaskType
+
+IGNORE_INDEX = -100
+
+
+def fusable(model, adapter_names: list[str]) -> Optional[str]:
+    """None when the adapters can share one pass of `model` (a PrefixTuningModel), else why not."""
+    configs = [model.peft_config[name] for name in adapter_names]
+    lengths = {c.num_virtual_tokens for c in configs}
+    if len(lengths) > 1:
+        return (f"their prefixes differ in length ({sorted(lengths)} virtual tokens), so their inputs would sit "
+                "at different positions")
+    if len({c.task_type for c in configs}) > 1:
+        return "they differ in task_type"
+    return None
+
+
+def _token_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Mean cross-entropy over the target tokens (labels != -100), as transformers' models compute
+    it: a causal LM predicts token t+1 from position t (shifted), a seq2seq decoder its own position.
+    logits (batch, seq, vocab), labels (batch, seq)."""
+    logits = logits.float()
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def fused_losses(model, adapter_names: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 labels: torch.Tensor) -> list[torch.Tensor]:
+    """[loss of each adapter on the batch], from one pass of the base over len(adapter_names) x batch rows.
+
+    input_ids, attention_mask (batch, src_len); labels (batch, tgt_len), -100 where no loss is taken.
+    Backward through their sum gives each adapter the gradient of its own loss. Raises ValueError
+    when `fusable` refuses the adapters.
+    """
+    why = fusable(model, adapter_names)
+    if why:
+        raise ValueError(f"adapters {adapter_names} cannot share a pass: {why}")
+    from .model import _prepend_ones, build_prefix_cache  # the model imports nothing of this module
+
+    config = model.peft_config[adapter_names[0]]
+    n, batch, variants = config.num_virtual_tokens, input_ids.shape[0], len(adapter_names)
+    kv = torch.stack([model.prefix_key_values(name) for name in adapter_names])  # (V, 2L, heads, n, head_dim)
+    kv = kv.unsqueeze(1).expand(-1, batch, *kv.shape[1:]).reshape(variants * batch, *kv.shape[1:])
+    cache = build_prefix_cache(kv, variants * batch, config, stateless=model._stateless_cache())
+    base = model.base_model
+    causal = config.task_type == TaskType.CAUSAL_LM
+    if causal:
+        out = base(input_ids=input_ids.repeat(variants, 1),
+                   attention_mask=_prepend_ones(attention_mask.repeat(variants, 1), n), **{model._cache_kwarg: cache})
+    else:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        encoded = base.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)  # once: no prefix there
+        decoder_input_ids = base.prepare_decoder_input_ids_from_labels(labels=labels)  # labels shifted right
+        out = base(encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state.repeat(variants, 1, 1)),
+                   attention_mask=attention_mask.repeat(variants, 1),
+                   decoder_input_ids=decoder_input_ids.repeat(variants, 1), **{model._cache_kwarg: cache})
+    return [_token_loss(logits, labels, causal) for logits in out.logits.split(batch)]
