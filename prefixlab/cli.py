@@ -46,6 +46,24 @@ def folder(path: str, flag: str, *, create: bool = False) -> Path:
     return path
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, outermost first (what mkdir -p makes)."""
+    missing = []
+    for folder_ in [path, *path.parents]:
+        if folder_.exists():
+            break
+        missing.insert(0, folder_)
+    return missing
+
+
+def remove_made(made: list[Path]) -> None:
+    """Remove the folders this command made (innermost first), with what it wrote into them."""
+    import shutil
+
+    for path in reversed(made):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def train_again(run) -> str:
     """The command that trains a run's spec again, as a new run beside it."""
     return (f"to train this spec again: python -m prefixlab train {shlex.quote(str(run.spec_path))} "
@@ -171,24 +189,36 @@ def train_in(args, owner: bool, stack: ExitStack) -> int:
         if problems:
             raise CliError("; ".join(f"{key}: {message}" for key, message in problems.items())
                            + f" (in {args.spec})")
+        made = []  # the folders this command creates, removed again if it cannot write the run into them
         if args.run_dir:
+            made += missing_folders(Path(args.run_dir))
             path = folder(args.run_dir, "--run-dir", create=True)
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own new run id
             raise CliError("under accelerate launch every process must write the same run: pass --run-dir DIR")
         else:
+            made += missing_folders(Path(args.runs_dir))
             runs_dir = folder(args.runs_dir, "--runs-dir", create=True)
             path = runs_dir / new_run_id(spec.name, runs_dir)
-            path.mkdir()
+            try:
+                path.mkdir()
+            except OSError:  # a read-only runs folder
+                remove_made(made)
+                raise
+            made.append(path)
         run = RunDir(path)
-        if owner:
-            claim(run, stack)
-        status = run.read_status()
-        # The other processes may find the first one's run already started; a finished run, never.
-        if status.get("state") not in ((None, QUEUED) if owner else (None, QUEUED, RUNNING)):
-            raise CliError(f"{path} already holds a run ({held_by(status)}); pick a new --run-dir or leave it out")
-        run.write_spec(spec)
-        if owner:
-            atomic_write_json(run.status_path, new_status())
+        try:
+            if owner:
+                claim(run, stack)
+            status = run.read_status()
+            # The other processes may find the first one's run already started; a finished run, never.
+            if status.get("state") not in ((None, QUEUED) if owner else (None, QUEUED, RUNNING)):
+                raise CliError(f"{path} already holds a run ({held_by(status)}); pick a new --run-dir or leave it out")
+            run.write_spec(spec)
+            if owner:
+                atomic_write_json(run.status_path, new_status())
+        except OSError:  # a read-only or full disk: no run folder left behind, empty or half written
+            remove_made(made)
+            raise
     else:
         run = RunDir(folder(args.run_dir, "--run-dir"))
         if not run.spec_path.exists():
@@ -218,7 +248,7 @@ def cmd_generate(args) -> int:
     from prefixlab.core.model import PrefixTuningModel
     from prefixlab.engine.devices import training_device_type
     from prefixlab.engine.runs import RunDir
-    from prefixlab.engine.generation import generate_outputs
+    from prefixlab.engine.generation import check_prompt, generate_outputs
     from prefixlab.engine.zoo import load_base
 
     run = RunDir(folder(args.run_dir, "--run-dir"))
@@ -227,16 +257,20 @@ def cmd_generate(args) -> int:
                        "`python -m prefixlab runs` lists")
     spec = run.read_spec()
     if args.max_new_tokens is not None:
-        spec.generation.max_new_tokens = args.max_new_tokens
-    names = [v for v in spec.variant_names if (run.adapter_path(v) / "adapter_config.json").exists()]
+        spec = with_max_new_tokens(spec, args.max_new_tokens)
+    for prompt in args.prompt:
+        check_prompt(prompt)
+    # Every variant with a whole checkpoint, one an older worker's kill left stranded included.
+    folders = {v: run.adapter_dir(v) for v in spec.variant_names}
+    names = [v for v in spec.variant_names if folders[v] is not None]
     if not names:
         raise CliError(no_adapters(run, spec))
     quiet_transformers()
     base, tokenizer, task_type = load_base(spec.model.name)
     device = torch.device(training_device_type())  # where the worker would train: CUDA, MPS or CPU
-    model = PrefixTuningModel.from_pretrained(base.to(device), str(run.adapter_path(names[0])), adapter_name=names[0])
+    model = PrefixTuningModel.from_pretrained(base.to(device), str(folders[names[0]]), adapter_name=names[0])
     for name in names[1:]:
-        model.load_adapter(str(run.adapter_path(name)), name)
+        model.load_adapter(str(folders[name]), name)
     model.eval()
     for prompt in args.prompt:
         outputs = generate_outputs(model, tokenizer, task_type, spec, prompt, names, device)
@@ -244,6 +278,19 @@ def cmd_generate(args) -> int:
         for name, text in outputs.items():
             print(f"  {name:>16}: {text}")
     return EXIT_OK
+
+
+def with_max_new_tokens(spec: ExperimentSpec, tokens: int) -> ExperimentSpec:
+    """`spec` generating `tokens` new tokens, checked as the spec's own value is (limits included)."""
+    from prefixlab.engine.spec import SpecError
+
+    document = spec.to_dict()
+    document["generation"] = {**document.get("generation", {}), "max_new_tokens": tokens}
+    try:
+        return ExperimentSpec.from_dict(document)
+    except SpecError as err:
+        raise CliError("; ".join(f"--max-new-tokens ({key}): {message}" if key == "generation.max_new_tokens"
+                                 else f"{key}: {message}" for key, message in err.errors.items())) from None
 
 
 def no_adapters(run, spec: ExperimentSpec) -> str:
@@ -379,6 +426,15 @@ def cmd_gpucheck(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def os_error_line(err: OSError) -> str:
+    """An OSError as one line: the path, what went wrong, what to do (runs.describe_os_error)."""
+    from prefixlab.engine.runs import RunsFolderError, describe_os_error
+
+    if isinstance(err, RunsFolderError) or err.errno is None:
+        return str(err)
+    return describe_os_error(err)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m prefixlab", description="Prefix-tuning lab.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -412,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: core (a training step vs PEFT and a floor), engine (paired vs "
                                      "separate runs), startup (cold starts of these commands and the page)")
-    p.add_argument("which", nargs="?", choices=("core", "engine", "startup", "all"), default="all")
+    p.add_argument("which", nargs="?", choices=("core", "engine", "startup", "page", "all"), default="all")
     p.add_argument("--quick", action="store_true", help="small sizes and one round: seconds, not minutes")
     p.add_argument("--json", metavar="PATH", help="also write every number measured to PATH")
     p.set_defaults(func=cmd_bench)
@@ -435,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ValueError, FileNotFoundError) as err:
         # SpecError, ModelLoadError, DataError are ValueErrors with messages meant for people.
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # a read-only, missing or full runs folder: one line naming the path, no traceback
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C before a command could handle it (e.g. while importing torch)
         print("error: interrupted (Ctrl-C)", file=sys.stderr)

@@ -76,7 +76,7 @@ def test_inspect_a_model_without_a_spec(capsys):
         (["generate", "--run-dir", "{tmp}/empty", "--prompt", "x"], "empty is not a run folder (it has no spec.json)"),
         # a corrupt spec.json in a run folder, a spec file that is not UTF-8: the file is named
         (["train", "--run-dir", "{tmp}/corrupt"],
-         "{tmp}/corrupt/spec.json is not valid JSON (Expecting property name enclosed in double quotes: line 2 "
+         "{tmp}/corrupt/spec.json is not valid JSON (Expecting property name enclosed in double quotes at line 2 "
          "column 1); fix the file"),
         (["generate", "--run-dir", "{tmp}/corrupt", "--prompt", "x"], "{tmp}/corrupt/spec.json is not valid JSON"),
         (["train", "{tmp}/latin1.json"], "cannot read spec file {tmp}/latin1.json: not UTF-8 text (byte 0xff at "
@@ -203,7 +203,7 @@ def test_train_spec_into_a_killed_runs_folder_says_the_worker_died(finished_run,
     run.status_path.write_text("")  # unreadable: the message names the file
     assert main(["train", str(spec_path), "--run-dir", str(run.path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {run.path} already holds a run (failed: {run.status_path} "
-                                              "is not valid JSON (Expecting value: line 1 column 1); the run's state "
+                                              "is not valid JSON (Expecting value at line 1 column 1); the run's state "
                                               "is unknown, so it counts as failed)")
 
 

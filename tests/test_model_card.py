@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,10 +26,20 @@ def _logits(model, batch):
         return model(**batch).logits
 
 
-def _code(card_path) -> str:
+def _code(card_path, block: int = 0) -> str:
+    """The card's Python code: block 0 loads the adapters in PEFT, block 1 generates with prefixlab."""
     blocks = re.findall(r"```python\n(.*?)```", card_path.read_text(encoding="utf-8"), flags=re.S)
-    assert len(blocks) == 1
-    return blocks[0]
+    assert len(blocks) == 2
+    return blocks[block]
+
+
+def _runnable(code: str, base_folder, adapter_folder) -> str:
+    """The card's code with this machine's paths in place of the base folder's name and PLACEHOLDER,
+    and the tiny byte tokenizer (the saved tiny bases have no tokenizer files)."""
+    code = code.replace('from_pretrained("base")', f"from_pretrained({str(base_folder)!r})")
+    code = re.sub(r"tokenizer = AutoTokenizer\.from_pretrained\(.*\)",
+                  "from prefixlab.engine.tiny import tiny_tokenizer\ntokenizer = tiny_tokenizer()", code)
+    return code.replace(f'"{PLACEHOLDER}"', repr(str(adapter_folder)))
 
 
 @pytest.fixture(params=["gpt2", "t5"])
@@ -51,11 +62,11 @@ def saved(request, tmp_path):
 def test_the_card_s_loading_code_runs_in_peft_and_gives_our_logits(saved):
     arch, ours, tmp_path = saved
     code = _code(tmp_path / "adapter" / "README.md")
-    assert f'from_pretrained("{tmp_path / "base"}")' in code
+    assert 'from_pretrained("base")  # a local folder where it was trained: give its path' in code
     scope = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        exec(code.replace(f'"{PLACEHOLDER}"', repr(str(tmp_path / "adapter"))), scope)  # noqa: S102
+        exec(_runnable(code, tmp_path / "base", tmp_path / "adapter"), scope)  # noqa: S102
     ref = scope["model"].eval()
     assert type(ref).__module__.startswith("peft.")
     batch = padded_batch(arch)
@@ -76,12 +87,37 @@ def test_a_local_base_is_named_in_the_text_but_not_in_the_metadata(saved):
     assert card.data.library_name == "peft" and card.data.base_model is None
     assert card.data.tags == ["prefix-tuning", "prefixlab", "transformers"]
     assert card.data.pipeline_tag == ("text-generation" if arch == "gpt2" else None)
-    assert card.text.lstrip().startswith(f"# Prefix-tuning adapter for `{tmp_path / 'base'}` (a local folder)\n")
+    assert card.text.lstrip().startswith("# Prefix-tuning adapter for `base` (a local folder)\n")
+    assert str(tmp_path) not in card.text  # this machine's path means nothing elsewhere
     rows = [line for line in card.text.splitlines() if line.startswith("| `")]
     stored = {name: ours.get_prompt_embedding_to_save(name).numel() for name in ("default", "flat")}
     assert rows[0].startswith(f"| `default` | `.` | {ours.peft_config['default'].num_virtual_tokens} | ")
     assert f"| {stored['default']:,} | the projection MLP (hidden size" in rows[0]
     assert rows[1].startswith("| `flat` | `flat` |") and f"| {stored['flat']:,} | the prefix trained directly |" in rows[1]
+
+
+def test_the_card_s_generation_code_generates_with_the_prefix(saved):
+    """PEFT 0.21's generate drops the prefix under transformers 5.24+ (test_model_parity pins it); the
+    card says so and gives prefixlab's code, which, run as written, generates what our model does."""
+    arch, ours, tmp_path = saved
+    card = (tmp_path / "adapter" / "README.md").read_text(encoding="utf-8")
+    assert "PEFT 0.21's `generate` loses the prefix with transformers 5.24 and later" in card
+    code = _code(tmp_path / "adapter" / "README.md", block=1)
+    assert "from prefixlab import PrefixTuningModel" in code
+    assert 'model = PrefixTuningModel.from_pretrained(base, "PATH_OR_REPO_ID")' in code
+    assert 'model.load_adapter("PATH_OR_REPO_ID", "flat", subfolder="flat")' in code
+    scope = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(_runnable(code, tmp_path / "base", tmp_path / "adapter").replace('"PROMPT"', '"name[Aromi] => "'),
+             scope)  # noqa: S102
+    from prefixlab import PrefixTuningModel
+
+    assert isinstance(scope["model"], PrefixTuningModel)
+    inputs = scope["inputs"]
+    ours.set_adapter("default")
+    expected = ours.generate(**inputs, max_new_tokens=40)
+    assert torch.equal(scope["output"], expected)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
@@ -171,3 +207,8 @@ def test_a_run_s_adapter_card_says_how_it_was_trained_and_holds_the_spec(tmp_pat
         embedded = re.search(r"```json\n(.*?)```", training, flags=re.S).group(1)
         assert ExperimentSpec.from_json(embedded).to_dict() == run.read_spec().to_dict()
         assert 'PeftModel.from_pretrained(base, "PATH_OR_REPO_ID", adapter_name="' + variant + '")' in text
+        # The base named portably: the preset's name and prefixlab's loader, not this checkout's path.
+        assert text.startswith("---") and "# Prefix-tuning adapter for `tiny-gpt2` (a prefixlab offline preset)" in text
+        assert 'base, tokenizer, _ = load_base("tiny-gpt2")  # prefixlab\'s offline preset' in _code(
+            run.adapter_path(variant) / "README.md", block=1)
+        assert str(tmp_path) not in text and str(Path(__file__).resolve().parents[1]) not in text

@@ -142,7 +142,7 @@ def test_read_jsonl_skips_bad_complete_lines_with_a_warning_naming_file_and_line
         records = read_jsonl(path)
     assert [r["step"] for r in records] == [1, 5]
     assert [str(w.message) for w in caught] == [
-        f"{path} line 2 is not valid JSON (Unterminated string starting at: column 13); skipped it",
+        f"{path} line 2 is not valid JSON (Unterminated string starting at column 13); skipped it",
         f"{path} line 3 is a JSON list, not an object; skipped it",
         f"{path} line 4 is not UTF-8 text (byte 0xff at position 10); skipped it",
     ]
@@ -339,7 +339,7 @@ def test_a_corrupt_status_json_is_a_failed_run_and_the_queue_goes_on(queue):
     assert queue.poll() == waiting
     info = {i.run_id: i for i in queue.list_runs()}[broken]
     assert info.state == FAILED and info.name == "broken"
-    assert info.error == (f"{queue.run_dir(broken).status_path} is not valid JSON (Expecting value: line 1 "
+    assert info.error == (f"{queue.run_dir(broken).status_path} is not valid JSON (Expecting value at line 1 "
                           "column 1); the run's state is unknown, so it counts as failed")
     (queue.run_dir(waiting).path / "release").touch()
     wait_for(lambda: queue.run_dir(waiting).read_status()["state"] == DONE)
@@ -521,13 +521,13 @@ def test_run_worker_refuses_a_run_another_worker_holds_and_writes_nothing(tmp_pa
 
 def test_the_queue_leaves_a_queued_run_alone_while_another_worker_holds_it(queue, hold_lock):
     """A CLI `train --run-dir` took the lock but has not yet written `running`: the queue must not
-    start the run too, nor cancel it as if it were still waiting."""
+    start the run too, nor cancel it as if it were still waiting, nor start another run beside it
+    (one job per device: the CLI's worker is about to train)."""
     claimed, waiting = queue.submit(spec("claimed")), queue.submit(spec("waiting"))
     holder = hold_lock(queue.run_dir(claimed).path)
-    assert queue.poll() == waiting  # skipped the claimed run, though it is older
-    queue.run_dir(waiting).path.joinpath("release").touch()
-    wait_for(lambda: queue.run_dir(waiting).read_status()["state"] == DONE)
-    assert queue.poll() is None
+    assert queue.poll() is None  # neither the claimed run nor the next one
+    assert queue.run_dir(waiting).read_status()["state"] == QUEUED
+    assert queue.cancel(waiting) == CANCELLED
     assert queue.cancel(claimed) == QUEUED  # a stop request the starting worker finds
     assert queue.run_dir(claimed).cancel_requested()
     assert queue.run_dir(claimed).read_status()["state"] == QUEUED

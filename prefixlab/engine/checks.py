@@ -5,7 +5,8 @@ first step, with the model config it loaded and the real prompts' lengths).
 
 It reads the model's config (no weights; zoo.model_facts), local task files (every line, cached by the file's size
 and modification time) and asks torch which device a worker would train on; a Hub dataset is checked
-by the worker, which downloads it. Every problem is {dotted spec key: message}, the key the value
+by the worker, which downloads it, except that one the worker could not download (offline, or the
+Hub not answering, and not in the local cache) is refused here. Every problem is {dotted spec key: message}, the key the value
 comes from (`ExperimentSpec.prefix_key` for prefix fields, "model.name" for a model that cannot be
 read); nothing maps a message back to a field by its words.
 """
@@ -13,6 +14,7 @@ read); nothing maps a message back to a field by its words.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,7 +153,7 @@ def task_data_errors(spec: ExperimentSpec) -> dict[str, str]:
     read with the chosen columns, so a bad line 500 is named here rather than in a failed run. The
     built-in task is shipped and checked by its tests; a Hub dataset is checked by the worker, except
     for one column chosen as both source and target, which is refused for every source but the
-    built-in task."""
+    built-in task, and one that cannot be downloaded and is not cached (hub_dataset_problem)."""
     data = spec.data
     kind, where = resolve_source(data.source)
     try:
@@ -162,7 +164,51 @@ def task_data_errors(spec: ExperimentSpec) -> dict[str, str]:
     if kind == "file":
         problem = _file_problem(where, _stamp(where), data.source_column, data.target_column)
         return dict([problem]) if problem else {}
+    if kind == "hub":
+        problem = hub_dataset_problem(where)
+        return {"data.source": problem} if problem else {}
     return {}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_dataset_problem(name: str) -> str | None:
+    """Why the Hub dataset `name` cannot load here, or None: offline (HF_HUB_OFFLINE or
+    HF_DATASETS_OFFLINE) or with the Hub not answering (core.hub's probe: 3 s at most, cached for a
+    minute), only a dataset in the local Hugging Face cache loads; the worker would fail at setup.
+    Whether the id exists and has the columns is the worker's to find, once it can download."""
+    from prefixlab.core.hub import cache_only
+
+    if _env_flag("HF_DATASETS_OFFLINE"):
+        offline, why = True, "HF_DATASETS_OFFLINE is set"
+    else:
+        offline, why = cache_only(name)
+    if not offline or dataset_cached(name):
+        return None
+    unset = f" and unset {why.split()[0]}" if why.endswith("is set") else ""
+    return (f"the Hub dataset {name!r} cannot be downloaded ({why}) and is not in the local Hugging Face cache; "
+            f"use the built-in task 'e2e-synth' or a local .jsonl/.csv file, or connect to the Hub{unset}")
+
+
+def dataset_cached(name: str) -> bool:
+    """Whether the local Hugging Face caches hold anything of the Hub dataset `name`: its files in the
+    Hub cache (datasets--<org>--<name>) or its prepared copy in the datasets cache (<org>___<name>)."""
+    from huggingface_hub import constants
+
+    home = Path(os.environ.get("HF_HOME") or constants.HF_HOME).expanduser()
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+                     or constants.HF_HUB_CACHE).expanduser()
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets").expanduser()
+    wanted = {f"datasets--{name.replace('/', '--')}".lower(), name.replace("/", "___").lower()}
+    for folder in (hub_cache, datasets_cache):
+        try:
+            if wanted & {entry.name.lower() for entry in folder.iterdir()}:
+                return True
+        except OSError:  # no such cache yet
+            continue
+    return False
 
 
 def _stamp(path: str) -> tuple:

@@ -12,8 +12,10 @@ split and row), what is wrong, and what to do.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefixlab.core.config import TaskType
+from prefixlab.engine import limits
+from prefixlab.engine.runs import json_error_at
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
 BUILTIN_TASKS = {"e2e-synth": PRESETS_DIR / "data" / "e2e_synth"}
@@ -163,17 +167,83 @@ def _load_folder(folder: Path, source_column: str, target_column: str) -> dict[s
 # Files
 
 
+def _amount(size: int) -> str:
+    return f"{size:,} bytes" if size < 2**20 else f"{size / 2**20:,.1f} MiB"
+
+
+def _check_size(path: Path) -> None:
+    """A DataError, before anything is read, for a file over limits.MAX_TASK_FILE_BYTES."""
+    size = path.stat().st_size
+    if size > limits.MAX_TASK_FILE_BYTES:
+        raise DataError(f"{path}: the file is {_amount(size)}, over the limit of {_amount(limits.MAX_TASK_FILE_BYTES)} "
+                        "for a task file (MAX_TASK_FILE_BYTES in prefixlab/engine/limits.py); use a smaller file "
+                        "(fewer examples, or shorter ones)")
+
+
+def _too_long(path: Path, where: str) -> DataError:
+    return DataError(f"{path}, {where} is longer than {limits.MAX_LINE_CHARS:,} characters, the limit for one record "
+                     "(MAX_LINE_CHARS in prefixlab/engine/limits.py); shorten its texts or remove it")
+
+
+def _bounded_lines(path: Path, f) -> str:
+    """The text of `f`, read a line at a time, never more than limits.MAX_LINE_CHARS (plus its line
+    break) of one line: a longer line is a DataError naming it, before the rest is read."""
+    limit, parts = limits.MAX_LINE_CHARS, []
+    for number in itertools.count(1):
+        line = f.readline(limit + 1)  # \r\n and \r are read as \n
+        if not line:
+            return "".join(parts)
+        if len(line.rstrip("\n")) > limit:
+            raise _too_long(path, f"line {number}")
+        parts.append(line)
+
+
 def _read_text(path: Path) -> str:
+    """The file's text, checked against the limits as it is read (limits.py): its size first; then
+    every line's length, except in a .json file holding one array (one line may hold it all: its
+    items are checked once parsed, by _json_array)."""
     try:
-        return path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from spreadsheet exports
+        _check_size(path)
+        with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a BOM from spreadsheet exports
+            if path.suffix.lower() == ".json":
+                head = ""
+                while not head and (chunk := f.read(4096)):  # the first character that is not blank
+                    head = chunk.lstrip()
+                f.seek(0)
+                if head.startswith("["):
+                    return f.read()
+            return _bounded_lines(path, f)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file; check the path") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not a data file; give a .jsonl, .json or .csv file") from None
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start}); save the file as UTF-8") from None
+        offset = _bad_utf8_offset(path)
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start if offset is None else offset}); "
+                        "save the file as UTF-8") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read the file ({err.strerror}); check its permissions") from None
+
+
+def _bad_utf8_offset(path: Path) -> int | None:
+    """The offset in the file of its first byte that is not UTF-8 (a text reader's error gives the
+    offset within the chunk it decoded), read a chunk at a time."""
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                pending = len(decoder.getstate()[0])  # bytes of a character split between chunks
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as err:
+                    return offset - pending + err.start
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as err:
+        return offset - len(err.object) + err.start
+    except OSError:
+        return None
+    return None
 
 
 def _lines(text: str) -> list[str]:
@@ -191,7 +261,7 @@ def _json_lines(path: Path, text: str) -> list[tuple[int, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {number}: bad JSON ({err.msg} at column {err.colno}); "
+            raise DataError(f"{path}, line {number}: bad JSON ({json_error_at(err.msg, f'column {err.colno}')}); "
                             "each line must be one JSON object like {\"source\": ..., \"target\": ...}") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {_json_type(record)}; "
@@ -213,13 +283,15 @@ def _json_array(path: Path, text: str) -> list[tuple[int, dict]]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}, line {err.lineno}: bad JSON ({err.msg} at column {err.colno}); "
+        raise DataError(f"{path}, line {err.lineno}: bad JSON ({json_error_at(err.msg, f'column {err.colno}')}); "
                         "fix the file or save it as JSON Lines (.jsonl)") from None
     for number, item in enumerate(items, start=1):
         if not isinstance(item, dict):
             raise DataError(f"{path}, item {number}: expected a JSON object, got {_json_type(item)}; "
                             "the array must hold one JSON object per example, like "
                             "{\"source\": ..., \"target\": ...}")
+        if sum(len(value) for value in item.values() if isinstance(value, str)) > limits.MAX_LINE_CHARS:
+            raise _too_long(path, f"item {number}")
     return list(enumerate(items, start=1))
 
 
@@ -242,6 +314,8 @@ def _csv_records(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
             raise DataError(_csv_error(path, text, start, reader.line_num, err, bool(at_end))) from None
         if fields is None:
             return
+        if sum(len(field) for field in fields) > limits.MAX_LINE_CHARS:  # a record over several lines
+            raise _too_long(path, f"line {start}: the record starting here")
         if any(field.strip() for field in fields):
             yield start, fields
         start = reader.line_num + 1

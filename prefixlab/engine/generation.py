@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from prefixlab.core.config import TaskType
+from prefixlab.engine import limits
 from prefixlab.engine.spec import ExperimentSpec, GenerationSpec, SpecError
 
 
@@ -44,15 +45,30 @@ def check_generation_room(peft_model, task_type, spec: ExperimentSpec, adapter_n
         raise SpecError("generation.max_new_tokens", message)
 
 
+def check_prompt(prompt: str) -> None:
+    """ValueError, naming the limit, for a typed prompt (the page's Generate box, `generate --prompt`)
+    longer than limits.MAX_PROMPT_CHARS: tokenizing it whole would hold the process for minutes, and
+    only its first training.max_length tokens would be used anyway."""
+    if len(prompt) > limits.MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt is {len(prompt):,} characters, over the limit of {limits.MAX_PROMPT_CHARS:,} "
+                         "(MAX_PROMPT_CHARS in prefixlab/engine/limits.py); shorten it (only its first "
+                         "training.max_length tokens reach the model)")
+
+
 @torch.no_grad()
 def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, source: str,
-                     adapter_names: list[str], device) -> dict[str, str]:
+                     adapter_names: list[str], device, *, limit_prompt: bool = True) -> dict[str, str]:
     """{"base": text, <adapter>: text, ...} for one source, the base model without any prefix first.
 
     One prompt at a time, so an output never depends on which other prompts share its batch; the
-    prompt is built and truncated exactly as in training (data.encode_prompts).
+    prompt is built and truncated exactly as in training (data.encode_prompts). A source over
+    limits.MAX_PROMPT_CHARS is refused (check_prompt) unless `limit_prompt` is False (the worker's
+    task-file examples, each within limits.MAX_LINE_CHARS).
     """
     from prefixlab.engine.data import encode_prompts
+
+    if limit_prompt:
+        check_prompt(source)
 
     encoded = encode_prompts([source], tokenizer, task_type, spec.data.separator,
                              max_length=spec.training.max_length)

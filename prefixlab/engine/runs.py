@@ -18,10 +18,12 @@ second) never sees half a record and a killed worker loses nothing it already wr
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,27 +73,90 @@ def _create_temp(path: Path) -> tuple[int, Path]:
             continue
 
 
+def naming(err: OSError, path: str | Path) -> OSError:
+    """`err` (same class and errno) with `path` as its file name: the file we meant to write, not the
+    temp file it failed on (whose random name changes every time)."""
+    return OSError(err.errno, err.strerror or str(err), str(path)) if err.errno else OSError(f"{err}: {path}")
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same folder, then rename over `path` (atomic on POSIX)."""
+    """Write JSON to a temp file in the same folder, then rename over `path` (atomic on POSIX).
+    An OSError (a read-only or full disk) names `path`, not the temp file."""
     path = Path(path)
-    fd, tmp = _create_temp(path)
+    try:
+        fd, tmp = _create_temp(path)
+    except OSError as err:
+        raise naming(err, path) from err
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise naming(err, path) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def overwrite_json(path: str | Path, obj: Any) -> None:
+    """Write JSON over `path` in place: the last resort when atomic_write_json cannot create its temp
+    file (a full disk). Not atomic, but rewriting a small file's existing block needs no new space."""
+    text = json.dumps(obj, indent=2).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, text)
+        os.ftruncate(fd, len(text))
+        os.fsync(fd)
+    except OSError as err:
+        raise naming(err, path) from err
+    finally:
+        os.close(fd)
+
+
+def describe_os_error(err: OSError, doing: str = "writing") -> str:
+    """One line for an OSError met reading or writing a run's files: what failed, on which file, and
+    what to do. ENOSPC: "no space left on device writing <file>: free space ... (N free now)"."""
+    path = err.filename or ""
+    where = f" {path}" if path else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = ""
+        try:
+            folder = Path(path).parent if path else Path.cwd()
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent
+            free = f" ({shutil.disk_usage(folder).free / 2**20:,.0f} MiB free now)"
+        except OSError:
+            pass
+        what = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+        return (f"{what} {doing}{where}: free space on that disk{free} or move the runs folder to a bigger one, "
+                "then train again")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "read-only file system" if err.errno == errno.EROFS else "permission denied"
+        return f"{why} {doing}{where}: use a folder you can write to (--runs-dir DIR) or change its permissions"
+    if err.errno == errno.ENOENT:
+        return f"no such file or folder{where}: check the path, or create the folder"
+    reason = err.strerror or str(err) or type(err).__name__
+    return f"{reason} {doing}{where}: check the disk and the folder's permissions, then try again"
+
+
 def append_jsonl(path: str | Path, obj: Any) -> None:
     """Append one JSON line with a single write call, flushed, so readers see whole lines."""
     line = json.dumps(obj, allow_nan=True) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+    except OSError as err:  # a failed write names no file: name it
+        raise naming(err, path) from err
+
+
+def json_error_at(message: str, where: str) -> str:
+    """json's error `message` placed at `where` ("column 13"): "Expecting value at column 13", and
+    "Unterminated string starting at column 13" (json's message for that one ends in "at")."""
+    return f"{message} {where}" if message.endswith(" at") else f"{message} at {where}"
 
 
 def _not_utf8(err: UnicodeDecodeError) -> str:
@@ -107,7 +172,7 @@ def _json_object(raw: bytes, whole_file: bool = True) -> tuple[dict | None, str 
         return None, f"is {_not_utf8(err)}"
     except json.JSONDecodeError as err:
         where = f"line {err.lineno} column {err.colno}" if whole_file else f"column {err.colno}"
-        return None, f"is not valid JSON ({err.msg}: {where})"
+        return None, f"is not valid JSON ({json_error_at(err.msg, where)})"
     if not isinstance(data, dict):
         return None, f"{'holds' if whole_file else 'is'} a JSON {type(data).__name__}, not an object"
     return data, None
@@ -116,6 +181,18 @@ def _json_object(raw: bytes, whole_file: bool = True) -> tuple[dict | None, str 
 class RunFileUnreadable(OSError):
     """A run file the system would not let us read, even after retries (an I/O error, too many open
     files): its content is unknown, not bad, so no state may be inferred from it."""
+
+
+class RunsFolderError(OSError):
+    """The runs folder cannot take a new run (read-only, gone, full); the message names the folder
+    and what to do, and `errno` / `filename` are the cause's."""
+
+    @classmethod
+    def wrap(cls, err: OSError, runs_dir: Path, doing: str) -> RunsFolderError:
+        return cls(err.errno, f"cannot {doing} in {runs_dir}: {describe_os_error(err)}", err.filename)
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 def read_json(path: str | Path, attempts: int = 3) -> dict | None:
@@ -256,6 +333,97 @@ def worker_lock_held(run_path: str | Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Adapters: adapters/<variant>/, each checkpoint replacing its files in place
+# ---------------------------------------------------------------------------------------------
+
+# Before each checkpoint replaced adapters/<v>'s files one by one (worker.save_adapter), it renamed
+# adapters/<v> to .<v>.old and then .<v>.tmp to adapters/<v>: a kill between the two renames left
+# no adapters/<v>, only these complete copies (.<v>.tmp the newer), which recover_adapter restores.
+STRANDED = (".tmp", ".old")  # newest first
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """Whether `path` is a whole safetensors file: its header parses and its tensors end where the
+    file ends (a file cut short by a kill mid-write is not)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            size = int.from_bytes(head, "little")
+            if size > 100 * 2**20:
+                return False
+            header = json.loads(f.read(size))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            return 8 + size + end == os.fstat(f.fileno()).st_size
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def adapter_complete(folder: str | Path) -> bool:
+    """Whether `folder` holds a whole adapter: an adapter_config.json that is a JSON object and its
+    weights (PEFT writes the weights first, then the config)."""
+    from prefixlab.core.config import CONFIG_NAME, LEGACY_WEIGHTS_NAME, WEIGHTS_NAME
+
+    folder = Path(folder)
+    try:
+        _, problem = _json_object((folder / CONFIG_NAME).read_bytes())
+    except OSError:
+        return False
+    if problem:
+        return False
+    return _safetensors_complete(folder / WEIGHTS_NAME) or (folder / LEGACY_WEIGHTS_NAME).is_file()
+
+
+def recover_adapter(target: str | Path, *, owner: bool = False) -> Path | None:
+    """The folder holding `target`'s (adapters/<variant>) newest whole adapter, or None if there is
+    none. Where an older worker was killed mid-checkpoint (see STRANDED), the newest whole stranded
+    copy is renamed to `target` and the other copies are removed, unless another worker holds the run
+    (`owner`: the caller is that worker); then the copy's own folder is returned, left in place."""
+    target = Path(target)
+    copies = [target.with_name(f".{target.name}{suffix}") for suffix in STRANDED]
+    copies = [c for c in copies if c.is_dir()]
+    if adapter_complete(target):
+        best = None
+    else:
+        best = next((c for c in copies if adapter_complete(c)), None)
+        if best is None:
+            return None
+    if not copies:
+        return target
+    run_path = target.parent.parent
+    if not owner and worker_lock_held(run_path):
+        return best or target  # the worker repairs it at its next checkpoint
+    if best is not None:
+        if target.exists():  # incomplete (files removed by hand?): not ours to delete; read the copy
+            return best
+        try:
+            os.rename(best, target)
+        except OSError:  # another reader repaired it first
+            return target if adapter_complete(target) else None
+        copies.remove(best)
+    for copy in copies:
+        shutil.rmtree(copy, ignore_errors=True)
+    return target
+
+
+def adapter_variants(adapters_path: str | Path) -> list[str]:
+    """The variant names found under an adapters folder, stranded copies (.<v>.old / .<v>.tmp) included."""
+    try:
+        entries = [p.name for p in Path(adapters_path).iterdir() if p.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    names = set()
+    for name in entries:
+        if not name.startswith("."):
+            names.add(name)
+        for suffix in STRANDED:
+            if name.startswith(".") and name.endswith(suffix) and len(name) > len(suffix) + 1:
+                names.add(name[1:-len(suffix)])
+    return sorted(names)
+
+
+# ---------------------------------------------------------------------------------------------
 # One run directory
 # ---------------------------------------------------------------------------------------------
 
@@ -282,7 +450,18 @@ class RunDir:
         return self.path.name
 
     def adapter_path(self, variant: str) -> Path:
+        """Where the worker saves `variant`; readers use adapter_dir, which also finds a checkpoint
+        an older worker's kill left stranded."""
         return self.adapters_path / variant
+
+    def adapter_dir(self, variant: str) -> Path | None:
+        """The folder holding `variant`'s last whole checkpoint (adapter_path, after repairing it
+        from a stranded copy if needed: recover_adapter), or None before its first checkpoint."""
+        return recover_adapter(self.adapter_path(variant))
+
+    def trained_variants(self) -> list[str]:
+        """Every variant with a whole saved adapter, sorted; stranded copies repaired (adapter_dir)."""
+        return [v for v in adapter_variants(self.adapters_path) if self.adapter_dir(v) is not None]
 
     # readers
     def read_status(self) -> dict:
@@ -348,8 +527,11 @@ class RunDir:
 
     def log(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(f"{stamp} {message}\n")
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(f"{stamp} {message}\n")
+        except OSError as err:
+            raise naming(err, self.log_path) from err
 
 
 def new_status(state: str = QUEUED, **extra) -> dict:
@@ -475,16 +657,31 @@ class JobQueue:
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._poll_error: str | None = None  # what the background poll last failed on, printed once
+        self._log_starts: dict[str, int] = {}  # run id -> log.txt's size when we launched its worker
 
     # --- public API -----------------------------------------------------------------------------
 
     def submit(self, spec: ExperimentSpec) -> str:
-        """Write runs/<id>/spec.json and a queued status; returns the run id."""
+        """Write runs/<id>/spec.json and a queued status; returns the run id. Raises RunsFolderError,
+        leaving no run folder behind, when the runs folder cannot take them (read-only, gone, full)."""
         with self._lock:
-            run_id = new_run_id(spec.name, self.runs_dir)
-            run = RunDir(self.runs_dir / run_id)
-            run.write_spec(spec)
-            atomic_write_json(run.status_path, new_status(QUEUED))
+            while True:
+                run_id = new_run_id(spec.name, self.runs_dir)
+                run = RunDir(self.runs_dir / run_id)
+                try:
+                    run.path.mkdir(parents=True)
+                    break
+                except FileExistsError:  # another app took this id in the same millisecond
+                    continue
+                except OSError as err:
+                    raise RunsFolderError.wrap(err, self.runs_dir, "queue the run") from err
+            try:
+                run.write_spec(spec)
+                atomic_write_json(run.status_path, new_status(QUEUED))
+            except OSError as err:
+                shutil.rmtree(run.path, ignore_errors=True)  # ours alone: its id is new
+                raise RunsFolderError.wrap(err, self.runs_dir, "queue the run") from err
             return run_id
 
     def cancel(self, run_id: str) -> str:
@@ -544,6 +741,10 @@ class JobQueue:
             self._mark_dead_workers()
             if self.active_run() is not None:
                 return None
+            # One job per device, whatever status.json says (a garbled one reads as failed): a worker
+            # holding any run's lock, or a child of ours still running, is training.
+            if self._busy():
+                return None
             # A worker that died between the two calls above is no longer active, but is not yet
             # marked failed either: mark it now, before its successor starts (dead stays dead).
             self._mark_dead_workers()
@@ -561,10 +762,7 @@ class JobQueue:
 
         def loop():
             while not self._stop.wait(interval):
-                try:
-                    self.poll()
-                except Exception as err:  # a bad run folder must not stop the queue
-                    print(f"prefixlab queue: poll failed: {err!r}", file=sys.stderr)
+                self.poll_logged()
 
         self._thread = threading.Thread(target=loop, name="prefixlab-queue", daemon=True)
         self._thread.start()
@@ -572,6 +770,25 @@ class JobQueue:
 
     def stop_background(self) -> None:
         self._stop.set()
+
+    def poll_logged(self) -> str | None:
+        """poll(), for the background thread: an exception is printed once (a bad or unreadable runs
+        folder fails every poll, once a second), again only when its message changes, and its end is
+        printed too; the queue goes on either way."""
+        try:
+            started = self.poll()
+        except Exception as err:  # noqa: BLE001 - a bad run folder must not stop the queue
+            why = describe_os_error(err, "reading or writing") if isinstance(err, OSError) and not isinstance(
+                err, RunFileUnreadable) else f"{type(err).__name__}: {err}"
+            if why != self._poll_error:
+                print(f"prefixlab queue: cannot poll {self.runs_dir}: {why} (retrying; said again only if the "
+                      "cause changes)", file=sys.stderr, flush=True)
+                self._poll_error = why
+            return None
+        if self._poll_error is not None:
+            print(f"prefixlab queue: polling {self.runs_dir} works again", file=sys.stderr, flush=True)
+            self._poll_error = None
+        return started
 
     # --- internals ------------------------------------------------------------------------------
 
@@ -583,11 +800,26 @@ class JobQueue:
         now = time.time()
         run.update_status(state=RUNNING, pid=None, started_at=now, heartbeat=now, error=None)
         env = {**os.environ, QUEUE_LAUNCH_ENV: str(run.path)}
+        try:
+            self._log_starts[run.run_id] = run.log_path.stat().st_size
+        except OSError:
+            self._log_starts[run.run_id] = 0
         with open(run.log_path, "a", encoding="utf-8") as log:
             proc = subprocess.Popen([*self.worker_command, "--run-dir", str(run.path)],
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self._children[run.run_id] = proc
         return run.run_id
+
+    def _busy(self) -> bool:
+        """Whether a worker holds any run's lock in the runs folder, or a worker we started is still
+        running: then the device is taken, whatever the runs' status.json files say."""
+        if any(proc.poll() is None for proc in self._children.values()):
+            return True
+        try:
+            folders = [p for p in self.runs_dir.iterdir() if p.is_dir() and (p / "worker.lock").exists()]
+        except FileNotFoundError:
+            return False
+        return any(worker_lock_held(p) for p in folders)
 
     def _alive(self, run: RunDir) -> bool:
         return self._why_dead(run) is None
@@ -630,8 +862,31 @@ class JobQueue:
             proc.kill()  # frozen: free the device for the next run
             proc.wait()
         message = f"worker died without reporting: {why}"
+        said = self._first_error_line(run)
+        if said:  # e.g. a bad spec.json: `train --run-dir` refused it, naming the file
+            message += f"; it said: {said}"
         run.update_status(state=FAILED, error=message, finished_at=time.time())
         run.log(message)
+
+    def _first_error_line(self, run: RunDir, limit: int = 1 << 16) -> str | None:
+        """The first `error: ...` line (how the CLI refuses) the run's worker wrote to log.txt, if any:
+        after what log.txt held when we launched it (the whole file for a worker we did not start)."""
+        start = self._log_starts.pop(run.run_id, 0)
+        try:
+            with open(run.log_path, "rb") as f:
+                f.seek(start)
+                raw = f.read(limit)  # a refusal comes first; an error met later, at the end
+                end = f.seek(0, os.SEEK_END)
+                if end > start + limit:
+                    f.seek(max(start + limit, end - limit))
+                    raw += b"\n" + f.read(limit)
+        except OSError:
+            return None
+        text = raw.decode("utf-8", errors="replace")
+        for line in text.splitlines():
+            if line.startswith("error: "):
+                return line.removeprefix("error: ").strip()
+        return None
 
     def _info(self, run: RunDir) -> RunInfo:
         status = run.read_status()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from prefixlab.core.config import ConfigError, PrefixTuningConfig
+from prefixlab.engine import limits
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("greedy", "sampling", "beam")
@@ -217,6 +218,7 @@ class GenerationSpec(_Section):
         if self.strategy == "beam" and self.num_beams < 2:
             problems.add("generation.num_beams", f"beam search needs at least 2 beams, got {self.num_beams!r}; "
                                                  "raise it or choose strategy greedy")
+        self._check_bounds(problems)
         if self.strategy == "sampling" and not self.temperature > 0:
             problems.add("generation.temperature", f"must be > 0 for sampling, got {self.temperature!r}")
         if self.strategy == "sampling" and not 0 < self.top_p <= 1:
@@ -225,6 +227,33 @@ class GenerationSpec(_Section):
             problems.add("generation.prompts", f"must be a list of strings, got {self.prompts!r}")
         elif any(not p.strip() for p in self.prompts):
             problems.add("generation.prompts", "contains an empty prompt; remove blank entries")
+        elif any(len(p) > limits.MAX_PROMPT_CHARS for p in self.prompts):
+            number, longest = max(enumerate(self.prompts, start=1), key=lambda item: len(item[1]))
+            problems.add("generation.prompts", f"prompt {number} is {len(longest):,} characters, over the limit of "
+                                               f"{limits.MAX_PROMPT_CHARS:,} (MAX_PROMPT_CHARS in "
+                                               "prefixlab/engine/limits.py); shorten it")
+
+    def _check_bounds(self, problems: _Problems) -> None:
+        """Beam search keeps num_beams sequences of up to max_new_tokens each per prompt: bounded by
+        limits.MAX_BEAMS and limits.MAX_GENERATION_TOKENS, so a typo cannot make the worker (which
+        generates the samples after all the training) or the page run out of memory."""
+        where = "in prefixlab/engine/limits.py"
+        if self.strategy == "beam" and isinstance(self.num_beams, int) and self.num_beams > limits.MAX_BEAMS:
+            problems.add("generation.num_beams", f"{self.num_beams:,} beams is over the limit of {limits.MAX_BEAMS} "
+                                                 f"(MAX_BEAMS {where}); use at most {limits.MAX_BEAMS}")
+            return  # the product would only repeat it
+        beams = self.num_beams if self.strategy == "beam" and isinstance(self.num_beams, int) else 1
+        tokens = self.max_new_tokens
+        if isinstance(tokens, int) and beams >= 1 and tokens * beams > limits.MAX_GENERATION_TOKENS:
+            if beams > 1:
+                message = (f"generation.max_new_tokens={tokens:,} x generation.num_beams={beams:,} is "
+                           f"{tokens * beams:,} tokens per prompt, over the limit of {limits.MAX_GENERATION_TOKENS:,} "
+                           f"(MAX_GENERATION_TOKENS {where}); lower max_new_tokens to at most "
+                           f"{limits.MAX_GENERATION_TOKENS // beams:,} or use fewer beams")
+            else:
+                message = (f"{tokens:,} new tokens per prompt is over the limit of {limits.MAX_GENERATION_TOKENS:,} "
+                           f"(MAX_GENERATION_TOKENS {where}); use at most {limits.MAX_GENERATION_TOKENS:,}")
+            problems.add("generation.max_new_tokens", message)
 
 
 SECTIONS: dict[str, type] = {

@@ -14,6 +14,7 @@ which device and precision a job gets is decided in devices.py.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -34,8 +35,10 @@ from prefixlab.core.config import TaskType
 from prefixlab.engine.generation import generate_outputs, prompts_for
 from prefixlab.engine.spec import ExperimentSpec, SpecError, TrainingSpec
 from prefixlab.engine.devices import make_accelerator, peak_gpu_memory, release_gpu_memory
+from prefixlab.engine.limits import clip
 from prefixlab.engine.runs import (CANCELLED, DONE, FAILED, RUNNING, RunDir, RunFileError, append_jsonl,
-                            atomic_write_json, worker_lock)
+                                   atomic_write_json, describe_os_error, naming, overwrite_json, read_json,
+                                   worker_lock)
 
 HEARTBEAT_INTERVAL_S = 2.0
 
@@ -118,7 +121,22 @@ class StatusWriter:
                 self.run.update_status(**changes, heartbeat=time.time())
             except RunFileError:  # bad content, not ours: the worker owns the file, so it rewrites it
                 now = time.time()
-                atomic_write_json(self.run.status_path, {**self._written, "heartbeat": now, "updated_at": now})
+                self._write({**self._written, "heartbeat": now, "updated_at": now})
+            except OSError:  # cannot read it, or cannot write a new one (a full disk): say what we know
+                now = time.time()
+                try:
+                    current = read_json(self.run.status_path) or {}
+                except (OSError, RunFileError):
+                    current = {}
+                self._write({**current, **self._written, "heartbeat": now, "updated_at": now})
+
+    def _write(self, status: dict) -> None:
+        """status.json replaced atomically, or, when that fails (no space for a temp file), overwritten
+        in place: a failed run must still say why."""
+        try:
+            atomic_write_json(self.run.status_path, status)
+        except OSError:
+            overwrite_json(self.run.status_path, status)
 
     def _beat(self, interval: float) -> None:
         while not self._done.wait(interval):
@@ -199,6 +217,8 @@ def describe_error(err: BaseException, spec: ExperimentSpec | None) -> str:
                 f"prefix{hint}; raise training.gradient_accumulation_steps to keep the effective batch")
     if isinstance(err, SpecError):  # already names the field and the fix
         return str(err)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return describe_os_error(err)  # a disk that fills or turns read-only mid-run: only writes meet these
     if isinstance(err, KeyboardInterrupt):  # install_stop_handler: the first Ctrl-C stops gracefully
         return INTERRUPTED_TWICE
     return f"{type(err).__name__}: {err}"
@@ -473,8 +493,9 @@ class Job:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return
+        base = card_base(self.spec.model.name)
         for v in self.variants:
-            save_adapter(self.peft, v.name, self.run.adapter_path(v.name), training=self.card_section(v))
+            save_adapter(self.peft, v.name, self.run.adapter_path(v.name), training=self.card_section(v), base=base)
 
     def card_section(self, v: VariantState) -> str:
         """The adapter card's "Training" section: the run, this checkpoint's losses, and the spec."""
@@ -507,9 +528,14 @@ class Job:
         prompts = prompts_for(self.spec, self.test_examples)
         for source, reference in prompts:
             with self.accelerator.autocast():
+                # Prompts come from the spec (checked) or the task file (each record under MAX_LINE_CHARS).
                 outputs = generate_outputs(self.peft, self.tokenizer, self.task_type, self.spec, source,
-                                           [v.name for v in self.variants], self.accelerator.device)
-            append_jsonl(self.run.samples_path, {"prompt": source, "reference": reference, "outputs": outputs})
+                                           [v.name for v in self.variants], self.accelerator.device,
+                                           limit_prompt=False)
+            # Clipped: the page reads this file every second and shows it whole.
+            append_jsonl(self.run.samples_path, {
+                "prompt": clip(source), "reference": None if reference is None else clip(reference),
+                "outputs": {name: clip(text) for name, text in outputs.items()}})
         self.say(f"wrote {len(prompts)} sample(s)")
 
     def summary(self) -> dict:
@@ -534,21 +560,66 @@ class Job:
 
 
 
-def save_adapter(peft_model, name: str, target: Path, training: str = "") -> None:
-    """Save one adapter to `target` through a temp folder and renames (never half-written), with a
-    model card for that folder (`training`: its Markdown on how the adapter was trained)."""
-    from prefixlab.core.card import write_model_card
+def card_base(name: str):
+    """How an adapter card names the spec's base model `name` on any machine (card.BaseModel): an
+    offline preset by its preset name, a local folder by the folder's name, else the Hub id."""
+    from prefixlab.core.card import FOLDER, HUB, PRESET, BaseModel
+    from prefixlab.core.hub import local_folder
+    from prefixlab.engine.zoo import OFFLINE_PRESETS
 
-    tmp = target.with_name(f".{target.name}.tmp")
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_adapter_files(name, str(tmp))
-    write_model_card(peft_model, str(tmp), {name: "."}, training)
+    if name in OFFLINE_PRESETS:
+        return BaseModel(name, PRESET)
+    folder = local_folder(name)
+    if folder is not None:
+        return BaseModel(folder.expanduser().resolve().name or name, FOLDER)
+    return BaseModel(name, HUB)
+
+
+# The order a checkpoint replaces an adapter folder's files in: the config (the same bytes at every
+# checkpoint of a run), then the weights, then the card.
+ADAPTER_FILE_ORDER = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
+
+
+def save_adapter(peft_model, name: str, target: Path, training: str = "", base=None) -> None:
+    """Save one adapter to `target` with a model card for that folder (`training`: its Markdown on
+    how the adapter was trained; `base`: card.BaseModel, how the card names the base model).
+
+    Never a moment without a whole adapter at `target`: the files are written into a staging folder
+    beside it; the first checkpoint renames that folder to `target` (it appears whole), and every
+    later one moves each file over its old copy with os.replace (atomic), so `target` always holds a
+    config and whole weights. A run's adapter_config.json is the same at every checkpoint, so old
+    and new files never disagree. A kill mid-save leaves the previous checkpoint and a staging folder
+    that the next save replaces. A checkpoint an older worker's kill left stranded (.<v>.old /
+    .<v>.tmp, see runs.STRANDED) is restored first."""
+    from prefixlab.core.card import write_model_card
+    from prefixlab.engine.runs import recover_adapter
+
+    staging = target.with_name(f".{target.name}.saving")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        peft_model.save_adapter_files(name, str(staging))
+        write_model_card(peft_model, str(staging), {name: "."}, training, base=base)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk: free what we wrote
+        if isinstance(err, OSError) and err.errno is not None:
+            raise naming(err, target) from err  # the adapter's folder, not the staging folder's files
+        if "no space left on device" in str(err).lower():  # safetensors' own error type
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from err
+        raise
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    recover_adapter(target, owner=True)
+    if not target.exists():
+        try:
+            os.rename(staging, target)  # the first checkpoint: appears whole
+            return
+        except OSError:
+            if not target.is_dir():
+                raise
+    files = sorted((p.name for p in staging.iterdir()),
+                   key=lambda n: ADAPTER_FILE_ORDER.index(n) if n in ADAPTER_FILE_ORDER else len(ADAPTER_FILE_ORDER))
+    for file in files:
+        os.replace(staging / file, target / file)
+    staging.rmdir()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,7 +670,10 @@ def _work(run: RunDir, main: bool, progress: bool | None) -> str:
         return state
     except BaseException as err:  # noqa: BLE001 - every failure must reach status.json
         message = describe_error(err, spec)
-        log(f"failed: {message}\n{traceback.format_exc()}")
+        try:
+            log(f"failed: {message}\n{traceback.format_exc()}")
+        except OSError:  # the disk that failed us holds the log too: status.json must still say why
+            print(f"prefixlab worker: failed: {message} (log.txt not written)", file=sys.stderr)
         status.finish(state=FAILED, error=message, step=job.step if job else 0)
         if isinstance(err, KeyboardInterrupt):
             raise
