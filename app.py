@@ -3,13 +3,21 @@
 Training never runs in this process: Train writes runs/<id>/spec.json and the job queue (a daemon
 thread here) starts `python -m prefixlab train` as a child process; the page reads the run
 directory about once a second.
+
+The page reads from the server's disk only the built-in tasks and models, its own uploads and the
+folders named with --allow-path; Gradio's files (uploads, downloads) live in a folder of this
+process's own, removed on exit. Listening beyond this machine without --auth prints a warning.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+
+# Anyone who can open the page uploads at most this much per file (engine/limits.py; read by Gradio).
+from prefixlab.engine.limits import MAX_UPLOAD_MB
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,7 +29,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="require this user name and password to open the page")
     parser.add_argument("--runs-dir", default="runs", help="where runs are written and found")
     parser.add_argument("--presets-dir", default=None, help="preset folder (default: the repository's presets/)")
+    parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                        help="a folder whose files the page may name as a task file or model folder (besides the "
+                             "uploads under --runs-dir); repeat for several. Without it the page reads no path "
+                             "typed into it")
     args = parser.parse_args(argv)
+    for folder in args.allow_path:
+        if not os.path.isdir(os.path.expanduser(folder)):
+            parser.error(f"--allow-path {folder!r} is not a folder; name an existing folder")
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]):
         parser.error(f"--auth {args.auth!r} must be USER:PASSWORD, e.g. --auth alice:s3cret")
     return args
@@ -29,6 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # Gradio's uploads and the page's downloads go to a folder of this process's own (not the
+    # /tmp/gradio every app on the host shares), set before Gradio is imported.
+    from prefixlab.ui.access import private_temp_dir
+    from prefixlab.ui.exposure import LoginGuard, exposure_warning
+
+    private_temp_dir()
     # Imported after parsing so that --help answers at once.
     from prefixlab.engine.runs import JobQueue
     from prefixlab.ui import build_app
@@ -39,12 +60,21 @@ def main(argv=None) -> None:
     except OSError as err:
         sys.exit(f"error: --runs-dir {args.runs_dir}: cannot create it ({err.strerror or err}); "
                  "pass a folder you can write to")
-    demo, _ = build_app(queue, args.presets_dir or REPO_PRESETS)
-    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    demo, _ = build_app(queue, args.presets_dir or REPO_PRESETS, allow_paths=args.allow_path)
+    # A login is checked in constant time, and guessing is slowed down after a few failures.
+    auth = LoginGuard(*args.auth.split(":", 1)).check if args.auth else None
+    warning = exposure_warning(args.host, args.share, auth is not None)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     try:
-        _, local_url, share_url = demo.queue(default_concurrency_limit=4).launch(
+        # api_open=False: an event is run only through the queue (its concurrency limits hold), never
+        # by a direct POST to /gradio_api/run/<name>.
+        _, local_url, share_url = demo.queue(default_concurrency_limit=4, api_open=False).launch(
             server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-            prevent_thread_lock=True, quiet=True, css=CSS)
+            prevent_thread_lock=True, quiet=True, css=CSS, max_file_size=f"{MAX_UPLOAD_MB}mb",
+            # No "Use via API" link (the page's events are not an API: ui/registry.py) and no run
+            # history page, which Gradio serves before a login.
+            footer_links=["gradio", "settings"], run_history=False)
     except OSError as err:  # gradio's advice names its own settings; ours is --port / --host
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         sys.exit(f"error: cannot listen on {args.host}:{args.port} ({detail.split('. ')[0]}); is another app "

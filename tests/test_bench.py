@@ -100,3 +100,39 @@ def test_engine_report_from_its_numbers():
     assert "wall time paired / two runs in turn:     0.75x" in lines
     assert "peak memory paired / two runs at once:   0.60x (peak RSS incl. runtime)" in lines
 
+
+
+def test_page_bench_times_ticks_of_many_viewers_against_a_real_page_and_stops_it(tmp_path, monkeypatch):
+    """A short run of `bench page` (2 viewers, 3 s): the page on a free port over a fake finished run
+    and a running one, ticks through the queue API, the numbers, and nothing left running."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the bench's runs folder and the page's own folder
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    result = bench.run_page_bench(viewers=2, seconds=3.0)
+    assert result["errors"] == [] and result["calls"] >= 4 and result["viewers"] == 2
+    assert 0 < result["p50_s"] <= result["p95_s"] <= result["max_s"]
+    lines = bench.format_page_report(result).splitlines()
+    assert lines[0].startswith("page: 2 viewers of one running run, each ticking every 1 s for 3 s through the queue API")
+    assert re.fullmatch(r"tick latency: p50 \d+\.\d{3} s, p95 \d+\.\d{3} s, max \d+\.\d{3} s over \d+ calls", lines[1])
+    deadline = time.monotonic() + 5
+    while leftover_processes(os.getpid(), str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftover_processes(os.getpid(), str(tmp_path)) == {}
+    assert list(tmp_path.iterdir()) == []  # its folder and the page's are gone
+
+
+def test_the_page_bench_s_fake_runs_read_as_one_finished_and_one_running(tmp_path):
+    from prefixlab.engine.runs import JobQueue
+
+    finished, running = bench.write_fake_runs(tmp_path, logged=30)
+    states = {info.run_id: info.state for info in JobQueue(tmp_path).list_runs()}
+    assert states == {finished: "done", running: "running"}
+
+
+def test_the_cli_offers_the_page_bench(monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["bench", "page", "--quick"]) == 0 and seen == [["page", "--quick"]]
+    ns = bench.build_parser().parse_args(["page", "--viewers", "5", "--seconds", "2"])
+    assert (ns.which, ns.viewers, ns.seconds) == ("page", 5, 2.0)

@@ -204,15 +204,17 @@ def test_a_port_in_use_or_a_runs_folder_that_cannot_be_made_is_one_line_naming_t
 
 
 def test_sigterm_stops_the_app_like_ctrl_c_and_removes_its_temporary_downloads(tmp_path):
+    """The app's own temporary folder (Gradio's uploads, the page's downloads) goes with it."""
     import signal
 
     proc = _start_app(tmp_path, "--port", str(_free_port()), "--runs-dir", str(tmp_path / "runs"))
     try:
         line = proc.stdout.readline()
         assert line.startswith("prefixlab running at "), (line, proc.stderr.read() if proc.poll() else "")
-        assert len(list((tmp_path / "tmp").glob("prefixlab-exports-*"))) == 1
+        private, = (tmp_path / "tmp").glob("prefixlab-gradio-*")
+        assert (private / "exports").is_dir() and private.stat().st_mode & 0o077 == 0  # its user's only
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
-    assert list((tmp_path / "tmp").glob("prefixlab-exports-*")) == []
+    assert list((tmp_path / "tmp").glob("prefixlab-gradio-*")) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import shlex
 import shutil
 import zipfile
@@ -15,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
+from gradio.components.plot import PlotData
 from test_compare import write_run
 
 from prefixlab.engine.spec import ExperimentSpec
@@ -32,18 +33,34 @@ RUN_PANELS = {"run.chart", "run.points", "compare.table", "compare.bars", "compa
               "runs.table", "run.select", "run.overlay"}
 
 
-def _lab(tmp_path):
-    return Lab(JobQueue(tmp_path / "runs"), page_fields(), REPO_PRESETS)
+def _lab(tmp_path, allow=()):
+    """A Lab whose Gradio folder is tmp_path/gradio (uploads arrive there); it may read the task
+    files and model folders under `allow` (app.py --allow-path)."""
+    return Lab(JobQueue(tmp_path / "runs"), page_fields(), REPO_PRESETS, temp_dir=tmp_path / "gradio",
+               allow_paths=allow)
 
 
-def _tick(lab, run_id, overlay="", seen=None, variant=None):
+def _received(lab, path) -> Path:
+    """`path` as Gradio hands an upload to the page: a copy in a folder of its own in the app's
+    temporary folder."""
+    folder = lab.temp_dir / secrets.token_hex(4)
+    folder.mkdir(parents=True)
+    return Path(shutil.copyfile(path, folder / Path(path).name))
+
+
+def _is_chart(value) -> bool:
+    """A chart as the tick sends it: the PNG a gr.Plot(format="png") shows, encoded once for every viewer."""
+    return isinstance(value, PlotData) and value.type == "matplotlib" and value.plot.startswith("data:image/png;base64,")
+
+
+def _tick(lab, run_id, overlay="", seen=None, variant=None, smoothing=0.6):
     """The timer's event: its inputs by id (smoothing 0.6, linear scale)."""
-    return lab.tick({"run.select": run_id, "run.overlay": overlay, "run.smoothing": 0.6, "run.log_scale": False,
+    return lab.tick({"run.select": run_id, "run.overlay": overlay, "run.smoothing": smoothing, "run.log_scale": False,
                      "run.seen": seen if seen is not None else {}, "compare.adapter": variant})
 
 
 def _upload(lab, path, current_source=None):
-    return lab.upload_task({"form.upload": str(path), "form.data.source": current_source})
+    return lab.upload_task({"form.upload": str(_received(lab, path)), "form.data.source": current_source})
 
 
 def test_tick_draws_a_run_then_skips_until_its_files_change(tmp_path):
@@ -52,7 +69,7 @@ def test_tick_draws_a_run_then_skips_until_its_files_change(tmp_path):
     out = _tick(lab, run.run_id)
     status, seen = out["run.status"], out["run.seen"]
     assert "**running**" in status and "step 4 / 4" in status
-    assert isinstance(out["run.chart"], Figure) and isinstance(out["compare.bars"], Figure)
+    assert _is_chart(out["run.chart"]) and _is_chart(out["compare.bars"])
     assert out["run.points"] == "4 training points, 2 validation points"
     comparison = out["compare.table"]
     assert isinstance(comparison, pd.DataFrame) and list(comparison["variant"]) == ["no_projection", "projection"]
@@ -69,7 +86,9 @@ def test_tick_draws_a_run_then_skips_until_its_files_change(tmp_path):
 
 def test_the_tick_returns_only_what_changed_keyed_by_id(tmp_path):
     """No list to line up with the event's outputs: an unchanged run sends its status line and
-    nothing else, not even "run.seen", and a changed file sends what it redraws."""
+    nothing else, not even "run.seen", and a changed file sends the panels whose content changed
+    (a training line: the chart, its point count and the comparison's losses; not the parameter
+    bars, the outputs or the adapters)."""
     lab = _lab(tmp_path)
     run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=False)
     first = _tick(lab, run.run_id)
@@ -77,8 +96,7 @@ def test_the_tick_returns_only_what_changed_keyed_by_id(tmp_path):
     assert set(_tick(lab, run.run_id, seen=first["run.seen"])) == {"run.status"}
     append_jsonl(run.metrics_path, {"variant": "projection", "step": 3, "loss": 2.5, "time": 1010.0})
     assert set(_tick(lab, run.run_id, seen=first["run.seen"])) == {
-        "run.status", "run.seen", "run.chart", "run.points", "compare.table", "compare.bars", "compare.outputs",
-        "compare.adapter"}
+        "run.status", "run.seen", "run.chart", "run.points", "compare.table"}
 
 
 def test_files_signature_changes_when_a_run_file_grows(tmp_path):
@@ -133,8 +151,8 @@ def _rows(count: int) -> list[dict]:
 
 def test_train_reads_the_whole_task_file_and_names_a_bad_line_far_down(tmp_path):
     """A file is checked line by line with the chosen columns before anything is queued, so its 35th
-    line is reported beside the form instead of by a failed run."""
-    lab = _lab(tmp_path)
+    line is reported beside the form instead of by a failed run (a file under --allow-path)."""
+    lab = _lab(tmp_path, allow=[tmp_path])
     form = lab.initial_state("offline-tiny")
     rows = _rows(40)
     del rows[34]["text"]  # line 35 lacks the target column
@@ -173,7 +191,7 @@ def test_initial_state_is_the_offline_preset_with_model_sizes(tmp_path):
 
 def test_an_upload_is_named_by_an_absolute_path_so_exported_specs_work_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    lab = Lab(JobQueue("runs"), page_fields(), REPO_PRESETS)  # app.py's default: relative to its folder
+    lab = Lab(JobQueue("runs"), page_fields(), REPO_PRESETS, temp_dir=tmp_path / "gradio")  # app.py's default: relative
     upload = tmp_path / "mine.csv"
     upload.write_text("question,answer\nwhat?,that\n")
     source = _upload(lab, upload)["form.data.source"]
@@ -277,7 +295,7 @@ def test_uploads_are_stored_under_their_own_names_and_a_rejected_one_replaces_no
 
 
 def test_one_column_as_source_and_target_is_refused_at_train(tmp_path):
-    lab = _lab(tmp_path)
+    lab = _lab(tmp_path, allow=[tmp_path])
     form = _tiny_form(lab)
     task = tmp_path / "one.jsonl"
     task.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(20)))
@@ -312,7 +330,7 @@ def test_a_selected_run_deleted_on_disk_is_named_once_and_unselected(tmp_path):
                                                         out["run.overlay"], out["run.seen"])
     assert status.startswith(f"Run **{run.run_id}** no longer exists") and "No run selected" in status
     assert runs == [] and run_choices["value"] is None and run_choices["choices"] == []
-    assert isinstance(out["run.chart"], Figure) and out["run.points"] == "" and out["compare.table"].empty
+    assert _is_chart(out["run.chart"]) and out["run.points"] == "" and out["compare.table"].empty
     assert out["compare.adapter"]["choices"] == []  # cleared
     assert overlay_choices["value"] == ""
     # The dropdown's change (no run) and later ticks go on quietly, and a new run is listed.
@@ -340,7 +358,10 @@ def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path, monkeyp
     # The form has no description field; everything else survives form -> spec.
     assert {**exported, "description": ""} == {**preset, "description": ""}
     dropdown, saved, command, message = _save(lab, form, "My Recipe")
-    assert saved == str(presets / "my-recipe.json") and dropdown["value"] == "my-recipe"
+    # The download is a copy of the saved preset in the page's own folder.
+    assert Path(saved).read_bytes() == (presets / "my-recipe.json").read_bytes() and dropdown["value"] == "my-recipe"
+    assert Path(saved).name == "my-recipe.json" and Path(saved).is_relative_to(lab.exports)
+    saved = str(presets / "my-recipe.json")
     assert dropdown["choices"] == ["my-recipe", "offline-tiny"]
     assert command == "python -m prefixlab train presets/my-recipe.json" and "my-recipe" in message
     # Like the shipped presets, the file starts with the command that trains it.
@@ -384,8 +405,9 @@ def test_save_preset_never_replaces_a_preset(tmp_path, name):
     form["form.training.max_steps"] = "90"
     dropdown, saved, command, message = _save(lab, form, name)
     assert dropdown == SKIP and saved is None and command == ""
-    assert message == (f"⚠️ **preset name**: a preset named {slug!r} already exists ({presets / (slug + '.json')}); "
-                       "saving never replaces a preset: type another name")
+    assert message == values.errors_markdown({"preset name": (
+        f"a preset named {slug!r} already exists ({presets / (slug + '.json')}); saving never replaces a preset: "
+        "type another name")})
     assert (presets / f"{slug}.json").read_bytes() == before
 
 
@@ -412,7 +434,7 @@ def test_save_preset_names_a_preset_name_that_cannot_be_a_file(tmp_path, name, n
     form = _tiny_form(lab)
     before = sorted(presets.iterdir())
     dropdown, saved, _, message = _save(lab, form, name)
-    assert message == f"⚠️ **preset name**: {needle}" and saved is None and dropdown == SKIP
+    assert message == f"⚠️ **preset name**: {values.md_text(needle)}" and saved is None and dropdown == SKIP
     assert sorted(presets.iterdir()) == before
     # With no preset name typed, the experiment name is used: "日本語" keeps its letters.
     form["form.experiment.name"] = "日本語"
@@ -480,7 +502,35 @@ def test_a_run_without_adapters_says_why_on_generate_and_download(tmp_path, stat
     run.update_status(state=state, error=error)
     if state == "running":  # marked running long ago, no pid: its worker never started
         atomic_write_json(run.status_path, {**run.read_status(), "pid": None, "heartbeat": 1.0, "updated_at": 1.0})
-    for call in (lambda: lab.generate({"run.select": run.run_id, "compare.prompt": "a prompt"}),
-                 lambda: lab.zip_adapter({"run.select": run.run_id, "compare.adapter": None})):
-        with pytest.raises(gr.Error, match=re.escape(says)):
-            call()
+    # Generate says it where its outputs go; the download in a toast.
+    shown = lab.generate({"run.select": run.run_id, "compare.prompt": "a prompt"})["compare.generated"]
+    assert shown.startswith('<p class="generate-message">⚠️ ') and says in shown
+    with pytest.raises(gr.Error, match=re.escape(says)):
+        lab.zip_adapter({"run.select": run.run_id, "compare.adapter": None})
+
+
+def test_many_viewers_of_a_run_render_its_panels_once_per_change(tmp_path, monkeypatch):
+    """Twenty sessions ticking on one running run (each its own "run.seen", some at the same
+    moment) draw its chart once per change of its files, not twenty times; every session still
+    gets the chart it has not drawn."""
+    import threading
+
+    from prefixlab.ui import run_handlers
+
+    drawn = []
+    real = run_handlers.plots.loss_figure
+    monkeypatch.setattr(run_handlers.plots, "loss_figure", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    lab = _lab(tmp_path)
+    run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=False)
+    sent = []
+    threads = [threading.Thread(target=lambda: sent.append(_tick(lab, run.run_id))) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(drawn) == 1 and len(sent) == 20 and all(_is_chart(out["run.chart"]) for out in sent)
+    seen = sent[0]["run.seen"]
+    append_jsonl(run.metrics_path, {"variant": "projection", "step": 3, "loss": 2.5, "time": 1010.0})
+    again = [_tick(lab, run.run_id, seen=seen) for _ in range(20)]
+    assert len(drawn) == 2 and all(out["run.points"] == "5 training points, 2 validation points" for out in again)
+    assert _tick(lab, run.run_id, smoothing=0.9)["run.chart"] != again[0]["run.chart"] and len(drawn) == 3

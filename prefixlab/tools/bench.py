@@ -1,8 +1,9 @@
-"""Benchmarks: `python -m prefixlab bench [core|engine|startup|all] [--quick] [--json PATH]`.
+"""Benchmarks: `python -m prefixlab bench [core|engine|startup|page|all] [--quick] [--json PATH]`.
 
     core     one prefix-tuning training step of prefixlab vs PEFT vs the floor, and memory
     engine   one paired lockstep run against two separate single-variant runs
     startup  cold starts of the everyday commands, as subprocesses, against their budgets
+    page     the page's timer tick with 20 viewers of one training run: p50 / p95 / max latency
 
 Timings are reported, never asserted: medians and ratios measured in the same invocation, with
 the contenders interleaved so that drift in machine speed hits all of them alike.
@@ -10,6 +11,7 @@ the contenders interleaved so that drift in machine speed hits all of them alike
     python -m prefixlab.tools.bench core --quick --repeats 2 --no-peak-memory   # every section's own options
     python -m prefixlab.tools.bench engine --model gpt2 --steps 50 --batch-size 8
     python -m prefixlab.tools.bench startup --repeats 5 --only runs,inspect
+    python -m prefixlab.tools.bench page --viewers 20 --seconds 20
 """
 
 from __future__ import annotations
@@ -660,10 +662,234 @@ def format_startup_table(result: dict) -> str:
 
 
 # =============================================================================================
+# page: the run panels' timer with many viewers of one training run
+# =============================================================================================
+#
+# `python app.py` on a free port over a runs folder holding a finished run and a running one
+# (fake files: a thread of this process plays the worker, logging a step of both variants every
+# second and beating, so the running run's chart changes every second as a real run's does).
+# PAGE_VIEWERS clients, each its own browser session (a session hash: the page keeps what it last
+# drew per session), open the page (its load event) and then call the timer's tick about once a
+# second through Gradio's queue API, as the browser does; the latency of each call is from joining
+# the queue to its result. Timings are reported, never asserted.
+
+PAGE_VIEWERS = 20
+PAGE_SECONDS = 20.0
+PAGE_READY = "prefixlab running at"
+
+
+def _fake_spec(name: str) -> dict:
+    return {"name": name, "model": {"name": "tiny-gpt2"}, "prefix": {"num_virtual_tokens": 5, "encoder_hidden_size": 64},
+            "data": {"source": "e2e-synth"}, "training": {"max_steps": 4000, "eval_interval": 100, "log_interval": 2}}
+
+
+def _metrics_lines(step: int, time_s: float) -> list[dict]:
+    lines = []
+    for k, variant in enumerate(("no_projection", "projection")):
+        loss = 3.0 / (1 + step / 200) + 0.3 * k + 0.05 * ((step * 7919) % 13) / 13
+        lines.append({"variant": variant, "step": step, "epoch": step / 500, "loss": loss, "lr": 1e-3,
+                      "tokens_per_s": 4000.0 + step % 50, "time": time_s})
+        if step % 100 == 0:
+            lines.append({"variant": variant, "step": step, "eval_loss": loss + 0.2, "time": time_s})
+    return lines
+
+
+def write_fake_runs(runs: Path, logged: int = 300) -> tuple[str, str]:
+    """A finished run (`logged` logged steps of both variants, samples, summary) and a running one
+    (a third of them so far, its status beating with this process's pid). -> (finished id, running id)."""
+    from prefixlab.engine.runs import RunDir, append_jsonl, atomic_write_json
+
+    now = time.time()
+    ids = ("20260101-000000000-bench-finished", "20260101-000100000-bench-running")
+    for run_id, steps, done in ((ids[0], logged, True), (ids[1], logged // 3, False)):
+        run = RunDir(runs / run_id)
+        run.path.mkdir(parents=True)
+        atomic_write_json(run.spec_path, _fake_spec(run_id.split("-", 2)[2]))
+        for step in range(2, 2 * steps + 1, 2):
+            for line in _metrics_lines(step, now - 600 + step):
+                append_jsonl(run.metrics_path, line)
+        status = {"state": "done" if done else "running", "step": 2 * steps, "total_steps": 4000, "started_at": now - 600,
+                  "updated_at": now, "finished_at": now if done else None, "pid": None if done else os.getpid(),
+                  "error": None, "heartbeat": now}
+        atomic_write_json(run.status_path, status)
+        if done:
+            for i in range(3):
+                append_jsonl(run.samples_path, {"prompt": f"name[Place {i}] | food[Thai]", "reference": f"Place {i} serves Thai food.",
+                                                "outputs": {"base": "x" * 40, "no_projection": "Place serves food.",
+                                                            "projection": f"Place {i} serves Thai food."}})
+            variants = {v: {"trainable": 2560 + 4000 * k, "stored": 2560, "total": 100_000 + 4000 * k, "formula": "n*out",
+                            "final_train_loss": 1.0 + k, "final_eval_loss": 1.2 + k, "tokens_per_s": 4000.0}
+                        for k, v in enumerate(("no_projection", "projection"))}
+            atomic_write_json(run.summary_path, {"variants": variants, "steps": 2 * steps, "total_steps": 2 * steps,
+                                                 "wall_time_s": 600.0})
+    return ids
+
+
+class _FakeWorker(threading.Thread):
+    """Plays the running run's worker: a logged step of both variants and a heartbeat every `interval` s."""
+
+    def __init__(self, run_path: Path, interval: float = 1.0):
+        super().__init__(name="bench-page-worker", daemon=True)
+        self.run_path, self.interval, self.stop = run_path, interval, threading.Event()
+
+    def run(self) -> None:
+        from prefixlab.engine.runs import RunDir, append_jsonl
+
+        run = RunDir(self.run_path)
+        step = run.read_status()["step"]
+        while not self.stop.wait(self.interval):
+            step += 2
+            for line in _metrics_lines(step, time.time()):
+                append_jsonl(run.metrics_path, line)
+            run.update_status(step=step, heartbeat=time.time())
+
+
+def _queue_call(client, fn_index: int, data: list, session: str, trigger_id: Optional[int] = None) -> dict:
+    """One event through Gradio's queue, as the browser sends it: join, then read the session's
+    event stream until the result. -> the process_completed message."""
+    joined = client.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
+                                                          "trigger_id": trigger_id, "event_data": None})
+    joined.raise_for_status()
+    event_id = joined.json().get("event_id")
+    with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            message = json.loads(line[5:])
+            if message.get("msg") == "process_completed" and message.get("event_id", event_id) == event_id:
+                if not message.get("success"):
+                    raise RuntimeError(f"page bench: event {fn_index} failed: {message.get('output')}")
+                return message
+    raise RuntimeError(f"page bench: the event stream ended without event {fn_index}'s result")
+
+
+def _page_events(config: dict) -> dict:
+    """From the page's /config: the fn index and trigger of the page load that selects a run and of
+    the timer's tick, and the tick's inputs as elem_ids (None for the page's state)."""
+    components = {c["id"]: c for c in config["components"]}
+    found = {}
+    for dep in config["dependencies"]:
+        targets = [tuple(t) for t in dep["targets"]]
+        elem_ids = [components[i]["props"].get("elem_id") for i in dep["inputs"]]
+        if any(components.get(t[0], {}).get("type") == "timer" and t[1] == "tick" for t in targets):
+            found["tick"] = (dep["id"], targets[0][0], elem_ids)
+        outputs = {components[i]["props"].get("elem_id") for i in dep["outputs"]}
+        if targets and targets[0][1] == "load" and "run-select" in outputs:
+            found["load"] = (dep["id"], None, elem_ids)
+    if set(found) != {"tick", "load"}:
+        raise RuntimeError(f"page bench: the page has no timer tick or run-selecting load event (found {sorted(found)})")
+    return found
+
+
+def _viewer(base_url: str, events: dict, run_id: str, until: float, interval: float, start_delay: float,
+            latencies: list[float], errors: list[str]) -> None:
+    """One browser session: open the page, then tick about once a second until `until`."""
+    import secrets
+
+    import httpx
+
+    session = secrets.token_hex(6)
+    inputs = {"run-select": run_id, "overlay-select": "", "smoothing": 0.6, "log-scale": False, "adapter-select": None}
+    try:
+        with httpx.Client(base_url=base_url, timeout=120) as client:
+            load_fn, _, load_inputs = events["load"]
+            _queue_call(client, load_fn, [inputs.get(e) for e in load_inputs], session)
+            tick_fn, timer, tick_inputs = events["tick"]
+            data = [inputs.get(e) for e in tick_inputs]
+            time.sleep(start_delay)
+            next_at = time.monotonic()
+            while time.monotonic() < until:
+                started = time.perf_counter()
+                _queue_call(client, tick_fn, data, session, trigger_id=timer)
+                latencies.append(time.perf_counter() - started)
+                next_at += interval
+                time.sleep(max(0.0, next_at - time.monotonic()))
+    except Exception as err:  # noqa: BLE001 - reported with the numbers
+        errors.append(f"{type(err).__name__}: {err}")
+
+
+def _start_page(runs: Path, log_path: Path, timeout_s: float = STARTUP_TIMEOUT_S) -> tuple[subprocess.Popen, str]:
+    """`python app.py` on a free port over `runs`, in its own process group; -> (process, URL)."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--runs-dir", str(runs)], cwd=REPO_ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + timeout_s
+    while PAGE_READY not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_page(proc)
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"page bench: `python app.py` never printed {PAGE_READY!r}:\n{tail}")
+        time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _stop_page(proc: subprocess.Popen) -> None:
+    _signal_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run_page_bench(viewers: int = PAGE_VIEWERS, seconds: float = PAGE_SECONDS, interval: float = 1.0) -> dict:
+    """Tick latency of `viewers` sessions watching one running run for `seconds`. Returns
+    {"viewers", "seconds", "interval_s", "calls", "p50_s", "p95_s", "max_s", "mean_s", "errors", ...};
+    prints nothing. The page and the fake worker are stopped, and the folder removed, afterwards."""
+    import httpx
+
+    with tempfile.TemporaryDirectory(prefix="prefixlab-page-bench-") as tmp:
+        runs = Path(tmp) / "runs"
+        runs.mkdir()
+        _, running = write_fake_runs(runs)
+        worker = _FakeWorker(runs / running, interval)
+        proc, url = _start_page(runs, Path(tmp) / "app.log")
+        try:
+            events = _page_events(httpx.get(f"{url}/config", timeout=60).json())
+            worker.start()
+            latencies: list[float] = []
+            errors: list[str] = []
+            until = time.monotonic() + seconds
+            threads = [threading.Thread(target=_viewer, args=(url, events, running, until, interval,
+                                                              interval * i / viewers, latencies, errors), daemon=True)
+                       for i in range(viewers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(seconds + 300)
+        finally:
+            worker.stop.set()
+            _stop_page(proc)
+            worker.join(5)
+    if not latencies:
+        raise RuntimeError(f"page bench: no tick completed; {errors[:3]}")
+    return {"viewers": viewers, "seconds": seconds, "interval_s": interval, "calls": len(latencies),
+            "p50_s": statistics.median(latencies), "p95_s": _percentile(latencies, 0.95), "max_s": max(latencies),
+            "mean_s": statistics.fmean(latencies), "errors": errors, "python": platform.python_version(),
+            "cpus": os.cpu_count()}
+
+
+def format_page_report(result: dict) -> str:
+    lines = [f"page: {result['viewers']} viewers of one running run, each ticking every {result['interval_s']:g} s for "
+             f"{result['seconds']:g} s through the queue API (python {result['python']}, {result['cpus']} CPUs)",
+             f"tick latency: p50 {result['p50_s']:.3f} s, p95 {result['p95_s']:.3f} s, max {result['max_s']:.3f} s "
+             f"over {result['calls']} calls"]
+    if result["errors"]:
+        lines.append(f"{len(result['errors'])} viewer(s) stopped on an error; the first: {result['errors'][0]}")
+    return "\n".join(lines)
+
+
+# =============================================================================================
 # The command line
 # =============================================================================================
 
-BENCHES = ("core", "engine", "startup")
+BENCHES = ("core", "engine", "startup", "page")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -696,7 +922,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
                    help=f"comma-separated subset of {','.join(c.name for c in STARTUP_COMMANDS)}")
 
-    sub.add_parser("all", parents=[common], help="core, engine and startup, in that order")
+    p = sub.add_parser("page", parents=[common], help="tick latency of the page with many viewers of one run")
+    p.add_argument("--viewers", type=int, help=f"concurrent browser sessions (default: {PAGE_VIEWERS}; --quick: 4)")
+    p.add_argument("--seconds", type=float, help=f"how long they watch (default: {PAGE_SECONDS:g}; --quick: 5)")
+
+    sub.add_parser("all", parents=[common], help="core, engine, startup and page, in that order")
     return parser
 
 
@@ -708,6 +938,10 @@ def run_bench(which: str, ns: argparse.Namespace) -> tuple[dict, str]:
     if which == "engine":
         result = run_engine_bench(ns.quick, ns.model, ns.steps, ns.batch_size, ns.max_length, ns.repeats)
         return result, format_engine_report(result)
+    if which == "page":
+        result = run_page_bench(ns.viewers or (4 if ns.quick else PAGE_VIEWERS),
+                                ns.seconds or (5.0 if ns.quick else PAGE_SECONDS))
+        return result, format_page_report(result)
     result = run_startup_bench(ns.repeats or (1 if ns.quick else 3), ns.only)
     return result, format_startup_table(result)
 

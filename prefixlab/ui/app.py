@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import gradio as gr
@@ -10,6 +12,7 @@ from prefixlab.core.hub import hub_offline, hub_unreachable_reason
 from prefixlab.engine.runs import JobQueue
 from prefixlab.engine.zoo import MODEL_PRESETS, describe_presets
 from prefixlab.ui import panels
+from prefixlab.ui.access import private_temp_dir
 from prefixlab.ui.fields import FORM, page_fields
 from prefixlab.ui.handlers import MESSAGES, Lab
 from prefixlab.ui.registry import Registry
@@ -42,11 +45,23 @@ def _suggestions() -> dict[str, tuple]:
             "data.source_column": ("source",), "data.target_column": ("target",)}
 
 
-def build_page(queue: JobQueue, presets_dir: str | Path = REPO_PRESETS) -> tuple[gr.Blocks, Lab, Registry]:
+def build_page(queue: JobQueue, presets_dir: str | Path = REPO_PRESETS, *,
+               allow_paths: Iterable[str | Path] = ()) -> tuple[gr.Blocks, Lab, Registry]:
     """The whole page over `queue`'s runs directory, its behaviour, and its components and events
-    by id. The caller launches the page (and starts the queue)."""
+    by id. The caller launches the page (and starts the queue).
+
+    Gradio's files go to this process's private folder (ui/access.py: GRADIO_TEMP_DIR is set to
+    it before any component is made). `allow_paths`: folders whose files the page may name as a
+    task or model, besides runs/uploads (app.py --allow-path)."""
+    temp_dir = private_temp_dir()
+    # Gradio's queue rebuilds a pandas table of its last 10,000 events after every event, for a
+    # monitoring page the lab does not use: with twenty viewers ticking every second that grows
+    # into most of a tick's cost. Every 1,000 events over the last 1,000 instead (read when the
+    # Blocks' queue is made, below; a value set by the user wins).
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
     fields = page_fields()
-    lab = Lab(queue, fields, Path(presets_dir))
+    lab = Lab(queue, fields, Path(presets_dir), temp_dir=temp_dir, allow_paths=allow_paths)
     names = lab.preset_names()
     default = DEFAULT_PRESET if DEFAULT_PRESET in names else (names[0] if names else None)
     opening = lab.initial_state(default)
@@ -71,9 +86,10 @@ def build_page(queue: JobQueue, presets_dir: str | Path = REPO_PRESETS) -> tuple
     return demo, lab, registry
 
 
-def build_app(queue: JobQueue, presets_dir: str | Path = REPO_PRESETS) -> tuple[gr.Blocks, Lab]:
+def build_app(queue: JobQueue, presets_dir: str | Path = REPO_PRESETS, *,
+              allow_paths: Iterable[str | Path] = ()) -> tuple[gr.Blocks, Lab]:
     """The whole page over `queue`'s runs directory. The caller launches it (and starts the queue)."""
-    demo, lab, _ = build_page(queue, presets_dir)
+    demo, lab, _ = build_page(queue, presets_dir, allow_paths=allow_paths)
     return demo, lab
 
 

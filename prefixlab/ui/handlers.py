@@ -13,35 +13,47 @@ import hashlib
 import os
 import secrets
 import shutil
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import gradio as gr
 
 from prefixlab.engine import checks
 from prefixlab.engine.data import DataError, read_table
+from prefixlab.engine.limits import MAX_TASK_FILE_BYTES, MAX_UPLOAD_MB
 from prefixlab.engine.runs import JobQueue
 from prefixlab.engine.spec import ExperimentSpec, SpecError
 from prefixlab.ui import values
+from prefixlab.ui.access import PageAccess, is_inside, private_temp_dir
 from prefixlab.ui.fields import FieldSpec, form_from_spec
 from prefixlab.ui.form import to_component_value
-from prefixlab.ui.run_handlers import RunHandlers
+from prefixlab.ui.run_handlers import RunHandlers, plain_run_id
 from prefixlab.ui.values import Values
 
 MESSAGES = "actions.messages"  # the line above the form naming every bad field
 
 
 class Lab(RunHandlers):
-    """The page's behaviour over one runs directory and its job queue."""
+    """The page's behaviour over one runs directory and its job queue.
 
-    def __init__(self, queue: JobQueue, fields: list[FieldSpec], presets_dir: Path):
+    `temp_dir` is where Gradio receives uploads (GRADIO_TEMP_DIR; default: this process's private
+    folder, ui/access.py): only a file there is taken as an upload. Downloads are written under its
+    exports/ folder. `allow_paths` are the folders beyond runs/uploads whose files the page may
+    name as a task or model (app.py --allow-path)."""
+
+    def __init__(self, queue: JobQueue, fields: list[FieldSpec], presets_dir: Path, *,
+                 temp_dir: str | Path | None = None, allow_paths: Iterable[str | Path] = ()):
+        super().__init__()
         self.queue = queue
         self.fields = fields
         self.presets_dir = Path(presets_dir)
         self.inferred_ids = [f.id for f in fields if f.inferred]
-        # Downloads (spec JSON, zipped adapters) live here until the app exits, then go.
-        self._exports = tempfile.TemporaryDirectory(prefix="prefixlab-exports-")
-        self.exports = Path(self._exports.name)
+        self.access = PageAccess(queue.runs_dir / "uploads", allow_paths)
+        self.temp_dir = Path(temp_dir).resolve() if temp_dir is not None else private_temp_dir()
+        # Downloads (spec JSON, zipped adapters), each in a folder of its own (two sessions exporting
+        # the same name never share a file); served by Gradio from here, removed with the folder.
+        self.exports = self.temp_dir / "exports"
+        self.exports.mkdir(parents=True, exist_ok=True)
         self._opened_with: dict[str, Values] = {}  # the preset the page was built with: its values
 
     # --- presets ----------------------------------------------------------------------------------
@@ -91,8 +103,10 @@ class Lab(RunHandlers):
         return {**dropdown, **loaded}
 
     def load_preset(self, v: Values) -> Values:
-        """Preset dropdown -> every form control, the override box and the message line."""
-        return self.preset_values(v["preset.choice"]) if v["preset.choice"] else {}
+        """Preset dropdown -> every form control, the override box and the message line (only a
+        preset of the presets folder: a name is never a path)."""
+        name = v["preset.choice"]
+        return self.preset_values(name) if name and name in self.preset_names() else {}
 
     # --- form -------------------------------------------------------------------------------------
 
@@ -100,11 +114,16 @@ class Lab(RunHandlers):
         return values.check_form(values.collect_form(self.fields, values.field_values(self.fields, v),
                                                      v["form.override"]))
 
+    def _denied(self, v: Values) -> dict[str, str]:
+        """A model folder or task file the page may not read ({field: message}; ui/access.py)."""
+        return self.access.errors(v["form.model.name"], v["form.data.source"])
+
     def _checked(self, v: Values):
         """(spec, errors) of the form, with a rejected upload still on show as an error: Train,
-        export and save refuse while it is there (the form still names the task it had before)."""
+        export and save refuse while it is there (the form still names the task it had before).
+        A path the page may not read is an error too, and nothing reads it."""
         spec, errors = self._spec(v)
-        errors = values.with_upload_error(errors, v["form.upload_error"])
+        errors = values.with_upload_error({**errors, **self._denied(v)}, v["form.upload_error"])
         return (None if errors else spec), errors
 
     def form_changed(self, v: Values) -> Values:
@@ -113,9 +132,11 @@ class Lab(RunHandlers):
         A rejected upload's message ("form.upload_error", the page's state) stays in the messages
         until the file is replaced or cleared."""
         spec, errors = self._spec(v)
+        denied = self._denied(v)
         rows = []
-        if spec is not None:
-            rows, errors = values.accounting(spec)
+        if spec is not None and "model.name" not in denied:  # the model's config is read for the counts
+            rows, errors = values.accounting(spec, data="data.source" not in denied)
+        errors = {**errors, **denied}
         projection_on = "projection" in (v["form.experiment.variants"] or [])
         errors = values.with_upload_error(errors, v["form.upload_error"])
         return {"accounting.table": rows, MESSAGES: values.errors_markdown(errors),
@@ -125,6 +146,8 @@ class Lab(RunHandlers):
         """A new model -> its inferred sizes in the read-only fields (kept as typed when overriding)."""
         if v["form.override"]:
             return {}
+        if self.access.model_error(v["form.model.name"]):
+            return dict.fromkeys(self.inferred_ids, "")  # not read; the messages say why
         try:
             sizes = values.inferred_sizes(v["form.model.name"])
         except ValueError:
@@ -151,6 +174,9 @@ class Lab(RunHandlers):
         if not path:
             return {"form.upload_error": ""}
         name = Path(path).name
+        refused = self._not_an_upload(path)
+        if refused:
+            return _upload_refused(values.upload_rejected(refused, current_source))
         try:
             columns, _ = read_table(path)  # every line, so a bad line far down is named now, not by a failed run
             if len(columns) < 2:
@@ -172,6 +198,24 @@ class Lab(RunHandlers):
                 "form.data.source_column": gr.update(choices=columns, value=source_column),
                 "form.data.target_column": gr.update(choices=columns, value=target_column),
                 MESSAGES: "", "form.upload_error": ""}
+
+    def _not_an_upload(self, path: str) -> str | None:
+        """Why `path` is not taken as an upload, or None: only a file Gradio received from a browser
+        (in this app's own temporary folder, never its downloads) of at most MAX_UPLOAD_MB."""
+        name = Path(path).name
+        try:
+            received = is_inside(path, self.temp_dir) and not is_inside(path, self.exports)
+            size = Path(path).stat().st_size if received else 0
+        except (OSError, ValueError):
+            received, size = False, 0
+        if not received:
+            return (f"{name}: not a file uploaded to this page (the page takes only files sent with its upload "
+                    "button); upload the file again")
+        if size > MAX_UPLOAD_MB * 1024**2:
+            return (f"{name} is {size / 1024**2:,.0f} MB, more than the {MAX_UPLOAD_MB} MB the page takes; upload a "
+                    f"smaller file, or train from the command line (python -m prefixlab train SPEC.json reads task "
+                    f"files of up to {MAX_TASK_FILE_BYTES // 1024**3} GB)")
+        return None
 
     @staticmethod
     def clear_upload(v: Values) -> Values:
@@ -198,7 +242,7 @@ class Lab(RunHandlers):
         spec, errors = self._checked(v)
         if spec is None:
             return {"export.spec_file": None, "export.command": "", MESSAGES: values.errors_markdown(errors)}
-        path = self.exports / values.export_file_name(spec.name)
+        path = self.download_folder() / values.export_file_name(spec.name)
         command = values.cli_command(path.name)
         path.write_text(values.spec_file_text(spec, command), encoding="utf-8")
         return {"export.spec_file": str(path), "export.command": command, MESSAGES: ""}
@@ -229,8 +273,10 @@ class Lab(RunHandlers):
         except OSError as err:
             return _not_saved({"preset name": f"could not write {path} ({err.strerror or err}); check the presets "
                                               "folder (app.py --presets-dir) or type another name"})
-        return {"preset.choice": gr.update(choices=self.preset_names(), value=slug), "export.spec_file": str(path),
-                "export.command": command, MESSAGES: f"Saved preset **{slug}**."}
+        # The download is a copy in the page's own folder (the presets folder may be anywhere).
+        download = shutil.copyfile(path, self.download_folder() / path.name)
+        return {"preset.choice": gr.update(choices=self.preset_names(), value=slug), "export.spec_file": str(download),
+                "export.command": command, MESSAGES: f"Saved preset **{values.md_text(slug)}**."}
 
     # --- jobs -------------------------------------------------------------------------------------
 
@@ -254,9 +300,9 @@ class Lab(RunHandlers):
         if not run_id:
             return {"run.status": values.status_markdown("", {})}
         try:
-            self.queue.cancel(run_id)
+            self.queue.cancel(plain_run_id(run_id))
         except ValueError as err:
-            return {"run.status": f"⚠️ {err}"}
+            return {"run.status": f"⚠️ {values.md_text(err)}"}
         run = self.queue.run_dir(run_id)
         return {"run.status": values.status_markdown(run_id, run.read_status(), run.log_tail(20))
                 + "\n\nStop requested."}

@@ -101,7 +101,13 @@ class Registry:
     def on(self, triggers: str | Iterable[str], handler: Handler, inputs: Iterable[str] = (),
            outputs: Iterable[str] = (), **options) -> Event:
         """Wire `handler` to `triggers` (ids + event names) with gr.on; `options` are gr.on's
-        (trigger_mode, concurrency_id, show_progress, ...). Must be called inside the page's Blocks."""
+        (trigger_mode, concurrency_id, show_progress, ...). Must be called inside the page's Blocks.
+
+        Events are private to the page (api_visibility="private"): the browser calls them, but
+        Gradio describes none of them as an API, so the page's HTML, /info and /config tell a
+        visitor nothing of its handlers (with --auth, "/" is shown before logging in, and Gradio
+        embeds the API's description in it). Scripts use the command line (python -m prefixlab)."""
+        options.setdefault("api_visibility", "private")
         names = (triggers,) if isinstance(triggers, str) else tuple(triggers)
         inputs, outputs = tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs))
         listeners = [self.trigger(name) for name in names]

@@ -17,6 +17,7 @@ from typing import Any
 
 from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig, infer_sizes
 from prefixlab.engine import checks
+from prefixlab.engine.limits import MAX_SAMPLE_CHARS, clip
 from prefixlab.engine.spec import ExperimentSpec, SpecError
 from prefixlab.engine.zoo import model_facts
 from prefixlab.ui.fields import FieldSpec, spec_from_form
@@ -29,6 +30,49 @@ ACCOUNTING_HEADERS = ["variant", "trainable", "total", "trainable %", "stored in
 RUNS_HEADERS = ["run", "name", "model", "state", "step", "started (UTC)", "train loss", "val loss"]
 # Out-of-memory errors across backends; the status line names them as such (and what to try).
 _OOM = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|MPS backend out of memory", re.I)
+# What one message, one table cell or the log's tail may put on the page (each update stays small,
+# whatever a file, a form value or a worker's error holds).
+MAX_MESSAGE_CHARS = MAX_SAMPLE_CHARS
+MAX_CELL_CHARS = 300
+MAX_LOG_CHARS = 4000
+
+
+# --- text from elsewhere, shown as Markdown or HTML ----------------------------------------------
+#
+# Form values, file lines, run names, a worker's error and log reach the page's Markdown panels.
+# Gradio's Markdown renders HTML (sanitised, but an <img> stays an image) and Markdown, so such
+# text is escaped: no tag the browser would build, no emphasis, link, code span or table.
+
+# Markdown's inline markers (CommonMark backslash-escapes any ASCII punctuation); & < > are HTML-escaped.
+_MD_MARKERS = re.compile(r"([\\`*_\[\]|~$#])")
+
+
+def md_text(text) -> str:
+    """`text` as Markdown that shows exactly its characters."""
+    return _MD_MARKERS.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def md_preformatted(text: str) -> str:
+    """A block of `text` (a log) shown as it is, in a <pre> block the text cannot end: HTML-escaped,
+    so no `</pre>` of its own, and ``` or any Markdown inside is inert."""
+    return f"<pre>\n{html.escape(text, quote=False)}\n</pre>"
+
+
+def html_message(message: str, css_class: str = "message") -> str:
+    """A message (clipped) as an HTML paragraph for a gr.HTML panel (the Generate box's refusals)."""
+    return f'<p class="{css_class}">⚠️ {html.escape(clip(str(message), MAX_MESSAGE_CHARS), quote=False)}</p>'
+
+
+def toast_text(message: str) -> str:
+    """A message for gr.Error, whose toast renders HTML: escaped and clipped."""
+    return html.escape(clip(str(message), MAX_MESSAGE_CHARS), quote=False)
+
+
+def log_tail_clip(text: str, limit: int = MAX_LOG_CHARS) -> str:
+    """The last `limit` characters of a log (its end is what explains a failure)."""
+    if len(text) <= limit:
+        return text
+    return f"… ({len(text) - limit:,} earlier characters)\n{text[-limit:]}"
 
 
 # --- form -> spec ------------------------------------------------------------------------------
@@ -82,8 +126,10 @@ def check_form(values: dict) -> tuple[ExperimentSpec | None, dict[str, str]]:
 
 
 def errors_markdown(errors: dict[str, str]) -> str:
-    """The message block under the form: the field's key in bold, then what is wrong and what to do."""
-    return "\n".join(f"⚠️ **{key}**: {message}" for key, message in errors.items())
+    """The message block under the form: the field's key in bold, then what is wrong and what to do.
+    Messages quote what was typed or read, so they are escaped (and clipped); the keys are the page's own."""
+    return "\n".join(f"⚠️ **{html.escape(key)}**: {md_text(clip(str(message), MAX_MESSAGE_CHARS))}"
+                     for key, message in errors.items())
 
 
 # --- model-derived values ----------------------------------------------------------------------
@@ -99,11 +145,11 @@ def inferred_sizes(model_name: str, num_virtual_tokens: int = 1) -> dict[str, in
     return {f"prefix.{name}": getattr(filled, name) for name in INFERRED_FIELDS}
 
 
-def accounting(spec: ExperimentSpec) -> tuple[list[list], dict[str, str]]:
+def accounting(spec: ExperimentSpec, data: bool = True) -> tuple[list[list], dict[str, str]]:
     """(table rows, errors): exact per-variant parameter counts for the spec, without weights, and
     every problem engine.checks.check finds (no rows when the model's config cannot be read or a
-    size does not fit it)."""
-    checked = checks.check(spec)
+    size does not fit it). data=False leaves the task data unread."""
+    checked = checks.check(spec, data=data)
     return [[r["variant"], r["trainable"], r["total"], r["trainable %"], r["stored"], r["formula"]]
             for r in checked.rows()], checked.errors
 
@@ -217,7 +263,8 @@ def is_out_of_memory(text: str) -> bool:
 
 
 def status_markdown(run_id: str, status: dict, log_tail: str = "", now: float | None = None) -> str:
-    """One status line: state, step / total, elapsed and remaining; on failure the error and log tail."""
+    """One status line: state, step / total, elapsed and remaining; on failure the error and log tail
+    (escaped: they quote files and the worker's output; the log in a block it cannot leave)."""
     if not run_id:
         return "No run selected. Configure an experiment and press **Train**."
     now = time.time() if now is None else now
@@ -225,7 +272,8 @@ def status_markdown(run_id: str, status: dict, log_tail: str = "", now: float | 
     step, total = status.get("step") or 0, status.get("total_steps")
     started, finished = status.get("started_at"), status.get("finished_at")
     elapsed = ((finished or now) - started) if started else None
-    parts = [f"**{run_id}** · **{state}**", f"step {step} / {total if total else '?'}", f"elapsed {_duration(elapsed)}"]
+    parts = [f"**{md_text(run_id)}** · **{md_text(state)}**", f"step {md_text(step)} / {md_text(total) if total else '?'}",
+             f"elapsed {_duration(elapsed)}"]
     if state == "running":
         parts.append(f"remaining {_duration(remaining_seconds(step, total, elapsed or 0))}")
     line = " · ".join(parts)
@@ -234,9 +282,9 @@ def status_markdown(run_id: str, status: dict, log_tail: str = "", now: float | 
         if is_out_of_memory(error + "\n" + log_tail):
             line += ("\n\n**Out of memory.** Lower training.batch_size or training.max_length, "
                      "or choose a smaller model.")
-        line += f"\n\n**Error:** {error}"
+        line += f"\n\n**Error:** {md_text(clip(str(error), MAX_MESSAGE_CHARS))}"
         if log_tail:
-            line += f"\n\n```\n{log_tail}\n```"
+            line += f"\n\n{md_preformatted(log_tail_clip(log_tail))}"
     return line
 
 
@@ -261,7 +309,8 @@ def run_row(info, summary: dict | None, metrics: list[dict]) -> list:
     """One line of the runs table from a runs.RunInfo and the run's summary / metrics."""
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.started_at)) if info.started_at is not None else ""
     step = f"{info.step} / {info.total_steps}" if info.total_steps else str(info.step)
-    return [info.run_id, info.name, info.model, info.state, step, started, *final_losses(summary, metrics)]
+    cells = [info.run_id, info.name, info.model, info.state, step, started, *final_losses(summary, metrics)]
+    return [clip(cell, MAX_CELL_CHARS) if isinstance(cell, str) else cell for cell in cells]
 
 
 def default_selection(infos: list) -> str | None:
@@ -278,12 +327,13 @@ def default_selection(infos: list) -> str | None:
 def grid_html(headers: list[str], rows: list[list[str]], empty: str = "no outputs yet") -> str:
     """An HTML table for side-by-side outputs (columns: prompt, reference, base, variants...).
 
-    Text is escaped (model output is arbitrary); an empty or whitespace-only output is named as
-    such, so a model that generated only spaces is told apart from a missing column.
+    Text is escaped (model output is arbitrary) and clipped to limits.MAX_SAMPLE_CHARS; an empty or
+    whitespace-only output is named as such, so a model that generated only spaces is told apart
+    from a missing column.
     """
     if not rows:
         return f'<p class="grid-empty">{html.escape(empty)}</p>'
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    head = "".join(f"<th>{html.escape(clip(str(h), MAX_CELL_CHARS))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(_grid_cell(cell) for cell in row) + "</tr>" for row in rows)
     return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -293,4 +343,4 @@ def _grid_cell(text: str) -> str:
         return "<td><em>(empty)</em></td>"
     if not text.strip():
         return f"<td><em>(only whitespace, {len(text)} characters)</em></td>"
-    return f"<td>{html.escape(text)}</td>"
+    return f"<td>{html.escape(clip(text))}</td>"
