@@ -79,11 +79,41 @@ def test_variants_see_the_same_batches_in_the_same_order(tmp_path, monkeypatch):
         return original(self, variant, batch)
 
     monkeypatch.setattr(Job, "_train_variant", spy)
-    run = start(tmp_path, tiny_spec(max_steps=3, eval_interval=3))
+    run = start(tmp_path, tiny_spec(max_steps=3, eval_interval=3, fused=False))  # one pass per variant
     assert run_worker(run.path, progress=False) == DONE
     assert len(seen["no_projection"]) == len(seen["projection"]) == 3
     for a, b in zip(seen["no_projection"], seen["projection"]):
         assert torch.equal(a, b)
+
+
+def test_a_fused_run_trains_exactly_as_one_pass_per_variant(tmp_path):
+    """training.fused (the default): one pass of the base for both variants gives the losses and
+    adapters of one pass each. On the shipped tiny-gpt2-e2e, which has no dropout (with dropout the
+    two ways draw different masks, as two seeds would)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    def run_with(fused: bool) -> RunDir:
+        spec = ExperimentSpec.from_dict({**json.loads(tiny_spec().to_json()), "model": {"name": "tiny-gpt2-e2e"},
+                                         "training": {**tiny_spec().to_dict()["training"], "max_steps": 3,
+                                                      "eval_interval": 3, "fused": fused}})
+        run = start(tmp_path, spec, f"fused-{fused}")
+        assert run_worker(run.path, progress=False) == DONE
+        return run
+
+    fused, separate = run_with(True), run_with(False)
+    assert "share one pass of the base" in fused.log_path.read_text()
+    assert "one pass of the base per variant: training.fused is off" in separate.log_path.read_text()
+    lines = [[(m["variant"], m["step"], m.get("loss"), m.get("eval_loss")) for m in r.read_metrics()]
+             for r in (fused, separate)]
+    assert [m[:2] for m in lines[0]] == [m[:2] for m in lines[1]]
+    assert [x for m in lines[0] for x in m[2:] if x is not None] == pytest.approx(
+        [x for m in lines[1] for x in m[2:] if x is not None], rel=1e-5)
+    for name in ("no_projection", "projection"):
+        a, b = (load_file(r.adapter_path(name) / "adapter_model.safetensors")["prompt_embeddings"]
+                for r in (fused, separate))
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_same_spec_and_seed_give_the_same_losses(tmp_path):
@@ -106,8 +136,9 @@ def test_same_spec_and_seed_give_the_same_losses(tmp_path):
 
 def test_gradient_accumulation_steps_the_optimizer_every_n_batches(tmp_path, monkeypatch):
     calls = []
-    original = Job._train_variant
+    original, fused = Job._train_variant, Job._train_fused
     monkeypatch.setattr(Job, "_train_variant", lambda self, v, b: (calls.append(v.name), original(self, v, b)))
+    monkeypatch.setattr(Job, "_train_fused", lambda self, g, b: (calls.extend(v.name for v in g), fused(self, g, b)))
     run = start(tmp_path, tiny_spec(max_steps=2, gradient_accumulation_steps=2, eval_interval=2))
     assert run_worker(run.path, progress=False) == DONE
     assert len(calls) == 2 * 2 * 2  # steps x accumulation x variants
@@ -133,7 +164,7 @@ def test_crash_keeps_last_checkpoint_and_logs_traceback(tmp_path, monkeypatch):
         return original(self, variant, batch)
 
     monkeypatch.setattr(Job, "_train_variant", crash_at_step_3)
-    run = start(tmp_path, tiny_spec(max_steps=4, eval_interval=2))
+    run = start(tmp_path, tiny_spec(max_steps=4, eval_interval=2, fused=False))
     assert run_worker(run.path, progress=False) == FAILED
     status = run.read_status()
     assert status["error"] == "RuntimeError: boom" and status["step"] == 2
@@ -148,6 +179,7 @@ def test_cuda_out_of_memory_is_reported_with_a_fix(tmp_path, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(Job, "_train_variant", oom)
+    monkeypatch.setattr(Job, "_train_fused", oom)
     run = start(tmp_path, tiny_spec())
     assert run_worker(run.path, progress=False) == FAILED
     error = run.read_status()["error"]

@@ -163,6 +163,17 @@ class TrainingSpec(_Section):
         metadata={"help": "auto (bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU), "
                           "fp32, bf16 or fp16.", "choices": PRECISIONS},
     )
+    fused: bool = field(
+        default=True,
+        metadata={"help": "Train every variant in one batched pass of the frozen base (each variant's rows read "
+                          "its own prefix; the same losses and gradients as one pass each, in less time). Off, or "
+                          "where it cannot be exact (prefixes of different lengths, fp16): one pass per variant."},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute each transformer block in backward instead of storing its activations: "
+                          "much less memory for long inputs, about a third more time; exact gradients."},
+    )
 
     def check(self, problems: _Problems) -> None:
         if not self.learning_rate > 0:

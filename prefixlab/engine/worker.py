@@ -296,6 +296,8 @@ class Job:
         self.say(f"loaded base model {self.spec.model.name} ({TaskType(self.task_type).value})")
         self.train_loader, self.eval_loader = self._data_loaders()
         model = self._build_model(base, self._checked_configs(base))
+        if training.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
         if len(self.train_loader) == 0:
             raise ValueError(f"data.source {self.spec.data.source!r}: the train split has no examples; "
                              "add some or check data.max_train_examples")
@@ -308,6 +310,7 @@ class Job:
                          in zip(self.spec.variant_names, prepared[3:3 + n], prepared[3 + n:])]
         self.peft = self.accelerator.unwrap_model(self.model)
         self._own_loss_scales()
+        self.groups = self._pass_groups()
         if self.status:
             self.status.update(total_steps=self.total_steps)
         self.say(f"{n} variant(s) {self.spec.variant_names}, {self.total_steps} steps, "
@@ -392,6 +395,25 @@ class Job:
                                  collate_fn=collate)
         return train_loader, eval_loader
 
+    def _pass_groups(self) -> list[list[VariantState]]:
+        """The variants that share one pass of the base (core.fused): all of them where that is exact,
+        else one pass each, with the reason in the log."""
+        from prefixlab.core.fused import fusable
+
+        singles = [[v] for v in self.variants]
+        if len(self.variants) < 2:
+            return singles
+        why = ("training.fused is off" if not self.spec.training.fused
+               else "fp16 gives each variant its own loss scale" if self.accelerator.scaler is not None
+               else "several processes: each variant's pass goes through the distributed wrapper"
+               if self.accelerator.num_processes > 1
+               else fusable(self.peft, [v.name for v in self.variants]))
+        if why:
+            self.say(f"one pass of the base per variant: {why}")
+            return singles
+        self.say(f"variants {[v.name for v in self.variants]} share one pass of the base (training.fused)")
+        return [list(self.variants)]
+
     # --- train ----------------------------------------------------------------------------------
 
     def train(self) -> None:
@@ -403,8 +425,11 @@ class Job:
         while self.step < self.total_steps and not self._stop_requested():
             for batch in self.train_loader:
                 with self.accelerator.accumulate(self.model):
-                    for variant in self.variants:
-                        self._train_variant(variant, batch)
+                    for group in self.groups:
+                        if len(group) == 1:
+                            self._train_variant(group[0], batch)
+                        else:
+                            self._train_fused(group, batch)
                 micro += 1
                 if self.accelerator.sync_gradients:
                     self.step += 1
@@ -443,15 +468,39 @@ class Job:
         # for all the work queued before it (backward and step included), so the time recorded
         # below is this variant's own and not partly the next one's.
         value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"variant {variant.name}: loss is {value} at step {self.step + 1}; lower "
-                f"training.learning_rate (now {self.spec.training.learning_rate}) or use precision fp32")
+        self._check_finite(variant, value)
         if variant.scaler is not None and self.accelerator.sync_gradients and variant.optimizer.step_was_skipped:
             variant.skipped_steps += 1
             self.say(f"variant {variant.name}: fp16 gradients overflowed at step {self.step + 1}; step skipped, "
                      f"loss scale now {variant.scaler.get_scale():g}")
         variant.record(value, int(batch["attention_mask"].sum()), time.perf_counter() - start)
+
+    def _train_fused(self, group: list[VariantState], batch: dict) -> None:
+        """One pass of the base for every variant of `group` (core.fused): backward through the sum of
+        their losses gives each its own gradient, then each steps its own optimizer."""
+        from prefixlab.core.fused import fused_losses
+
+        start = time.perf_counter()
+        with self.accelerator.autocast():  # the prepared model's forward has it; this pass goes around it
+            losses = fused_losses(self.peft, [v.name for v in group], batch["input_ids"], batch["attention_mask"],
+                                  batch["labels"])
+        self.accelerator.backward(torch.stack(losses).sum())
+        for v in group:
+            v.optimizer.step()
+            v.scheduler.step()
+            v.optimizer.zero_grad(set_to_none=True)
+        values = torch.stack(losses).tolist()  # one host sync for the group
+        seconds = (time.perf_counter() - start) / len(group)  # the pass is shared: each its share
+        tokens = int(batch["attention_mask"].sum())
+        for v, value in zip(group, values):
+            self._check_finite(v, value)
+            v.record(value, tokens, seconds)
+
+    def _check_finite(self, variant: VariantState, value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"variant {variant.name}: loss is {value} at step {self.step + 1}; lower "
+                f"training.learning_rate (now {self.spec.training.learning_rate}) or use precision fp32")
 
     def _after_step(self, epoch: float) -> None:
         training = self.spec.training
@@ -476,11 +525,24 @@ class Job:
     def evaluate(self) -> None:
         if len(self.eval_loader) == 0:
             return
+        from prefixlab.core.fused import fused_losses
+
         self.model.eval()
+        per_batch: dict[str, list[torch.Tensor]] = {v.name: [] for v in self.variants}
+        for group in self.groups:
+            names = [v.name for v in group]
+            for batch in self.eval_loader:
+                if len(group) == 1:
+                    self.peft.set_adapter(names[0])
+                    losses = [self.model(**batch).loss]
+                else:
+                    with self.accelerator.autocast():
+                        losses = fused_losses(self.peft, names, batch["input_ids"], batch["attention_mask"],
+                                              batch["labels"])
+                for name, loss in zip(names, losses):
+                    per_batch[name].append(loss.float())
         for v in self.variants:
-            self.peft.set_adapter(v.name)
-            losses = [self.model(**batch).loss.float() for batch in self.eval_loader]
-            mean = self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+            mean = self.accelerator.reduce(torch.stack(per_batch[v.name]).mean(), reduction="mean").item()
             v.last_eval_loss, v.last_eval_step = mean, self.step
             self._log({"variant": v.name, "eval_loss": mean})
         self.model.train()
