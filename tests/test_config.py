@@ -12,15 +12,18 @@ from transformers import PretrainedConfig
 
 from core_helpers import ARCHS, ours_config, peft_config
 from prefixlab import PeftType, PrefixTuningConfig, TaskType, get_peft_model
-from prefixlab.core.config import INFERRED_FIELDS, infer_sizes, kv_layout
+from prefixlab.core.config import INFERRED_FIELDS, PREFIXLAB_FIELDS, ConfigError, infer_sizes, kv_layout
 from prefixlab.core.encoder import prefix_parameter_counts
 from prefixlab.engine.tiny import tiny_config, tiny_model
 
 
 def test_fields_defaults_and_help_equal_peft():
+    """PEFT's fields first, in PEFT's order, then prefixlab's own (PREFIXLAB_FIELDS), all unset (None)
+    by default, so that a default config is PEFT's."""
     ours = {f.name: f for f in dataclasses.fields(PrefixTuningConfig)}
     theirs = {f.name: f for f in dataclasses.fields(peft.PrefixTuningConfig)}
-    assert list(ours) == list(theirs)
+    assert list(ours) == list(theirs) + list(PREFIXLAB_FIELDS)
+    assert all(ours[name].default is None and ours[name].metadata["help"] for name in PREFIXLAB_FIELDS)
     for name, field in theirs.items():
         assert ours[name].default == field.default, name
         assert ours[name].metadata.get("help") == field.metadata.get("help"), name
@@ -88,6 +91,62 @@ def test_bad_values_raise_naming_field_value_and_fix(kwargs, pattern):
     base = {"task_type": "CAUSAL_LM", "num_virtual_tokens": 4}
     with pytest.raises(ValueError, match=pattern):
         PrefixTuningConfig(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs, field, pattern",
+    [
+        ({"prefix_positions": "decoder"}, "prefix_positions",
+         r"prefix_positions='decoder' is invalid: use None \(PEFT's layout.*\) or 'paper'"),
+        ({"prefix_positions": True}, "prefix_positions", r"prefix_positions=True is invalid: use None"),
+        ({"num_encoder_layers": 0}, "num_encoder_layers", r"num_encoder_layers=0 is invalid: .*at least 1"),
+        ({"encoder_token_dim": "64"}, "encoder_token_dim", r"encoder_token_dim='64' is invalid: .*whole number"),
+        ({"num_encoder_attention_heads": 2.0}, "num_encoder_attention_heads",
+         r"num_encoder_attention_heads=2\.0 is invalid: .*whole number"),
+        ({"encoder_token_dim": 30, "num_encoder_attention_heads": 4}, "encoder_token_dim",
+         r"encoder_token_dim=30 .*divisible by num_encoder_attention_heads=4"),
+        ({"prefix_tuning_init": "WORDS"}, "prefix_tuning_init",
+         r"prefix_tuning_init='WORDS' is invalid: use None \(random, see init_weights\) or 'TEXT'"),
+        ({"prefix_tuning_init": "TEXT"}, "prefix_tuning_init_text",
+         r"prefix_tuning_init_text=None is invalid: prefix_tuning_init='TEXT' "
+         r".*prefix_tuning_init_text='table-to-text:'"),
+        ({"prefix_tuning_init": "TEXT", "prefix_tuning_init_text": "  "}, "prefix_tuning_init_text",
+         r"prefix_tuning_init_text=None is invalid"),
+        ({"prefix_tuning_init": "TEXT", "prefix_tuning_init_text": "x", "init_weights": "zero"}, "prefix_tuning_init",
+         r"prefix_tuning_init='TEXT' is invalid: init_weights='zero' .*choose one"),
+        ({"prefix_tuning_init": "TEXT", "prefix_tuning_init_text": 5}, "prefix_tuning_init_text",
+         r"prefix_tuning_init_text=5 is invalid: .*text or None"),
+        ({"tokenizer_name_or_path": ["gpt2"]}, "tokenizer_name_or_path",
+         r"tokenizer_name_or_path=\['gpt2'\] is invalid: .*text or None"),
+    ],
+)
+def test_bad_prefixlab_values_name_field_value_and_fix(kwargs, field, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, **kwargs)
+    assert info.value.field == field
+
+
+def test_prefixlab_values_are_normalised_and_unused_ones_warned_about():
+    empty = PrefixTuningConfig(num_virtual_tokens=4, prefix_tuning_init_text="", tokenizer_name_or_path=" ")
+    assert (empty.prefix_tuning_init_text, empty.tokenizer_name_or_path) == (None, None)  # empty form boxes
+    assert PrefixTuningConfig(num_virtual_tokens=4, prefix_tuning_init="RANDOM").prefix_tuning_init is None
+    text = PrefixTuningConfig(num_virtual_tokens=4, prefix_tuning_init=peft.PromptTuningInit.TEXT,
+                              prefix_tuning_init_text="summarize")  # PEFT's prompt-tuning enum
+    assert text.prefix_tuning_init == "TEXT"
+    with pytest.warns(UserWarning, match=r"prefix_tuning_init_text set but prefix_tuning_init=None: .*ignored"):
+        PrefixTuningConfig(num_virtual_tokens=4, prefix_tuning_init_text="summarize")
+
+
+def test_prefixlab_fields_reach_to_dict_and_adapter_config_json_only_when_set(tmp_path):
+    plain = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    assert not set(PREFIXLAB_FIELDS) & set(plain.to_dict())
+    paper = PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, prefix_positions="paper",
+                               num_encoder_layers=2)
+    paper.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert {k: saved[k] for k in PREFIXLAB_FIELDS if k in saved} == {"prefix_positions": "paper",
+                                                                      "num_encoder_layers": 2}
+    assert PrefixTuningConfig.from_pretrained(tmp_path) == paper
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -7,6 +7,13 @@ validated in `__post_init__` and every error names the field, the value and what
 Sizes that come from the model (INFERRED_FIELDS) stay None until `infer_sizes` fills them from a
 `transformers.PretrainedConfig`, by the rules of PEFT's `_prepare_prompt_learning_config` except where
 those do not fit an encoder-decoder model's decoder (see `infer_sizes`).
+
+Two of the paper's methods that PEFT lacks are prefixlab-only fields (PREFIXLAB_FIELDS), in `to_dict`
+and adapter_config.json only when set, so a default config and its file are PEFT's key for key:
+`prefix_positions="paper"` (section 4.2: encoder-decoder models get a prefix in the encoder's
+self-attention, the decoder's self-attention and the decoder's cross-attention; the encoder's sizes
+are ENCODER_SIZE_FIELDS) and `prefix_tuning_init="TEXT"` (section 7.3: the prefix starts as the
+activations of real words). core/paper.py implements both.
 """
 
 from __future__ import annotations
@@ -24,6 +31,19 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"  # PEFT with safe_serialization=False
 SAVED_KEY = "prompt_embeddings"  # PEFT's single key in adapter_model.safetensors
 INFERRED_FIELDS = ("num_layers", "token_dim", "num_attention_heads", "num_transformer_submodules")
+# The encoder's attention sizes, filled from the model for prefix_positions="paper" only (the
+# encoder's self-attention prefix); None otherwise.
+ENCODER_SIZE_FIELDS = ("num_encoder_layers", "encoder_token_dim", "num_encoder_attention_heads")
+# Where an encoder-decoder model reads a prefix with prefix_positions="paper", in the order the
+# saved file and the parameter accounting list them. Each has its own PrefixEncoder.
+PAPER_POSITIONS = ("encoder_self_attention", "decoder_self_attention", "decoder_cross_attention")
+PAPER_SAVED_KEYS = {position: f"paper_prompt_embeddings.{position}" for position in PAPER_POSITIONS}
+# Architectures whose attention modules core/paper.py reaches (tests/test_paper_seq2seq.py).
+PAPER_MODEL_TYPES = ("t5", "mt5", "bart")
+# How a training run's prefix started: recorded in the spec, not in the saved adapter, whose weights
+# replace the initial prefix (so a text-initialised default adapter still loads in PEFT unwarned).
+INIT_FIELDS = ("prefix_tuning_init", "prefix_tuning_init_text", "tokenizer_name_or_path")
+PREFIXLAB_FIELDS = ("prefix_positions", *ENCODER_SIZE_FIELDS, *INIT_FIELDS)  # none of them in PEFT's config
 
 
 class ConfigError(ValueError):
@@ -193,6 +213,54 @@ class PrefixTuningConfig(PromptLearningConfig):
         default=False,
         metadata={"help": "Whether to project the prefix tokens"},
     )
+    # --- prefixlab only: written to adapter_config.json only when set (PREFIXLAB_FIELDS) ---
+    prefix_positions: Optional[Literal["paper"]] = field(
+        default=None,
+        metadata={
+            "help": "Encoder-decoder models only. None (PEFT's layout): the prefix reaches the decoder's "
+            "self-attention only, and the adapter loads in PEFT. 'paper' (Li & Liang 2021, section 4.2): separate "
+            "prefixes for the encoder's self-attention, the decoder's self-attention and the decoder's "
+            "cross-attention (T5, mT5, flan-T5, BART), saved in a format only prefixlab loads. Decoder-only models "
+            "have one position, the same in both."
+        },
+    )
+    num_encoder_layers: Optional[int] = field(
+        default=None,
+        metadata={"help": "prefix_positions='paper': number of the model's encoder layers (inferred from the model)"},
+    )
+    encoder_token_dim: Optional[int] = field(
+        default=None,
+        metadata={"help": "prefix_positions='paper': width of one token's key in the model's encoder "
+                          "self-attention, heads * head_dim (inferred from the model)"},
+    )
+    num_encoder_attention_heads: Optional[int] = field(
+        default=None,
+        metadata={"help": "prefix_positions='paper': the model's encoder attention heads (inferred from the model)"},
+    )
+    prefix_tuning_init: Optional[Literal["TEXT"]] = field(
+        default=None,
+        metadata={
+            "help": "How the prefix starts. None: at random (see init_weights). 'TEXT' (Li & Liang 2021, section "
+            "7.3): as the key/values the frozen model computes for prefix_tuning_init_text, real words such as "
+            "'table-to-text:', which helps most with little data; with prefix_projection the MLP's output layer "
+            "is solved so that the prefix it produces is exactly those."
+        },
+    )
+    prefix_tuning_init_text: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "prefix_tuning_init='TEXT': the text whose activations start the prefix, e.g. 'table-to-text:'. "
+            "Its tokens are repeated or cut to num_virtual_tokens (the paper uses as many virtual tokens as the "
+            "text has)."
+        },
+    )
+    tokenizer_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "prefix_tuning_init='TEXT': the tokenizer (Hub id or folder) for prefix_tuning_init_text; "
+            "leave empty when a tokenizer is passed to init_prefix_from_text, as the lab's trainer does."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.peft_type not in (None, PeftType.PREFIX_TUNING, "PREFIX_TUNING"):
@@ -205,10 +273,67 @@ class PrefixTuningConfig(PromptLearningConfig):
             _fail("prefix_projection", self.prefix_projection, "prefix_projection must be True or False")
         if self.init_weights not in (None, "zero"):
             _fail("init_weights", self.init_weights, "use None (random init) or 'zero'")
+        self._check_prefixlab_fields()
+
+    def _check_prefixlab_fields(self) -> None:
+        if self.prefix_positions not in (None, "paper"):
+            _fail("prefix_positions", self.prefix_positions,
+                  "use None (PEFT's layout: the decoder's self-attention only) or 'paper' (encoder self-attention, "
+                  "decoder self-attention and decoder cross-attention, Li & Liang 2021 section 4.2)")
+        for name in ENCODER_SIZE_FIELDS:
+            _check_positive_int(name, getattr(self, name))
+        if self.encoder_token_dim is not None and self.num_encoder_attention_heads is not None:
+            if self.encoder_token_dim % self.num_encoder_attention_heads:
+                _fail("encoder_token_dim", self.encoder_token_dim,
+                      f"encoder_token_dim must be divisible by num_encoder_attention_heads="
+                      f"{self.num_encoder_attention_heads} (heads * head_dim); fix one of them or leave both None "
+                      "to infer them")
+        init = getattr(self.prefix_tuning_init, "value", self.prefix_tuning_init)  # PEFT's PromptTuningInit too
+        if init not in (None, "TEXT", "RANDOM"):
+            _fail("prefix_tuning_init", init, "use None (random, see init_weights) or 'TEXT' (the activations of "
+                  "prefix_tuning_init_text)")
+        self.prefix_tuning_init = None if init == "RANDOM" else init  # PEFT's name for random init
+        for name in ("prefix_tuning_init_text", "tokenizer_name_or_path"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                _fail(name, value, f"{name} must be text or None")
+            if isinstance(value, str) and not value.strip():
+                setattr(self, name, None)  # an empty form box
+        if self.prefix_tuning_init == "TEXT":
+            if self.prefix_tuning_init_text is None:
+                _fail("prefix_tuning_init_text", None, "prefix_tuning_init='TEXT' starts the prefix from the "
+                      "activations of this text; give the text, e.g. prefix_tuning_init_text='table-to-text:', or "
+                      "set prefix_tuning_init=None")
+            if self.init_weights == "zero":
+                _fail("prefix_tuning_init", "TEXT", "init_weights='zero' starts the prefix at zero and "
+                      "prefix_tuning_init='TEXT' from a text's activations; choose one (set init_weights=None or "
+                      "prefix_tuning_init=None)")
+        else:
+            unused = [name for name in ("prefix_tuning_init_text", "tokenizer_name_or_path") if getattr(self, name)]
+            if unused:
+                warnings.warn(f"{', '.join(unused)} set but prefix_tuning_init=None: the prefix starts at random and "
+                              f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} ignored; set "
+                              "prefix_tuning_init='TEXT' to start it from the text", stacklevel=4)
+
+    @property
+    def is_paper_layout(self) -> bool:
+        """Prefixes in the encoder, decoder and cross-attention (prefix_positions='paper')."""
+        return self.prefix_positions == "paper"
 
     @property
     def is_filled(self) -> bool:
-        return all(getattr(self, name) is not None for name in INFERRED_FIELDS) and self.encoder_hidden_size is not None
+        needed = INFERRED_FIELDS + (ENCODER_SIZE_FIELDS if self.is_paper_layout else ())
+        return all(getattr(self, name) is not None for name in needed) and self.encoder_hidden_size is not None
+
+    def to_dict(self) -> dict:
+        """PEFT's fields, plus the prefixlab-only fields that are set: a config PEFT can express gives
+        PEFT's dict, and its adapter_config.json PEFT's keys (PEFT warns about keys it does not know).
+        The unset ones are None, which `from_dict` restores."""
+        data = super().to_dict()
+        for name in PREFIXLAB_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return data
 
 
 def read_config_file(directory: str) -> dict:
@@ -242,6 +367,7 @@ _HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "encoder_attention_h
 # num_attention_heads are the encoder's (T5 num_layers, BART encoder_layers / encoder_attention_heads).
 _DECODER_LAYER_KEYS = ("num_decoder_layers", "decoder_layers")  # T5 family, ProphetNet; BART family
 _DECODER_HEAD_KEYS = ("decoder_attention_heads", "num_decoder_attention_heads")  # BART family; ProphetNet
+_ENCODER_HEAD_KEYS = ("encoder_attention_heads", "num_heads", "num_attention_heads", "n_head")  # BART; T5; others
 
 
 def _model_config_dict(model_config) -> dict:
@@ -357,6 +483,7 @@ def infer_sizes(config: PrefixTuningConfig, model_config, task_type=None) -> Pre
     if config.num_transformer_submodules not in (None, submodules):
         raise _mismatch("num_transformer_submodules", config.num_transformer_submodules, submodules,
                         "its encoder-decoder layout")
+    positions, encoder_sizes = _paper_layout(config, model_config, data, is_seq2seq)
     return dataclasses.replace(
         config,
         task_type=given_task,
@@ -365,7 +492,53 @@ def infer_sizes(config: PrefixTuningConfig, model_config, task_type=None) -> Pre
         num_attention_heads=num_heads,
         num_transformer_submodules=submodules,
         encoder_hidden_size=config.encoder_hidden_size or token_dim,
+        prefix_positions=positions,
+        **encoder_sizes,
     )
+
+
+def _paper_layout(config: PrefixTuningConfig, model_config, data: dict, is_seq2seq: bool) -> tuple[Optional[str], dict]:
+    """(prefix_positions, the encoder's sizes) for `infer_sizes`.
+
+    A decoder-only model has one position, its self-attention, where PEFT's layout already is the
+    paper's: prefix_positions='paper' is then dropped with a warning. For an encoder-decoder model in
+    the paper's layout the encoder's sizes are filled (T5: num_layers, num_heads * d_kv; BART:
+    encoder_layers, encoder_attention_heads, d_model); given ones are checked in either layout.
+    """
+    given = {name: getattr(config, name) for name in ENCODER_SIZE_FIELDS}
+    if not is_seq2seq:
+        for name, value in given.items():
+            if value is not None:
+                _fail(name, value, f"the model ({type(model_config).__name__}) is decoder-only and has no encoder; "
+                      f"leave {name} None")
+        if config.is_paper_layout:
+            warnings.warn(f"prefix_positions='paper' is for encoder-decoder models; {type(model_config).__name__} is "
+                          "decoder-only, where the paper's prefix (every layer's self-attention) is PEFT's layout, "
+                          "so it is used", stacklevel=3)
+        return None, given
+    layers = getattr(model_config, "num_hidden_layers", None) or _first_key(data, _LAYER_KEYS)  # the encoder's
+    heads = _first_key(data, _ENCODER_HEAD_KEYS)
+    dim, dim_source = _model_token_dim(data, heads)
+    source = type(model_config).__name__
+    model_values = {  # field: (the model's value, the keys that give it, what gives it)
+        "num_encoder_layers": (layers, _LAYER_KEYS, f"{source}, the encoder's layer count,"),
+        "num_encoder_attention_heads": (heads, _ENCODER_HEAD_KEYS, f"{source}, the encoder's heads,"),
+        "encoder_token_dim": (dim, _HIDDEN_KEYS, f"{source}'s encoder ({dim_source})"),
+    }
+    if not config.is_paper_layout:  # PEFT's layout has no encoder prefix: given sizes are checked, none filled
+        for name, value in given.items():
+            if value is not None:
+                _fill_or_check(name, value, model_values[name][0], model_values[name][1], model_config,
+                               model_values[name][2])
+        return None, given
+    filled = {name: _fill_or_check(name, given[name], value, keys, model_config, what)
+              for name, (value, keys, what) in model_values.items()}
+    model_type = data.get("model_type")
+    if model_type not in PAPER_MODEL_TYPES:
+        _fail("prefix_positions", "paper", f"the paper's encoder-decoder layout is built for T5, mT5, flan-T5 and "
+              f"BART (model_type {', '.join(PAPER_MODEL_TYPES)}), not model_type={model_type!r}; use "
+              "prefix_positions=None (PEFT's layout)")
+    return "paper", filled
 
 
 def _num_layers(value: Optional[int], model_config, data: dict, is_seq2seq: bool) -> int:
@@ -421,12 +594,39 @@ def uses_projection(config: PrefixTuningConfig) -> bool:
     return config.prefix_projection and not config.inference_mode
 
 
+def paper_position_configs(config: PrefixTuningConfig) -> dict[str, PrefixTuningConfig]:
+    """prefix_positions='paper': each position's own prefix as a one-position config (PAPER_POSITIONS
+    order), whose num_layers / token_dim / num_attention_heads are that attention's: the encoder's for
+    its self-attention, the decoder's for its self- and cross-attention (cross-attention keys are the
+    decoder's heads over the encoder output). Layer i reads rows (2i, 2i+1) of each, without PEFT's
+    seq2seq row sharing (num_transformer_submodules=1 in these configs)."""
+    if not config.is_paper_layout:
+        raise ValueError("paper_position_configs needs prefix_positions='paper'")
+    require_filled(config)
+    for name in ENCODER_SIZE_FIELDS:
+        if getattr(config, name) is None:
+            raise ValueError(f"{name}=None: the encoder's prefix needs it; build the adapter through get_peft_model, "
+                             "which infers it from the model")
+    one = dict(num_transformer_submodules=1, prefix_positions=None)
+    encoder = dataclasses.replace(config, num_layers=config.num_encoder_layers, token_dim=config.encoder_token_dim,
+                                  num_attention_heads=config.num_encoder_attention_heads, **one)
+    decoder = dataclasses.replace(config, **one)
+    return {"encoder_self_attention": encoder, "decoder_self_attention": decoder, "decoder_cross_attention": decoder}
+
+
 def prefix_parameter_counts(config: PrefixTuningConfig) -> dict:
     """Parameter accounting of one adapter without building it (config must have its sizes filled).
 
-    trainable: what the optimiser updates; stored: what adapter_model.safetensors holds.
+    trainable: what the optimiser updates; stored: what adapter_model.safetensors holds. In the paper's
+    layout, the sum over its three positions, each with its own prefix (and MLP, of hidden size
+    encoder_hidden_size), as the paper's code builds them.
     """
     require_filled(config)
+    if config.is_paper_layout:
+        parts = {position: prefix_parameter_counts(c) for position, c in paper_position_configs(config).items()}
+        return {"trainable": sum(p["trainable"] for p in parts.values()),
+                "stored": sum(p["stored"] for p in parts.values()),
+                "formula": " + ".join(f"{position}: {p['formula']}" for position, p in parts.items())}
     n, d, out = config.num_virtual_tokens, config.token_dim, prefix_width(config)
     stored = n * out
     if uses_projection(config):

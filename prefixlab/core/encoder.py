@@ -3,6 +3,9 @@
 Li & Liang (2021), section 4.3: training the prefix directly is unstable, so it is reparameterised
 by a small MLP over a smaller embedding; after training only the MLP's output (the prefix) is kept.
 Same modules, parameter names, initialisation and saved tensor as PEFT's PrefixEncoder.
+
+PaperPrefixEncoder: the paper's encoder-decoder layout (section 4.2, prefix_positions='paper'), one
+PrefixEncoder per attention position, each with its own embedding and MLP as in the paper's code.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from torch import nn
 from .config import (  # noqa: F401 (prefix_parameter_counts: importable here, as before)
     SAVED_KEY,
     PrefixTuningConfig,
+    paper_position_configs,
     prefix_width,
     require_filled,
     prefix_parameter_counts,
@@ -76,3 +80,57 @@ class PrefixEncoder(nn.Module):
             )
         with torch.no_grad():
             self.embedding.weight.copy_(prompt_embeddings.to(self.embedding.weight))
+
+    @torch.no_grad()
+    def set_prefix_states(self, states: torch.Tensor) -> float:
+        """Make `prefix_states()` equal `states` (num_virtual_tokens, num_layers*2*token_dim); returns the
+        largest absolute difference left (0 without projection).
+
+        Without projection the embedding is the prefix: copied. With projection the prefix is
+        MLP(embedding), and the MLP's output layer is solved for it: given its input rows
+        h_i = tanh(W1 e_i + b1) (embedding and first layer as initialised), W2 and b2 are the
+        minimum-norm least-squares solution of [h_i, 1] [W2^T; b2] = states_i, in float64. That is
+        exact when the n rows [h_i, 1] are linearly independent (distinct embedding rows and
+        n <= encoder_hidden_size + 1; the random embedding makes them so), else the best fit. The
+        paper's code fits the MLP to the activations too (regression, 500 Adam steps); the closed
+        form is exact and takes no steps.
+        """
+        target = states.to(self.embedding.weight.device, torch.float64)
+        if tuple(target.shape) != (self.embedding.weight.shape[0], self._width()):
+            raise ValueError(f"prefix states of shape {tuple(states.shape)} do not fit this encoder "
+                             f"({self.embedding.weight.shape[0]}, {self._width()})")
+        if not self.prefix_projection:
+            self.embedding.weight.copy_(target.to(self.embedding.weight.dtype))
+            return 0.0
+        first, last = self.transform[0], self.transform[-1]
+        hidden = torch.tanh(self.embedding.weight.double() @ first.weight.double().T + first.bias.double())  # (n, h)
+        rows = torch.cat([hidden, hidden.new_ones(hidden.shape[0], 1)], dim=1)  # (n, h + 1)
+        solution = torch.linalg.pinv(rows) @ target  # (h + 1, out)
+        last.weight.copy_(solution[:-1].T.to(last.weight.dtype))  # (out, h)
+        last.bias.copy_(solution[-1].to(last.bias.dtype))
+        return (self.prefix_states().double() - target).abs().max().item()
+
+    def _width(self) -> int:
+        return self.transform[-1].out_features if self.prefix_projection else self.embedding.weight.shape[1]
+
+
+class PaperPrefixEncoder(nn.ModuleDict):
+    """prefix_positions='paper': a PrefixEncoder for each of PAPER_POSITIONS (encoder self-attention,
+    decoder self-attention, decoder cross-attention), with the sizes of `paper_position_configs`.
+    Parameter names: `<position>.embedding.weight`, `<position>.transform.*`. Every position has its
+    own embedding and MLP (of hidden size encoder_hidden_size), as in the paper's code (wte / wte_enc
+    / wte2 and their control_trans MLPs)."""
+
+    def __init__(self, config: PrefixTuningConfig):
+        configs = paper_position_configs(config)
+        super().__init__({position: PrefixEncoder(c) for position, c in configs.items()})
+        self.position_configs = configs
+        self.prefix_projection = uses_projection(config)
+
+    def position_states(self) -> dict[str, torch.Tensor]:
+        """Each position's prefix once: position -> (num_virtual_tokens, its num_layers*2*token_dim)."""
+        return {position: encoder.prefix_states() for position, encoder in self.items()}
+
+    def prefix_states(self) -> torch.Tensor:
+        """The three positions side by side, (num_virtual_tokens, total width): what the adapter stores."""
+        return torch.cat(list(self.position_states().values()), dim=1)

@@ -7,7 +7,9 @@ Each variant's loss is computed on its own rows exactly as the base computes it 
 own (mean cross-entropy over its target tokens), so the sum's gradient with respect to a variant's
 prefix parameters is that variant's own gradient: the variants share no trainable parameter and the
 base is frozen. An encoder-decoder's encoder reads no prefix in PEFT's layout, so it runs once on the
-batch and its output is repeated for each variant's decoder rows.
+batch and its output is repeated for each variant's decoder rows; in the paper's layout
+(prefix_positions='paper') each variant's encoder reads its own prefix, so the encoder too runs on the
+stacked rows, each with its variant's encoder prefix.
 
 `fusable` says why a set of adapters cannot share a pass (their prefixes differ in length, so their
 inputs would sit at different positions); the caller then runs one pass per variant.
@@ -34,6 +36,9 @@ def fusable(model, adapter_names: list[str]) -> Optional[str]:
                 "at different positions")
     if len({c.task_type for c in configs}) > 1:
         return "they differ in task_type"
+    if len({c.prefix_positions for c in configs}) > 1:
+        return ("they differ in prefix_positions (PEFT's layout and the paper's hand the model different caches); "
+                "run them one after another")
     return None
 
 
@@ -62,12 +67,20 @@ def fused_losses(model, adapter_names: list[str], input_ids: torch.Tensor, atten
 
     config = model.peft_config[adapter_names[0]]
     n, batch, variants = config.num_virtual_tokens, input_ids.shape[0], len(adapter_names)
-    kv = torch.stack([model.prefix_key_values(name) for name in adapter_names])  # (V, 2L, heads, n, head_dim)
-    kv = kv.unsqueeze(1).expand(-1, batch, *kv.shape[1:]).reshape(variants * batch, *kv.shape[1:])
+    prefixes = [model.prefix_key_values(name) for name in adapter_names]
+    if config.is_paper_layout:  # {position: (V*batch, 2L, heads, n, head_dim)}
+        kv = {position: _per_row([p[position] for p in prefixes], batch) for position in prefixes[0]}
+    else:
+        kv = _per_row(prefixes, batch)  # (V*batch, 2L, heads, n, head_dim)
     cache = build_prefix_cache(kv, variants * batch, config, stateless=model._stateless_cache())
     base = model.base_model
     causal = config.task_type == TaskType.CAUSAL_LM
-    if causal:
+    if config.is_paper_layout:
+        decoder_input_ids = base.prepare_decoder_input_ids_from_labels(labels=labels)  # labels shifted right
+        with model.encoder_prefix_scope(kv, config, variants * batch):
+            out = base(input_ids=input_ids.repeat(variants, 1), attention_mask=attention_mask.repeat(variants, 1),
+                       decoder_input_ids=decoder_input_ids.repeat(variants, 1), **{model._cache_kwarg: cache})
+    elif causal:
         out = base(input_ids=input_ids.repeat(variants, 1),
                    attention_mask=_prepend_ones(attention_mask.repeat(variants, 1), n), **{model._cache_kwarg: cache})
     else:
@@ -79,3 +92,10 @@ def fused_losses(model, adapter_names: list[str], input_ids: torch.Tensor, atten
                    attention_mask=attention_mask.repeat(variants, 1),
                    decoder_input_ids=decoder_input_ids.repeat(variants, 1), **{model._cache_kwarg: cache})
     return [_token_loss(logits, labels, causal) for logits in out.logits.split(batch)]
+
+
+def _per_row(prefixes: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """Each variant's prefix (2L, heads, n, head_dim) for each of its `batch` rows, variants in order:
+    (V*batch, 2L, heads, n, head_dim), expanded (no copy) before the one reshape."""
+    kv = torch.stack(prefixes)  # (V, 2L, heads, n, head_dim)
+    return kv.unsqueeze(1).expand(-1, batch, *kv.shape[1:]).reshape(len(prefixes) * batch, *kv.shape[1:])

@@ -8,6 +8,11 @@ prefix, as in PEFT). Layout, parameter names, counts and saved files are PEFT's.
 Unlike PEFT, the prefix (and the projection MLP) runs once per forward on num_virtual_tokens rows
 and is broadcast to the batch as a view, and `generate` computes it once per call and passes it in
 the cache, which also works on transformers versions that renamed `past_key_values` to `cache`.
+
+Two of the paper's methods PEFT lacks are here too (core/paper.py): prefix_positions='paper' gives an
+encoder-decoder's encoder self-attention, decoder self-attention and decoder cross-attention a prefix
+each (saved in prefixlab's own tensors, which PEFT cannot load), and `init_prefix_from_text` starts a
+prefix as the activations of real words (prefix_tuning_init='TEXT').
 """
 
 from __future__ import annotations
@@ -28,16 +33,21 @@ from transformers import DynamicCache, EncoderDecoderCache
 
 from .config import (
     CONFIG_NAME,
+    ENCODER_SIZE_FIELDS,
+    INIT_FIELDS,
     LEGACY_WEIGHTS_NAME,
+    PAPER_SAVED_KEYS,
     WEIGHTS_NAME,
     AdapterFileError,
+    ConfigError,
     PrefixTuningConfig,
     TaskType,
     infer_sizes,
     read_config_file,
 )
-from .encoder import SAVED_KEY, PrefixEncoder
+from .encoder import SAVED_KEY, PaperPrefixEncoder, PrefixEncoder
 from .hub import adapter_folder, load_options
+from .paper import AttentionHooks, EncoderPrefix, check_model, text_key_values, text_sequence
 
 _AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")  # device types torch.autocast accepts
 
@@ -112,14 +122,17 @@ def prefix_layers(kv: torch.Tensor, rows: int, config: PrefixTuningConfig) -> li
     return layers
 
 
-def build_prefix_cache(kv: torch.Tensor, batch_size: int, config: PrefixTuningConfig, stateless: bool = False):
+def build_prefix_cache(kv, batch_size: int, config: PrefixTuningConfig, stateless: bool = False):
     """A fresh cache holding the prefix for `batch_size` rows (caches are mutated by each forward).
 
     kv: (2L, heads, n, head_dim), or one per row (batch_size, 2L, heads, n, head_dim). Each row is
     broadcast with expand (no copy of our own; the cache makes the one copy it needs when it
     concatenates new tokens). `stateless`: a PrefixCache, which no forward changes (training with
-    gradient checkpointing).
+    gradient checkpointing). In the paper's layout kv is {position: such a tensor} and the decoder's
+    cache is returned (the encoder's prefix goes through `encoder_prefix`).
     """
+    if config.is_paper_layout:
+        return _paper_decoder_cache(kv, batch_size, stateless)
     layers = prefix_layers(kv, batch_size, config)
     cache_class = PrefixCache if stateless else DynamicCache
     if config.num_transformer_submodules == 2:
@@ -130,6 +143,36 @@ def build_prefix_cache(kv: torch.Tensor, batch_size: int, config: PrefixTuningCo
             return cache
         return EncoderDecoderCache(DynamicCache(layers), DynamicCache())
     return cache_class(layers)
+
+
+def _paper_decoder_cache(kv: dict, batch_size: int, stateless: bool) -> EncoderDecoderCache:
+    """The decoder's cache in the paper's layout: its self-attention prefix, and its cross-attention
+    prefix, to which the first decoder step appends the encoder output's keys and values (later
+    generation steps reuse the stored [prefix; encoder]). Layer i reads rows (2i, 2i+1) of each."""
+    self_layers, cross_layers = (_own_rows(kv[position], batch_size)
+                                 for position in ("decoder_self_attention", "decoder_cross_attention"))
+    if stateless:  # nothing stored: checkpointed layers replay with the same prefix
+        cache = EncoderDecoderCache(PrefixCache(self_layers), PrefixCache(cross_layers))
+        cache.is_updated = _NeverUpdated()
+    else:
+        cache = EncoderDecoderCache(DynamicCache(self_layers), DynamicCache(cross_layers))
+        # A pre-filled cross-attention cache reads as already computed; it is the prefix alone.
+        cache.is_updated = dict.fromkeys(range(len(cross_layers)), False)
+    return cache
+
+
+def _own_rows(kv: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Layer i's (key, value) = rows (2i, 2i+1) of kv (2L, heads, n, head_dim), broadcast to
+    `batch_size` rows, or of kv (batch_size, 2L, heads, n, head_dim), one per row."""
+    if kv.dim() == 4:
+        kv = kv.unsqueeze(0).expand(batch_size, *kv.shape)  # (batch, 2L, heads, n, head_dim)
+    return [(kv[:, 2 * i], kv[:, 2 * i + 1]) for i in range(kv.shape[1] // 2)]
+
+
+def encoder_prefix(kv: dict, batch_size: int, n: int) -> EncoderPrefix:
+    """What the attention hooks hand the encoder in the paper's layout for `batch_size` rows: its
+    prefix in a PrefixCache (the encoder runs once per call; nothing may be stored), and n."""
+    return EncoderPrefix(cache=PrefixCache(_own_rows(kv["encoder_self_attention"], batch_size)), n=n)
 
 
 def cache_kwarg_name(model: nn.Module) -> str:
@@ -200,14 +243,22 @@ def _checkpointable_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def _checkpointed(forward):
+def _checkpointed(forward, hooks: AttentionHooks):
     """`forward`, recomputed in backward instead of keeping its activations (torch.utils.checkpoint,
-    non-reentrant, RNG state kept so dropout repeats), whenever gradients are being recorded."""
+    non-reentrant, RNG state kept so dropout repeats), whenever gradients are being recorded. The
+    replay runs after the call has ended, so the encoder prefix the attention hooks apply during the
+    call (the paper's layout) is captured now and set again around the replay."""
     from torch.utils.checkpoint import checkpoint
 
     def wrapped(*args, **kwargs):
         if torch.is_grad_enabled():
-            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            current = hooks.current
+
+            def run(*a, **k):
+                with hooks.using(current):
+                    return forward(*a, **k)
+
+            return checkpoint(run, *args, use_reentrant=False, **kwargs)
         return forward(*args, **kwargs)
 
     wrapped.__wrapped__ = forward
@@ -232,7 +283,8 @@ class PrefixTuningModel(nn.Module):
     """A frozen base model with one or more named prefixes; one is active at a time.
 
     Attributes: base_model, peft_config {name: filled PrefixTuningConfig}, prompt_encoder
-    (ModuleDict {name: PrefixEncoder}), active_adapter.
+    (ModuleDict {name: PrefixEncoder, or PaperPrefixEncoder for prefix_positions='paper'}),
+    active_adapter.
     """
 
     def __init__(self, model: nn.Module, config: PrefixTuningConfig, adapter_name: str = "default"):
@@ -249,6 +301,10 @@ class PrefixTuningModel(nn.Module):
         self._adapters_disabled = False
         self._cache_kwarg = cache_kwarg_name(model)
         self._checkpointing = False
+        # The paper's layout reaches the encoder through hooks on its attention modules (core/paper.py),
+        # attached while an adapter in that layout exists.
+        self._hooks = AttentionHooks()
+        self._awaiting_text: set[str] = set()  # prefix_tuning_init='TEXT' adapters not yet initialised
         freeze(model)
         self.add_adapter(adapter_name, config)
         if take_over:
@@ -266,11 +322,21 @@ class PrefixTuningModel(nn.Module):
     # -- adapters ----------------------------------------------------------------------------
 
     def add_adapter(self, adapter_name: str, config: PrefixTuningConfig) -> None:
-        """Add a new prefix (not made active, as in PEFT). The config is copied and its sizes filled."""
+        """Add a new prefix (not made active, as in PEFT). The config is copied and its sizes filled.
+
+        prefix_tuning_init='TEXT' (and not inference_mode): with tokenizer_name_or_path the prefix
+        starts from the text at once (PEFT's prompt tuning loads its tokenizer the same way); without
+        it, `init_prefix_from_text` must be called before the adapter runs (until then its forward
+        raises, so that it never trains from a random start by mistake).
+        """
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter_name={adapter_name!r} already exists; pick another name or delete_adapter it")
         filled = infer_sizes(as_prefix_tuning_config(config), self.base_model.config)
-        encoder = PrefixEncoder(filled).to(self._encoder_device())
+        if filled.is_paper_layout:
+            check_model(self.base_model, filled.num_encoder_layers)
+            encoder = PaperPrefixEncoder(filled).to(self._encoder_device())
+        else:
+            encoder = PrefixEncoder(filled).to(self._encoder_device())
         try:  # the module name first: a name ModuleDict refuses must leave no half-added adapter
             self.prompt_encoder[adapter_name] = encoder
         except (KeyError, TypeError) as e:
@@ -278,6 +344,15 @@ class PrefixTuningModel(nn.Module):
                    str(adapter_name)) else "use letters, digits, '_' or '-'")
             raise ValueError(f"adapter_name={adapter_name!r} cannot name an adapter ({e.args[0]}); {fix}") from None
         self.peft_config[adapter_name] = filled
+        if filled.is_paper_layout:
+            self._hooks.attach(self.base_model)
+        if filled.prefix_tuning_init == "TEXT" and not filled.inference_mode:
+            self._awaiting_text.add(adapter_name)
+            if filled.tokenizer_name_or_path:
+                from transformers import AutoTokenizer
+
+                self.init_prefix_from_text(adapter_name,
+                                           tokenizer=AutoTokenizer.from_pretrained(filled.tokenizer_name_or_path))
 
     def set_adapter(self, adapter_name: str) -> None:
         self._check_adapter(adapter_name)
@@ -287,10 +362,16 @@ class PrefixTuningModel(nn.Module):
         self._check_adapter(adapter_name)
         if len(self.peft_config) == 1:
             raise ValueError(f"cannot delete {adapter_name!r}: it is the only adapter")
-        del self.peft_config[adapter_name]
-        del self.prompt_encoder[adapter_name]
+        self._remove_adapter(adapter_name)
         if self.active_adapter == adapter_name:
             self.active_adapter = next(iter(self.peft_config))
+
+    def _remove_adapter(self, adapter_name: str) -> None:
+        del self.peft_config[adapter_name]
+        del self.prompt_encoder[adapter_name]
+        self._awaiting_text.discard(adapter_name)
+        if not any(c.is_paper_layout for c in self.peft_config.values()):
+            self._hooks.detach()
 
     @property
     def active_peft_config(self) -> PrefixTuningConfig:
@@ -343,7 +424,7 @@ class PrefixTuningModel(nn.Module):
             raise ValueError(f"{type(self.base_model).__name__} has no transformers GradientCheckpointingLayer "
                              "blocks to checkpoint; train without gradient checkpointing")
         for layer in layers:
-            layer.forward = _checkpointed(layer.forward)
+            layer.forward = _checkpointed(layer.forward, self._hooks)
         self._checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
@@ -362,13 +443,103 @@ class PrefixTuningModel(nn.Module):
 
     # -- the prefix --------------------------------------------------------------------------
 
-    def prefix_key_values(self, adapter_name: Optional[str] = None) -> torch.Tensor:
-        """The adapter's prefix once, (num_layers*2, kv_heads, n, head_dim), in the base model's dtype."""
+    def prefix_key_values(self, adapter_name: Optional[str] = None):
+        """The adapter's prefix once, (num_layers*2, kv_heads, n, head_dim), in the base model's dtype.
+        In the paper's layout {position: that}, each position with its own sizes."""
         name = adapter_name or self.active_adapter
         self._check_adapter(name)
-        states = self.prompt_encoder[name].prefix_states()  # (n, num_layers*2*token_dim)
-        states = states.to(getattr(self.base_model, "dtype", states.dtype))
+        if name in self._awaiting_text:
+            config = self.peft_config[name]
+            raise ValueError(
+                f"adapter {name!r} has prefix_tuning_init='TEXT' but its prefix has not been set from "
+                f"{config.prefix_tuning_init_text!r} yet: call init_prefix_from_text({name!r}, tokenizer=...) (or pass "
+                "token_ids), or set tokenizer_name_or_path in its config")
+        encoder = self.prompt_encoder[name]
+        dtype = getattr(self.base_model, "dtype", None)
+        if isinstance(encoder, PaperPrefixEncoder):
+            return {position: prefix_key_values(states.to(dtype or states.dtype), encoder.position_configs[position])
+                    for position, states in encoder.position_states().items()}
+        states = encoder.prefix_states()  # (n, num_layers*2*token_dim)
+        states = states.to(dtype or states.dtype)
         return prefix_key_values(states, self.peft_config[name])
+
+    def encoder_prefix_scope(self, kv, config: PrefixTuningConfig, batch_size: int):
+        """A context in which the encoder (and the cross-attention masks) read the adapter's encoder
+        prefix, `kv` from `prefix_key_values` for `batch_size` encoder rows; nothing outside the
+        paper's layout."""
+        if not config.is_paper_layout:
+            return contextlib.nullcontext()
+        return self._hooks.using(encoder_prefix(kv, batch_size, config.num_virtual_tokens))
+
+    # -- real-word initialisation (Li & Liang 2021, section 7.3) ---------------------------------
+
+    @property
+    def adapters_awaiting_text_init(self) -> list[str]:
+        """Adapters with prefix_tuning_init='TEXT' whose prefix `init_prefix_from_text` has not set yet
+        (their forward raises until it has)."""
+        return [name for name in self.peft_config if name in self._awaiting_text]
+
+    def init_prefix_from_text(self, adapter_name: Optional[str] = None, token_ids=None, *, tokenizer=None,
+                              text: Optional[str] = None) -> dict:
+        """Set the adapter's prefix to the activations the frozen base model computes for a text
+        (section 7.3: real words such as "table-to-text:" are a much better start than random values
+        when data is scarce).
+
+        token_ids (a list or tensor of the text's ids), or a `tokenizer` with which `text` (default:
+        the config's prefix_tuning_init_text) is encoded without special tokens. The ids are repeated or
+        cut to num_virtual_tokens (`paper.text_sequence`; the paper makes the prefix as long as the
+        text) and the model runs once on them, in eval mode. The prefix becomes their key/values in the
+        adapter's layout: rows (2i, 2i+1) of a decoder-only model's layer i; PEFT's rows of an
+        encoder-decoder's decoder self-attention (where two layers share rows, PEFT's layout with an
+        even layer count, the lower layer's); in the paper's layout all three positions, from the model
+        reading the text as source and as decoder input. With prefix_projection the MLP's output layer
+        is solved so the prefix it produces equals them (PrefixEncoder.set_prefix_states).
+
+        Returns {"text_tokens", "virtual_tokens", "tokens" (the ids used), "max_abs_error" (of the
+        prefix against the activations: 0 without projection)}. A text encoded here is recorded in the
+        adapter's config (prefix_tuning_init='TEXT'); token ids alone leave the config as it is.
+        """
+        name = adapter_name or self.active_adapter
+        self._check_adapter(name)
+        config = self.peft_config[name]
+        text = text if text is not None else config.prefix_tuning_init_text
+        tokens = self._init_tokens(token_ids, tokenizer, text)
+        sequence = text_sequence(tokens, config.num_virtual_tokens)
+        activations = text_key_values(self.base_model, sequence, self._cache_kwarg,
+                                      self._hooks if config.is_paper_layout else None)
+        encoder = self.prompt_encoder[name]
+        if isinstance(encoder, PaperPrefixEncoder):
+            errors = [part.set_prefix_states(_flat_states(activations[position], encoder.position_configs[position]))
+                      for position, part in encoder.items()]
+        else:
+            layers = activations["decoder_self_attention" if config.is_paper_layout or self._is_seq2seq(name)
+                                 else "self_attention"]
+            errors = [encoder.set_prefix_states(_flat_states(layers, config, encoder.prefix_states().detach()))]
+        self._awaiting_text.discard(name)
+        if token_ids is None:  # the prefix is this text's: say so in the config (the saved file's metadata)
+            self.peft_config[name] = dataclasses.replace(config, prefix_tuning_init="TEXT",
+                                                         prefix_tuning_init_text=text)
+        return {"text_tokens": tokens.numel(), "virtual_tokens": config.num_virtual_tokens,
+                "tokens": sequence.tolist(), "max_abs_error": max(errors)}
+
+    def _init_tokens(self, token_ids, tokenizer, text: Optional[str]) -> torch.Tensor:
+        """The text's token ids as a 1-d tensor, checked."""
+        if token_ids is None:
+            if tokenizer is None:
+                raise ValueError("init_prefix_from_text needs token_ids, or a tokenizer to encode the text with")
+            if text is None or not text.strip():
+                raise ConfigError("prefix_tuning_init_text", f"prefix_tuning_init_text={text!r} is invalid: give the "
+                                  "text whose activations start the prefix, e.g. 'table-to-text:'")
+            token_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        tokens = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+        if tokens.numel() == 0:
+            raise ConfigError("prefix_tuning_init_text", f"prefix_tuning_init_text={text!r} is invalid: it has no "
+                              "tokens; give a text with at least one word")
+        vocab = self.base_model.get_input_embeddings().num_embeddings
+        if bool((tokens < 0).any()) or bool((tokens >= vocab).any()):
+            raise ValueError(f"token_ids {tokens.tolist()} are not all in [0, {vocab}), the base model's vocabulary; "
+                             "encode the text with the base model's tokenizer")
+        return tokens
 
     def get_prompt(self, batch_size: int, adapter_name: Optional[str] = None):
         """A fresh prefix cache for `batch_size` rows (PEFT's name)."""
@@ -391,6 +562,8 @@ class PrefixTuningModel(nn.Module):
 
         input_ids / attention_mask / labels: (batch, seq), as for the base model (no prefix positions
         in them). For seq2seq, decoder_attention_mask (batch, target_seq) is extended by the prefix.
+        In the paper's layout the encoder reads its prefix while it runs inside this call: given
+        encoder_outputs were computed without it.
         Returns the base model's output (logits (batch, seq, vocab), loss when labels are given).
         """
         if self._adapters_disabled:  # the base model's own forward, token_type_ids included (PEFT)
@@ -408,10 +581,12 @@ class PrefixTuningModel(nn.Module):
             kwargs["decoder_attention_mask"] = _prepend_ones(kwargs.get("decoder_attention_mask"), n)
         else:
             attention_mask = _prepend_ones(attention_mask, n)
-        kwargs[self._cache_kwarg] = self.get_prompt(batch_size, name)
-        return self.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels, **kwargs
-        )
+        kv = self.prefix_key_values(name)
+        kwargs[self._cache_kwarg] = build_prefix_cache(kv, batch_size, config, stateless=self._stateless_cache())
+        with self.encoder_prefix_scope(kv, config, batch_size):
+            return self.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels,
+                **kwargs)
 
     @torch.no_grad()
     def generate(
@@ -451,8 +626,11 @@ class PrefixTuningModel(nn.Module):
             kwargs["decoder_attention_mask"] = _prepend_ones(kwargs.get("decoder_attention_mask"), n)
         else:
             attention_mask = _prepend_ones(attention_mask, n)
-        kwargs[self._cache_kwarg] = self.get_prompt(rows, name)
-        return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        kv, config = self.prefix_key_values(name), self.peft_config[name]
+        kwargs[self._cache_kwarg] = build_prefix_cache(kv, rows, config)
+        # The encoder runs once, on the prompts before they are expanded to beams / return sequences.
+        with self.encoder_prefix_scope(kv, config, input_ids.shape[0]):
+            return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     # -- parameters --------------------------------------------------------------------------
 
@@ -479,18 +657,36 @@ class PrefixTuningModel(nn.Module):
     # -- save and load -----------------------------------------------------------------------
 
     def get_prompt_embedding_to_save(self, adapter_name: str) -> torch.Tensor:
-        """The projected prefix PEFT saves, (num_virtual_tokens, num_layers*2*token_dim), fp32 on CPU.
+        """The projected prefix PEFT saves, (num_virtual_tokens, num_layers*2*token_dim), fp32 on CPU
+        (in the paper's layout its three positions side by side).
 
         Computed in fp32 even when called under autocast (e.g. from a bf16 training loop): the
         projection MLP would otherwise run in half precision and only its output be upcast.
         """
-        self._check_adapter(adapter_name)
+        with self._full_precision(adapter_name):
+            return self.prompt_encoder[adapter_name].prefix_states().detach().float().cpu().contiguous()
+
+    def adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """What adapter_model.safetensors holds: PEFT's {"prompt_embeddings": (n, num_layers*2*token_dim)},
+        or in the paper's layout one tensor per position, {"paper_prompt_embeddings.<position>": (n,
+        that position's num_layers*2*token_dim)}: keys PEFT does not read (loading one in PEFT fails
+        with its KeyError 'prompt_embeddings'). fp32 on CPU."""
         encoder = self.prompt_encoder[adapter_name]
-        device_type = encoder.embedding.weight.device.type
+        if not isinstance(encoder, PaperPrefixEncoder):
+            return {SAVED_KEY: self.get_prompt_embedding_to_save(adapter_name)}
+        with self._full_precision(adapter_name):
+            return {PAPER_SAVED_KEYS[position]: states.detach().float().cpu().contiguous()
+                    for position, states in encoder.position_states().items()}
+
+    @contextlib.contextmanager
+    def _full_precision(self, adapter_name: str) -> Iterator[None]:
+        """No gradients and no autocast on the adapter's device."""
+        self._check_adapter(adapter_name)
+        device_type = next(self.prompt_encoder[adapter_name].parameters()).device.type
         no_autocast = (torch.autocast(device_type, enabled=False) if device_type in _AUTOCAST_DEVICES
                        else contextlib.nullcontext())
         with torch.no_grad(), no_autocast:
-            return encoder.prefix_states().detach().float().cpu().contiguous()
+            yield
 
     def save_pretrained(self, save_directory: str, safe_serialization: bool = True,
                         selected_adapters: Optional[list[str]] = None, is_main_process: bool = True,
@@ -523,15 +719,20 @@ class PrefixTuningModel(nn.Module):
         """One adapter's adapter_config.json and weights, in `out_dir` itself whatever its name (no
         model card; save_pretrained puts adapters other than "default" in subfolders)."""
         os.makedirs(out_dir, exist_ok=True)
-        tensors = {SAVED_KEY: self.get_prompt_embedding_to_save(adapter_name)}
+        tensors = self.adapter_tensors(adapter_name)
+        filled = self.peft_config[adapter_name]
         if safe_serialization:
-            save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
+            save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata=_weights_metadata(filled))
         else:
             torch.save(tensors, os.path.join(out_dir, LEGACY_WEIGHTS_NAME))
         from .card import base_model_name
 
         # A saved adapter holds only the projected prefix, hence inference_mode=True (as PEFT writes).
-        config = dataclasses.replace(self.peft_config[adapter_name], inference_mode=True,
+        # How the prefix started (INIT_FIELDS) is replaced by the saved prefix: it is kept in the
+        # weights file's metadata, not in adapter_config.json, which PEFT would warn about.
+        # PEFT's layout has no encoder prefix, so no encoder sizes either.
+        cleared = dict.fromkeys(INIT_FIELDS + (() if filled.is_paper_layout else ENCODER_SIZE_FIELDS))
+        config = dataclasses.replace(filled, inference_mode=True, **cleared,
                                      base_model_name_or_path=base_model_name(self, adapter_name) or None)
         config.save_pretrained(out_dir)
 
@@ -583,25 +784,55 @@ class PrefixTuningModel(nn.Module):
         try:
             self._load_weights(folder, adapter_name, read_on)
         except Exception:
-            del self.peft_config[adapter_name]
-            del self.prompt_encoder[adapter_name]
+            self._remove_adapter(adapter_name)
             raise
         if not is_trainable:
             self.eval()
 
     def _load_weights(self, model_id: str, adapter_name: str, read_on: torch.device) -> None:
-        tensor = _read_prompt_embeddings(model_id, read_on)
+        path, state = _read_weights(model_id, read_on)
         encoder = self.prompt_encoder[adapter_name]
-        if tuple(tensor.shape) != tuple(encoder.embedding.weight.shape):
-            raise AdapterFileError(
-                f"{model_id}: {SAVED_KEY} has shape {tuple(tensor.shape)} but this base model needs "
-                f"{tuple(encoder.embedding.weight.shape)} (num_virtual_tokens, num_layers*2*token_dim); the adapter "
-                "was saved for a different base model"
-            )
-        encoder.load_prompt_embeddings(tensor)
+        paper = isinstance(encoder, PaperPrefixEncoder)
+        expected = ({PAPER_SAVED_KEYS[position]: part for position, part in encoder.items()} if paper
+                    else {SAVED_KEY: encoder})
+        missing = sorted(set(expected) - set(state))
+        if missing:
+            raise AdapterFileError(f"{path}: no {missing[0]!r} tensor (found {sorted(state)}); " + (
+                "the adapter_config.json says prefix_positions='paper', whose file holds one tensor per position"
+                if paper else "saved with prefix_positions='paper'? its adapter_config.json should say so"
+                if any(key in state for key in PAPER_SAVED_KEYS.values()) else "not a prefix-tuning adapter"))
+        for key, part in expected.items():
+            tensor = state[key]
+            if tuple(tensor.shape) != tuple(part.embedding.weight.shape):
+                raise AdapterFileError(
+                    f"{model_id}: {key} has shape {tuple(tensor.shape)} but this base model needs "
+                    f"{tuple(part.embedding.weight.shape)} (num_virtual_tokens, num_layers*2*token_dim); the adapter "
+                    "was saved for a different base model"
+                )
+        for key, part in expected.items():
+            part.load_prompt_embeddings(state[key])
+        self._awaiting_text.discard(adapter_name)  # the saved prefix replaces any initial one
 
 
 _IGNORED_SAVE_KWARGS = frozenset({"state_dict", "save_embedding_layers"})
+
+
+def _flat_states(layers, config: PrefixTuningConfig, start: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-layer key/values (each (1, heads, n, head_dim)) written into a flat prefix (n,
+    num_layers*2*token_dim) at `layer_rows(config)`, over `start` (kept where no layer writes: PEFT's
+    unused seq2seq rows). Where two layers share rows (PEFT's seq2seq layout), the lower one's stay."""
+    n, heads = config.num_virtual_tokens, config.num_attention_heads
+    flat = (start.detach().float().clone() if start is not None
+            else torch.zeros(n, config.num_layers * 2 * config.token_dim))
+    rows = flat.view(n, config.num_layers * 2, heads, config.token_dim // heads)  # (n, 2L, heads, head_dim)
+    written: set[int] = set()
+    for (key_row, value_row), (key, value) in zip(layer_rows(config), layers):
+        if key_row in written:
+            continue
+        rows[:, key_row] = key[0].transpose(0, 1).to(rows)  # (heads, n, head_dim) -> (n, heads, head_dim)
+        rows[:, value_row] = value[0].transpose(0, 1).to(rows)
+        written.update((key_row, value_row))
+    return flat
 def _adapter_config(model_id: str, is_trainable: bool, model_config,
                     given: Optional[PrefixTuningConfig] = None) -> PrefixTuningConfig:
     """The saved config (or `given` instead), checked against the model it is loaded onto."""
@@ -628,7 +859,19 @@ def _adapter_config(model_id: str, is_trainable: bool, model_config,
     return config
 
 
-def _read_prompt_embeddings(model_id: str, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+def _weights_metadata(config: PrefixTuningConfig) -> dict[str, str]:
+    """The safetensors metadata: PEFT's {"format": "pt"}, and prefixlab's layout and initialisation."""
+    metadata = {"format": "pt"}
+    if config.is_paper_layout:
+        metadata["prefixlab.prefix_positions"] = "paper"
+    if config.prefix_tuning_init == "TEXT":
+        metadata["prefixlab.prefix_tuning_init"] = "TEXT"
+        metadata["prefixlab.prefix_tuning_init_text"] = config.prefix_tuning_init_text
+    return metadata
+
+
+def _read_weights(model_id: str, device: torch.device = torch.device("cpu")) -> tuple[str, dict]:
+    """(the file's path, its tensors) of the adapter in folder `model_id`."""
     path = os.path.join(model_id, WEIGHTS_NAME)
     legacy = os.path.join(model_id, LEGACY_WEIGHTS_NAME)
     try:
@@ -644,9 +887,7 @@ def _read_prompt_embeddings(model_id: str, device: torch.device = torch.device("
             )
     except (SafetensorError, OSError, RuntimeError) as err:
         raise AdapterFileError(f"{path}: cannot read the weights ({err}); re-save the adapter") from err
-    if SAVED_KEY not in state:
-        raise AdapterFileError(f"{path}: no {SAVED_KEY!r} tensor (found {sorted(state)}); not a prefix-tuning adapter")
-    return state[SAVED_KEY]
+    return path, state
 
 
 def as_prefix_tuning_config(config: Any) -> PrefixTuningConfig:
