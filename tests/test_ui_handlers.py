@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import pytest
+import torch
 from gradio.components.plot import PlotData
 from test_compare import write_run
 
@@ -122,6 +123,33 @@ def test_train_with_a_bad_value_names_the_field_and_submits_nothing(tmp_path):
     messages = lab.train(form)["actions.messages"]
     assert "**training.batch_size**" in messages and "got 0" in messages
     assert lab.queue.list_runs() == []
+
+
+def test_train_into_a_runs_folder_that_cannot_be_written_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from prefixlab.engine import runs
+
+    lab = _lab(tmp_path)
+    form = lab.initial_state("offline-tiny")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "atomic_write_json", full)
+    messages = lab.train(form)["actions.messages"]
+    from prefixlab.ui import values
+
+    assert messages.startswith("⚠️ cannot queue the run in " + values.md_text(str(lab.queue.runs_dir)))
+    assert "no space left on device" in messages
+    assert lab.queue.list_runs() == [] and not [p for p in lab.queue.runs_dir.iterdir() if p.name[0].isdigit()]
+
+
+def test_a_run_id_is_a_folder_name_never_a_path(tmp_path):
+    lab = _lab(tmp_path)
+    for bad in ("../x", "a/b", "..", ""):
+        with pytest.raises(ValueError, match="a run id is a folder name, not a path"):
+            lab.queue.run_dir(bad)
 
 
 def test_train_in_a_precision_the_machine_cannot_do_is_refused_beside_the_field(tmp_path, monkeypatch):
@@ -458,13 +486,19 @@ def test_a_reloaded_page_offers_presets_saved_since_start_up(tmp_path):
     assert refilled["form.training.max_steps"] == "123"
 
 
+def whole_adapter(folder) -> None:
+    """A folder the readers take for a whole checkpoint: a config object and complete weights."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    save_file({"prompt_embeddings": torch.zeros(2, 4)}, str(folder / "adapter_model.safetensors"))
+
+
 def test_zip_adapter_holds_the_peft_folder(tmp_path):
     lab = _lab(tmp_path)
     run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=True)
-    folder = run.adapter_path("projection")
-    folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text("{}")
-    (folder / "adapter_model.safetensors").write_bytes(b"x")
+    whole_adapter(run.adapter_path("projection"))
     zipped = lab.zip_adapter({"run.select": run.run_id, "compare.adapter": "projection"})["compare.adapter_file"]
     with zipfile.ZipFile(zipped) as archive:
         assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
@@ -478,8 +512,7 @@ def test_the_adapter_picked_stays_picked_while_the_run_saves_again(tmp_path):
     lab = _lab(tmp_path)
     run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=False)
     for variant in ("no_projection", "projection"):
-        (run.adapter_path(variant)).mkdir(parents=True)
-        (run.adapter_path(variant) / "adapter_config.json").write_text("{}")
+        whole_adapter(run.adapter_path(variant))
     adapters = _tick(lab, run.run_id, variant="projection")["compare.adapter"]
     assert adapters["choices"] == ["no_projection", "projection"] and adapters["value"] == "projection"
     assert _tick(lab, run.run_id, variant=None)["compare.adapter"]["value"] == "no_projection"

@@ -717,6 +717,8 @@ class JobQueue:
         return infos
 
     def run_dir(self, run_id: str) -> RunDir:
+        if not run_id or Path(run_id).name != run_id or run_id in (".", ".."):
+            raise ValueError(f"no run {run_id!r} in {self.runs_dir}; a run id is a folder name, not a path")
         path = self.runs_dir / run_id
         if not (path / "spec.json").exists():
             raise ValueError(f"no run {run_id!r} in {self.runs_dir}; list runs to see the ids")

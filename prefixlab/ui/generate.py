@@ -20,11 +20,15 @@ _cache: dict = {}  # {"key": (run path, adapters, their files' stamps), "model":
 
 
 def trained_variants(run: RunDir) -> list[str]:
-    """Variants whose adapter folder is complete (written atomically by the worker)."""
-    if not run.adapters_path.is_dir():
-        return []
-    return sorted(p.name for p in run.adapters_path.iterdir()
-                  if not p.name.startswith(".") and (p / "adapter_config.json").is_file())
+    """Variants with a whole saved adapter (RunDir.trained_variants: a copy a killed checkpoint
+    stranded is put back in place first)."""
+    return run.trained_variants()
+
+
+def _folder(run: RunDir, variant: str) -> Path:
+    """Where `variant`'s last whole checkpoint is (in place, or a stranded copy while a worker holds
+    the run and it cannot be moved)."""
+    return run.adapter_dir(variant) or run.adapter_path(variant)
 
 
 def _stamp(folder: Path) -> tuple:
@@ -42,7 +46,7 @@ def _load(run: RunDir, variants: list[str]):
     from prefixlab.core.model import PrefixTuningModel
     from prefixlab.engine.zoo import load_base
 
-    key = (str(run.path), tuple(variants), tuple(_stamp(run.adapter_path(v)) for v in variants))
+    key = (str(run.path), tuple(variants), tuple(_stamp(_folder(run, v)) for v in variants))
     if _cache.get("key") != key:
         if _cache.get("key", (None,))[0] == key[0]:  # the same run, newer adapters: keep its base
             spec, tokenizer, task_type = _cache["spec"], _cache["tokenizer"], _cache["task_type"]
@@ -51,9 +55,9 @@ def _load(run: RunDir, variants: list[str]):
             _cache.clear()
             spec = run.read_spec()
             base, tokenizer, task_type = load_base(spec.model.name)
-        model = PrefixTuningModel.from_pretrained(base, str(run.adapter_path(variants[0])), adapter_name=variants[0])
+        model = PrefixTuningModel.from_pretrained(base, str(_folder(run, variants[0])), adapter_name=variants[0])
         for name in variants[1:]:
-            model.load_adapter(str(run.adapter_path(name)), adapter_name=name)
+            model.load_adapter(str(_folder(run, name)), adapter_name=name)
         model.eval()
         _cache.update(key=key, model=model, tokenizer=tokenizer, task_type=task_type, spec=spec)
     return _cache

@@ -291,7 +291,10 @@ class Lab(RunHandlers):
             errors = checks.check(spec).errors
         if errors:
             return {MESSAGES: values.errors_markdown(errors)}
-        run_id = self.queue.submit(spec)
+        try:
+            run_id = self.queue.submit(spec)
+        except OSError as err:  # runs.RunsFolderError: a read-only or full runs folder, named, nothing left behind
+            return {MESSAGES: f"⚠️ {values.md_text(str(err))}"}
         status = values.status_markdown(run_id, self.queue.run_dir(run_id).read_status())
         return {MESSAGES: "", "run.select": gr.update(choices=self._run_ids(), value=run_id), "run.status": status}
 

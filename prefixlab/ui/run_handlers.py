@@ -318,7 +318,7 @@ class RunHandlers:
         if variant not in adapters:
             raise gr.Error(values.toast_text(f"run {run_id} has no saved adapter {variant!r} yet"))
         base = self.download_folder() / f"{run_id}-{variant}"
-        return {"compare.adapter_file": shutil.make_archive(str(base), "zip", root_dir=run.adapter_path(variant))}
+        return {"compare.adapter_file": shutil.make_archive(str(base), "zip", root_dir=run.adapter_dir(variant) or run.adapter_path(variant))}
 
 
 def _said(message: str) -> Values:
