@@ -63,7 +63,8 @@ def test_form_fields_cover_every_form_key_with_help():
     assert fields["training.max_steps"]["optional"] and fields["training.max_steps"]["type"] == "int"
     # The user edits the prefix length and MLP width; sizes come from the model, projection from variants.
     assert {f["key"] for f in prefix_form_fields()} == {
-        "prefix.num_virtual_tokens", "prefix.encoder_hidden_size", "prefix.init_weights"}
+        "prefix.num_virtual_tokens", "prefix.encoder_hidden_size", "prefix.init_weights", "prefix.prefix_positions",
+        "prefix.prefix_tuning_init", "prefix.prefix_tuning_init_text"}
 
 
 @pytest.mark.parametrize(

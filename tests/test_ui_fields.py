@@ -18,8 +18,10 @@ def _by_key():
 
 def test_every_user_facing_prefix_field_is_on_the_form_with_its_help():
     by_key = _by_key()
+    # The encoder's sizes are filled from the model (paper mode), the tokenizer is the model's.
     hidden = {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode",
-              "modules_to_save", "auto_mapping", "peft_version", "prefix_projection"}
+              "modules_to_save", "auto_mapping", "peft_version", "prefix_projection", "tokenizer_name_or_path",
+              "num_encoder_layers", "encoder_token_dim", "num_encoder_attention_heads"}
     for f in dataclasses.fields(PrefixTuningConfig):
         key = f"prefix.{f.name}"
         if f.name in hidden:

@@ -20,7 +20,7 @@ import typing
 import warnings
 from dataclasses import dataclass
 
-from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig
+from prefixlab.core.config import ENCODER_SIZE_FIELDS, INFERRED_FIELDS, PrefixTuningConfig
 from prefixlab.engine.spec import (
     DEFAULT_PREFIX,
     SECTIONS,
@@ -37,7 +37,8 @@ VARIANT_CHOICES = tuple(STANDARD_VARIANTS)
 # (INFERRED_FIELDS, task_type) or chosen per variant (prefix_projection).
 HIDDEN_PREFIX_FIELDS = frozenset(
     {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode",
-     "modules_to_save", "auto_mapping", "peft_version", "prefix_projection", *INFERRED_FIELDS}
+     "modules_to_save", "auto_mapping", "peft_version", "prefix_projection", "tokenizer_name_or_path",
+     *INFERRED_FIELDS, *ENCODER_SIZE_FIELDS}
 )
 
 # Keys whose control is a dropdown that also takes typed values (a Hub id, a file path, a column).
