@@ -212,3 +212,25 @@ def test_a_run_s_adapter_card_says_how_it_was_trained_and_holds_the_spec(tmp_pat
         assert 'base, tokenizer, _ = load_base("tiny-gpt2")  # prefixlab\'s offline preset' in _code(
             run.adapter_path(variant) / "README.md", block=1)
         assert str(tmp_path) not in text and str(Path(__file__).resolve().parents[1]) not in text
+
+
+def test_a_paper_layout_card_says_peft_cannot_load_it_and_counts_every_stored_value(tmp_path):
+    from safetensors.torch import load_file
+
+    from prefixlab import PrefixTuningConfig, PrefixTuningModel, get_peft_model
+    from prefixlab.engine.tiny import tiny_model
+
+    config = PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, prefix_positions="paper",
+                                prefix_tuning_init="TEXT", prefix_tuning_init_text="table-to-text:")
+    model = get_peft_model(tiny_model("t5"), config)
+    model.init_prefix_from_text("default", token_ids=[5, 6, 7, 8])
+    model.save_pretrained(str(tmp_path))
+    card = (tmp_path / "README.md").read_text()
+    assert "PEFT cannot load them" in card and "from peft import PeftModel" not in card
+    assert "library_name: peft" not in card
+    assert "from prefixlab import PrefixTuningModel" in card
+    assert 'started from the activations of "table-to-text:"' in card
+    stored = sum(t.numel() for t in load_file(str(tmp_path / "adapter_model.safetensors")).values())
+    assert f"| {stored:,} |" in card
+    loaded = PrefixTuningModel.from_pretrained(tiny_model("t5"), str(tmp_path))  # prefixlab loads what it says
+    assert loaded.peft_config["default"].is_paper_layout

@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import PreTrainedModel
 
-from .config import TaskType
+from .config import TaskType, prefix_parameter_counts
 
 TAGS = ("prefix-tuning", "prefixlab")
 PLACEHOLDER = "PATH_OR_REPO_ID"  # where the card's loading code names the folder or Hub repository
@@ -66,7 +66,8 @@ def write_model_card(model, folder: str, adapters: dict[str, str], training: str
         text = card_text(model, adapters, base, on_hub) + (f"\n{training.strip()}\n" if training.strip() else "")
         card = ModelCard(f"---\n{ModelCardData().to_yaml()}\n---\n\n{text}")
     data = card.data
-    data.library_name = "peft"
+    paper = any(model.peft_config[name].is_paper_layout for name in adapters)
+    data.library_name = None if paper else "peft"  # PEFT cannot load the paper's seq2seq layout
     tags = set(data.tags or []) | set(TAGS)
     if isinstance(model.get_base_model(), PreTrainedModel):
         tags.add("transformers")
@@ -139,13 +140,17 @@ def card_text(model, adapters: dict[str, str], base: BaseModel, on_hub: bool) ->
     first = next(iter(adapters))
     seq2seq = model.peft_config[first].task_type == TaskType.SEQ_2_SEQ_LM
     auto = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
-    rows = []
+    rows, notes = [], []
     for name, where in adapters.items():
         cfg = model.peft_config[name]
-        stored = cfg.num_virtual_tokens * cfg.num_layers * 2 * cfg.token_dim
+        stored = prefix_parameter_counts(cfg)["stored"]
         how = (f"the projection MLP (hidden size {cfg.encoder_hidden_size}); the prefix it produces is stored"
                if cfg.prefix_projection else "the prefix trained directly")
         rows.append(f"| `{name}` | `{where}` | {cfg.num_virtual_tokens} | {cfg.num_layers} | {stored:,} | {how} |")
+        if cfg.prefix_tuning_init == "TEXT":
+            notes.append(f"`{name}`'s prefix started from the activations of {json.dumps(cfg.prefix_tuning_init_text)} "
+                         "(Li & Liang 2021, section 7.3).")
+    paper = [name for name in adapters if model.peft_config[name].is_paper_layout]
     kind = {HUB: "", FOLDER: " (a local folder)", PRESET: " (a prefixlab offline preset)"}.get(base.kind, "")
     named = f"`{base.name}`{kind}" if base.name else "a base model"
     imports, load = _base_lines(base, auto, tokenizer=False)
@@ -160,16 +165,7 @@ def card_text(model, adapters: dict[str, str], base: BaseModel, on_hub: bool) ->
              "": " and the base model it was trained on in place of `BASE_MODEL`"}.get(base.kind, "")
     preset = (" The preset's weights ship with prefixlab: run this in a prefixlab checkout (or after "
               "`pip install -e .` there).") if base.kind == PRESET else ""
-    return "\n".join([
-        f"# Prefix-tuning adapter for {named}", "",
-        "Prefix tuning ([Li & Liang 2021](https://arxiv.org/abs/2101.00190)) of "
-        + (f"the frozen {named}" if base.name else "a frozen base model")
-        + ": the model reads a trained key/value prefix at every layer. Saved by prefixlab in PEFT's format.", "",
-        "| adapter | folder | virtual tokens | layers | stored parameters | trained with |",
-        "|---|---|---|---|---|---|", *rows, "",
-        f"Load it with PEFT, with this folder or Hub repository in place of `{PLACEHOLDER}`{where}"
-        + " (prefixlab's `PrefixTuningModel` takes the same calls):" + preset, "",
-        "```python", *peft_code, "```", "",
+    generate_section = [
         "## Generate", "",
         "PEFT's model scores text with the prefix (its forward, as above), but PEFT 0.21's `generate` loses the "
         "prefix with transformers 5.24 and later (it hands the model the prefix as the deprecated "
@@ -177,4 +173,25 @@ def card_text(model, adapters: dict[str, str], base: BaseModel, on_hub: bool) ->
         "model alone would. prefixlab's `PrefixTuningModel` (from the prefixlab checkout; `pip install -e .` "
         "there) loads the adapter with the same call and generates with the prefix on every version of "
         "transformers:", "",
-        "```python", *ours_code, "```", ""])
+        "```python", *ours_code, "```", ""]
+    if paper:  # PEFT's files cannot hold it: prefixlab's code only
+        intro = (f"Adapters {', '.join(f'`{n}`' for n in paper)} hold prefixes for the encoder's self-attention, the "
+                 "decoder's self-attention and the decoder's cross-attention (Li & Liang 2021, section 4.2), "
+                 "stored as `paper_prompt_embeddings.<position>`. PEFT cannot load them (PEFT's prefix reaches the "
+                 "decoder's self-attention only, and it fails on these files with KeyError 'prompt_embeddings'); "
+                 f"load them with prefixlab, with this folder or Hub repository in place of `{PLACEHOLDER}`{where}:")
+        loading = [intro + preset, "", "```python", *ours_code, "```", ""]
+    else:
+        loading = [f"Load it with PEFT, with this folder or Hub repository in place of `{PLACEHOLDER}`{where}"
+                   + " (prefixlab's `PrefixTuningModel` takes the same calls):" + preset, "",
+                   "```python", *peft_code, "```", ""]
+    return "\n".join([
+        f"# Prefix-tuning adapter for {named}", "",
+        "Prefix tuning ([Li & Liang 2021](https://arxiv.org/abs/2101.00190)) of "
+        + (f"the frozen {named}" if base.name else "a frozen base model")
+        + ": the model reads a trained key/value prefix at every layer. Saved by prefixlab"
+        + (" (the paper's encoder-decoder layout)." if paper else " in PEFT's format."), "",
+        "| adapter | folder | virtual tokens | layers | stored parameters | trained with |",
+        "|---|---|---|---|---|---|", *rows, "", *([" ".join(notes), ""] if notes else []),
+        *loading,
+        *([] if paper else generate_section)])
