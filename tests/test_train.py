@@ -6,6 +6,7 @@ Subprocess behaviour (signals, the queue, PEFT loading) is in tests/test_worker_
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -363,3 +364,22 @@ def test_generate_outputs_fills_exactly_the_room_left_and_refuses_one_more_token
     monkeypatch.setattr(train_module, "check_generation_room", lambda *args: None)
     with pytest.raises(IndexError):
         generate_outputs(model, tokenizer, task_type, spec, source, ["v"], "cpu")
+
+def test_a_text_initialised_prefix_starts_from_the_text_in_the_worker(tmp_path):
+    """prefix_tuning_init="TEXT": the worker sets each variant's prefix from the frozen model's
+    activations of the text (the tokenizer is the run's), before the first evaluation."""
+    def run_with(prefix: dict, name: str) -> RunDir:
+        document = json.loads(tiny_spec(max_steps=2, eval_interval=2).to_json())
+        document["prefix"].update(prefix)
+        run = start(tmp_path, ExperimentSpec.from_dict(document), name)
+        assert run_worker(run.path, progress=False) == DONE, run.read_status()["error"]
+        return run
+
+    text = run_with({"prefix_tuning_init": "TEXT", "prefix_tuning_init_text": "table-to-text:"}, "text")
+    log = text.log_path.read_text()
+    for variant in ("no_projection", "projection"):
+        assert f"variant {variant}: prefix from the activations of 'table-to-text:'" in log
+    random = run_with({}, "random")
+    first_eval = [[m["eval_loss"] for m in r.read_metrics() if "eval_loss" in m and m["step"] == 0]
+                  for r in (text, random)]
+    assert first_eval[0] != first_eval[1]  # a different starting prefix

@@ -357,6 +357,11 @@ class Job:
                 model = get_peft_model(base, config, adapter_name=name)
             else:
                 model.add_adapter(name, config)
+        for name in model.adapters_awaiting_text_init:  # prefix_tuning_init="TEXT" (Li & Liang 2021, sec. 7.3)
+            done = model.init_prefix_from_text(name, tokenizer=self.tokenizer)
+            self.say(f"variant {name}: prefix from the activations of "
+                     f"{model.peft_config[name].prefix_tuning_init_text!r} ({done['text_tokens']} tokens -> "
+                     f"{done['virtual_tokens']} virtual tokens, max abs error {done['max_abs_error']:.1e})")
         return model
 
     def _optimizer(self, model, name: str):
