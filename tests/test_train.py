@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prefixlab import PrefixTuningModel, get_peft_model
-from prefixlab.engine.spec import ExperimentSpec, TrainingSpec
+from prefixlab.engine.spec import ExperimentSpec, SpecError, TrainingSpec
 from prefixlab.engine.runs import CANCELLED, DONE, FAILED, RunDir
 from prefixlab.engine.tiny import tiny_model
 from prefixlab.engine.devices import mixed_precision_for, training_device_type
@@ -383,3 +383,46 @@ def test_a_text_initialised_prefix_starts_from_the_text_in_the_worker(tmp_path):
     first_eval = [[m["eval_loss"] for m in r.read_metrics() if "eval_loss" in m and m["step"] == 0]
                   for r in (text, random)]
     assert first_eval[0] != first_eval[1]  # a different starting prefix
+
+
+def test_the_fine_tuning_baseline_trains_its_own_copy_beside_the_prefixes(tmp_path, monkeypatch):
+    """variants [..., "fine_tune"]: full fine-tuning of the same base on the same batches, on its own
+    copy of the weights and its own learning rate; the prefix variants' frozen base stays
+    bit-identical while the copy changes; its counts are every parameter; its outputs are sampled."""
+    from transformers import AutoModelForCausalLM
+
+    jobs = []
+    original_train = Job.train
+    monkeypatch.setattr(Job, "train", lambda self: (jobs.append(self), original_train(self))[1])
+    document = json.loads(tiny_spec(max_steps=3, eval_interval=3, fine_tune_learning_rate=1e-3).to_json())
+    document["variants"] = ["no_projection", "projection", "fine_tune"]
+    run = start(tmp_path, ExperimentSpec.from_dict(document))
+    before = {n: p.detach().clone() for n, p in tiny_model("gpt2").named_parameters()}
+    assert run_worker(run.path, progress=False) == DONE, run.read_status()["error"]
+    job = jobs[0]
+    frozen = dict(job.peft.base_model.named_parameters())
+    assert all(torch.equal(frozen[n], before[n]) for n in before)  # the prefixes' base: untouched
+    tuned = dict(job.accelerator.unwrap_model(job.variants[2].model).named_parameters())
+    assert any(not torch.equal(tuned[n], before[n]) for n in before)  # the copy trained
+    assert job.variants[2].optimizer.param_groups[0]["initial_lr"] == 1e-3
+    summary = run.read_summary()["variants"]
+    total = sum(p.numel() for p in before.values())
+    assert (summary["fine_tune"]["trainable"], summary["fine_tune"]["stored"], summary["fine_tune"]["total"]) == (
+        total, total, total)
+    # Its own weights plus AdamW's two moments, fp32: 3 x 4 bytes a parameter (tied embeddings once),
+    # and AdamW's 4-byte step count per parameter tensor.
+    assert summary["fine_tune"]["train_state_bytes"] == 3 * 4 * total + 4 * len(before)
+    assert summary["no_projection"]["train_state_bytes"] == 3 * 4 * summary["no_projection"]["trainable"] + 4
+    assert {m["variant"] for m in run.read_metrics() if "eval_loss" in m} == {"no_projection", "projection",
+                                                                              "fine_tune"}
+    assert all("fine_tune" in s["outputs"] for s in run.read_samples())
+    assert run.trained_models() == ["fine_tune"] and run.trained_variants() == ["no_projection", "projection"]
+    saved = AutoModelForCausalLM.from_pretrained(run.model_path("fine_tune"))
+    assert all(torch.equal(p, tuned[n]) for n, p in saved.named_parameters())
+
+
+def test_the_baseline_is_beside_prefix_variants_not_alone():
+    with pytest.raises(SpecError, match="choose at least one prefix variant"):
+        ExperimentSpec.from_dict({"variants": ["fine_tune"]})
+    with pytest.raises(SpecError, match="fine_tune_learning_rate: must be > 0"):
+        ExperimentSpec.from_dict({"training": {"fine_tune_learning_rate": 0}})

@@ -30,7 +30,7 @@ def test_every_user_facing_prefix_field_is_on_the_form_with_its_help():
         assert key in by_key, f"{key} missing from the page"
         assert f.metadata["help"] in by_key[key].help
     # prefix_projection is chosen through the variants (off / on / both side by side).
-    assert by_key["experiment.variants"].choices == ("no_projection", "projection")
+    assert by_key["experiment.variants"].choices == ("no_projection", "projection", "fine_tune")
     assert by_key["experiment.variants"].kind == "multi"
     assert isinstance(component_for(by_key["experiment.variants"]), gr.CheckboxGroup)
 

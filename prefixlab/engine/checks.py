@@ -32,10 +32,15 @@ class Checked:
     errors: dict[str, str] = field(default_factory=dict)
     filled: dict[str, PrefixTuningConfig] = field(default_factory=dict)
     model_name: str = ""
+    fine_tune: str | None = None  # the fine-tuning baseline's variant name, when the spec has one
 
     def rows(self) -> list[dict]:
-        """Per variant: trainable, total, trainable %, stored, formula (exact, without weights)."""
-        return [{"variant": name, **variant_accounting(self.model_name, config)} for name, config in self.filled.items()]
+        """Per variant: trainable, total, trainable %, stored, formula (exact, without weights); the
+        fine-tuning baseline's row last (every parameter of its copy of the base)."""
+        rows = [{"variant": name, **variant_accounting(self.model_name, config)} for name, config in self.filled.items()]
+        if self.fine_tune and self.filled:
+            rows.append({"variant": self.fine_tune, **fine_tune_accounting(self.model_name)})
+        return rows
 
 
 def check(spec: ExperimentSpec, *, model_config=None, prompt_lengths: list[int] | None = None,
@@ -47,7 +52,7 @@ def check(spec: ExperimentSpec, *, model_config=None, prompt_lengths: list[int] 
     prompt_lengths: the generation prompts' token counts, when known (the worker); otherwise the
     new tokens are checked after the shortest prompt. data=False skips the task data (the worker
     reads it itself); machine=False skips the precision this machine can train in."""
-    out = Checked(model_name=spec.model.name)
+    out = Checked(model_name=spec.model.name, fine_tune=spec.fine_tune.name if spec.fine_tune else None)
     if machine:
         out.errors.update(precision_errors(spec))
     try:
@@ -58,11 +63,13 @@ def check(spec: ExperimentSpec, *, model_config=None, prompt_lengths: list[int] 
         facts = None
     if facts is not None:
         for i, v in enumerate(spec.variants):
+            if not v.is_prefix:
+                continue
             try:
                 out.filled[v.name] = infer_sizes(v.prefix, facts.config, facts.task_type)
             except ConfigError as err:
                 out.errors.setdefault(spec.prefix_key(i, err.field), str(err))
-        if len(out.filled) == len(spec.variants):
+        if len(out.filled) == len(spec.prefix_variants):
             causal = TaskType(facts.task_type) == TaskType.CAUSAL_LM
             out.errors.update(position_errors(spec, facts.position_limit, prompt_lengths, causal))
         else:
@@ -88,6 +95,14 @@ def variant_accounting(model_name: str, filled: PrefixTuningConfig) -> dict:
     return {"trainable": counts["trainable"], "total": total,
             "trainable %": round(100.0 * counts["trainable"] / total if total else 0.0, 4),
             "stored": counts["stored"], "formula": counts["formula"]}
+
+
+def fine_tune_accounting(model_name: str) -> dict:
+    """The fine-tuning baseline's counts: every parameter of its own copy of the base trains and is
+    stored (the paper's comparison: prefix tuning keeps about 0.1% of that)."""
+    total = count_base_parameters(model_name)
+    return {"trainable": total, "total": total, "trainable %": 100.0, "stored": total,
+            "formula": "every parameter of a copy of the base (full fine-tuning)"}
 
 
 def generation_room(limit: int, prefix: int, prompt_len: int, causal: bool) -> int:
@@ -119,9 +134,10 @@ def position_errors(spec: ExperimentSpec, limit: int | None, prompt_lengths: lis
     (zoo.position_limit; None: no limit). The prefix takes the first positions, so a training example
     gets `limit - num_virtual_tokens`; so do the new tokens after a one-token prompt (the last new
     token is never fed back), or after the longest of `prompt_lengths` when they are known."""
-    if limit is None:
+    if limit is None or not spec.prefix_variants:
         return {}
-    longest = max(range(len(spec.variants)), key=lambda i: spec.variants[i].prefix.num_virtual_tokens)
+    indices = [i for i, v in enumerate(spec.variants) if v.is_prefix]
+    longest = max(indices, key=lambda i: spec.variants[i].prefix.num_virtual_tokens)
     prefix = spec.variants[longest].prefix.num_virtual_tokens
     model = spec.model.name
     if prefix + 1 > limit:

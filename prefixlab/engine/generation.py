@@ -57,8 +57,11 @@ def check_prompt(prompt: str) -> None:
 
 @torch.no_grad()
 def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, source: str,
-                     adapter_names: list[str], device, *, limit_prompt: bool = True) -> dict[str, str]:
-    """{"base": text, <adapter>: text, ...} for one source, the base model without any prefix first.
+                     adapter_names: list[str], device, *, limit_prompt: bool = True,
+                     models: dict | None = None) -> dict[str, str]:
+    """{"base": text, <adapter>: text, ..., <model>: text} for one source, the base model without any
+    prefix first, then each adapter, then each of `models` (name -> a transformers model: the
+    fine-tuning baseline's own copy of the base).
 
     One prompt at a time, so an output never depends on which other prompts share its batch; the
     prompt is built and truncated exactly as in training (data.encode_prompts). A source over
@@ -88,4 +91,6 @@ def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, sou
     for name in adapter_names:
         peft_model.set_adapter(name)
         outputs[name] = text(peft_model)
+    for name, model in (models or {}).items():
+        outputs[name] = text(model)
     return outputs

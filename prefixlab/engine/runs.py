@@ -440,6 +440,7 @@ class RunDir:
         self.summary_path = self.path / "summary.json"
         self.log_path = self.path / "log.txt"
         self.adapters_path = self.path / "adapters"
+        self.models_path = self.path / "models"  # whole models: the fine-tuning baseline's copy
         self.cancel_path = self.path / "cancel"  # a stop request, for a worker not yet listening
 
     def cancel_requested(self) -> bool:
@@ -462,6 +463,18 @@ class RunDir:
     def trained_variants(self) -> list[str]:
         """Every variant with a whole saved adapter, sorted; stranded copies repaired (adapter_dir)."""
         return [v for v in adapter_variants(self.adapters_path) if self.adapter_dir(v) is not None]
+
+    def model_path(self, variant: str) -> Path:
+        """Where the worker saves the whole model of `variant` (the fine-tuning baseline)."""
+        return self.models_path / variant
+
+    def trained_models(self) -> list[str]:
+        """Variants with a whole saved model (the fine-tuning baseline), sorted: a config.json and
+        complete weights."""
+        if not self.models_path.is_dir():
+            return []
+        return sorted(p.name for p in self.models_path.iterdir() if not p.name.startswith(".")
+                      and (p / "config.json").is_file() and _safetensors_complete(p / "model.safetensors"))
 
     # readers
     def read_status(self) -> dict:

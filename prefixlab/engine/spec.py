@@ -40,6 +40,9 @@ STANDARD_VARIANTS: dict[str, dict] = {
     "projection": {"prefix_projection": True},
 }
 DEFAULT_VARIANTS = ("no_projection", "projection")
+# The paper's baseline (Li & Liang 2021, sec. 6): the same base fully fine-tuned on the same batches,
+# on a copy of its weights, beside the prefix variants. Not a prefix: a variant of kind "fine_tune".
+FINE_TUNE = "fine_tune"
 # The default spec's shared prefix: the paper's table-to-text prefix length (Li & Liang 2021, sec. 5).
 DEFAULT_PREFIX = {"num_virtual_tokens": 10}
 
@@ -163,6 +166,11 @@ class TrainingSpec(_Section):
         metadata={"help": "auto (bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU), "
                           "fp32, bf16 or fp16.", "choices": PRECISIONS},
     )
+    fine_tune_learning_rate: float = field(
+        default=5e-5,
+        metadata={"help": "Peak AdamW learning rate of the fine_tune baseline variant (the paper fine-tunes with "
+                          "5e-5); the same warmup and decay as the prefixes."},
+    )
     fused: bool = field(
         default=True,
         metadata={"help": "Train every variant in one batched pass of the frozen base (each variant's rows read "
@@ -179,6 +187,9 @@ class TrainingSpec(_Section):
         if not self.learning_rate > 0:
             problems.add("training.learning_rate",
                          f"must be > 0, got {self.learning_rate!r}; the paper uses 5e-5 to 8e-5")
+        if not self.fine_tune_learning_rate > 0:
+            problems.add("training.fine_tune_learning_rate",
+                         f"must be > 0, got {self.fine_tune_learning_rate!r}; the paper fine-tunes with 5e-5")
         if not self.num_epochs > 0:
             problems.add("training.num_epochs", f"must be > 0, got {self.num_epochs!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length",
@@ -274,17 +285,25 @@ SECTIONS: dict[str, type] = {
 
 @dataclass
 class VariantSpec:
-    """One variant: its name, what it changes in the shared prefix, and the resulting config."""
+    """One variant: its name, what it changes in the shared prefix, and the resulting config; or, of
+    kind "fine_tune", the full fine-tuning baseline (its prefix is the shared one, unused)."""
 
     name: str = field(metadata={"help": "Variant name: a folder under adapters/ and a curve label."})
     prefix: PrefixTuningConfig = field(metadata={"help": "This variant's prefix-tuning configuration."})
     changes: dict = field(default_factory=dict, metadata={"help": "PrefixTuningConfig fields this variant sets "
                                                                    "over the shared prefix."})
+    kind: str = field(default="prefix", metadata={"help": "prefix, or fine_tune (the full fine-tuning baseline)."})
 
     @property
     def standard(self) -> bool:
-        """Named as a standard variant and changing exactly what that one changes."""
+        """Named as a standard variant (or the baseline) and changing exactly what that one changes."""
+        if self.kind == FINE_TUNE:
+            return True
         return STANDARD_VARIANTS.get(self.name) == self.changes
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.kind == "prefix"
 
 
 @dataclass
@@ -321,7 +340,12 @@ class ExperimentSpec:
             elif _module_dict_attribute(name):
                 problems.add(f"variants[{i}].name", f"{name!r} is the name of a torch.nn.ModuleDict attribute, "
                                                     "which cannot name an adapter; rename it")
+        if self.variants and not self.prefix_variants:
+            problems.add("variants", f"{FINE_TUNE} is the baseline the prefix variants are measured against; choose "
+                                     f"at least one prefix variant ({', '.join(STANDARD_VARIANTS)}) beside it")
         for i, v in enumerate(self.variants):
+            if not v.is_prefix:
+                continue
             if v.prefix.num_virtual_tokens is None:
                 problems.add(self.prefix_key(i, "num_virtual_tokens"),
                              "is empty; set the prefix length, e.g. 10 (the paper's table-to-text value)")
@@ -378,7 +402,7 @@ class ExperimentSpec:
             shared_values = dict(DEFAULT_PREFIX)
         shared_values = _prefix_values(shared_values, lambda name: f"prefix.{name}", problems)
         shared = None if shared_values is None else _prefix_config(shared_values, lambda name: f"prefix.{name}", problems)
-        variants = _variants_from_dict(shared_values, d.get("variants"), problems) if shared is not None else []
+        variants = _variants_from_dict(shared_values, shared, d.get("variants"), problems) if shared is not None else []
         experiment = {}
         for key in ("name", "description"):
             if key in d:
@@ -425,11 +449,20 @@ class ExperimentSpec:
     def variant_names(self) -> list[str]:
         return [v.name for v in self.variants]
 
+    @property
+    def prefix_variants(self) -> list[VariantSpec]:
+        """The variants that train a prefix (every one but the fine-tuning baseline)."""
+        return [v for v in self.variants if v.is_prefix]
+
+    @property
+    def fine_tune(self) -> VariantSpec | None:
+        return next((v for v in self.variants if v.kind == FINE_TUNE), None)
+
 
 def _module_dict_attribute(name: str) -> bool:
     """Whether a prefix named `name` would clash with an attribute of the ModuleDict holding them.
     The standard variants' names never do, so a spec of them is checked without importing torch."""
-    if name in STANDARD_VARIANTS:
+    if name in STANDARD_VARIANTS or name == FINE_TUNE:
         return False
     import torch
 
@@ -467,9 +500,10 @@ def _section_from_dict(section: str, d: Any, problems: _Problems):
         return cls()
 
 
-def _variants_from_dict(shared: dict, variants: Any, problems: _Problems) -> list[VariantSpec]:
-    """The variants, each a standard name or {"name", "prefix": changes}; `shared` holds the shared
-    prefix's coerced values, which every variant's changes override."""
+def _variants_from_dict(shared: dict, shared_config: PrefixTuningConfig, variants: Any,
+                        problems: _Problems) -> list[VariantSpec]:
+    """The variants, each a standard name, the baseline "fine_tune", or {"name", "prefix": changes};
+    `shared` holds the shared prefix's coerced values, which every variant's changes override."""
     if variants is None:
         variants = list(DEFAULT_VARIANTS)
     if not isinstance(variants, list) or not variants:
@@ -479,10 +513,14 @@ def _variants_from_dict(shared: dict, variants: Any, problems: _Problems) -> lis
     out = []
     for i, v in enumerate(variants):
         where = f"variants[{i}].prefix"
+        if v == FINE_TUNE:
+            out.append(VariantSpec(FINE_TUNE, shared_config, {}, kind=FINE_TUNE))
+            continue
         if isinstance(v, str):
             if v not in STANDARD_VARIANTS:
-                problems.add(f"variants[{i}]", f"{v!r} is not a standard variant ({', '.join(STANDARD_VARIANTS)}); "
-                                               "name one of them, or give {\"name\": ..., \"prefix\": {...}}")
+                problems.add(f"variants[{i}]", f"{v!r} is not a standard variant ({', '.join(STANDARD_VARIANTS)}, or "
+                                               f"the baseline {FINE_TUNE}); name one of them, or give "
+                                               "{\"name\": ..., \"prefix\": {...}}")
                 continue
             name, changes = v, dict(STANDARD_VARIANTS[v])
         elif isinstance(v, dict) and "name" in v:

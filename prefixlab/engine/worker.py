@@ -15,6 +15,7 @@ which device and precision a job gets is decided in devices.py.
 from __future__ import annotations
 
 import errno
+import copy
 import math
 import os
 import shutil
@@ -241,6 +242,7 @@ class VariantState:
     total_seconds: float = 0.0
     scaler: object = None  # fp16: this variant's own GradScaler (see Job._own_loss_scales)
     skipped_steps: int = 0  # fp16: optimizer steps the scaler skipped for inf/NaN gradients
+    model: object = None  # the fine-tuning baseline's own copy of the base (prefix variants: None)
 
     def record(self, loss: float, tokens: int, seconds: float) -> None:
         self.losses.append(loss)
@@ -295,6 +297,9 @@ class Job:
         base, self.tokenizer, self.task_type = load_base(self.spec.model.name)
         self.say(f"loaded base model {self.spec.model.name} ({TaskType(self.task_type).value})")
         self.train_loader, self.eval_loader = self._data_loaders()
+        # The baseline's own copy, taken before the prefixes freeze the base (no random numbers drawn:
+        # the prefixes start where they would without it).
+        tuned = copy.deepcopy(base).requires_grad_(True) if self.spec.fine_tune else None
         model = self._build_model(base, self._checked_configs(base))
         if training.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -302,18 +307,27 @@ class Job:
             raise ValueError(f"data.source {self.spec.data.source!r}: the train split has no examples; "
                              "add some or check data.max_train_examples")
         self.total_steps = total_steps(training, len(self.train_loader))
-        optimizers, schedulers = zip(*(self._optimizer(model, name) for name in self.spec.variant_names))
-        prepared = self.accelerator.prepare(model, self.train_loader, self.eval_loader, *optimizers, *schedulers)
+        names = [v.name for v in self.spec.prefix_variants]
+        optimizers, schedulers = zip(*(self._optimizer(model, name) for name in names))
+        extra = []
+        if tuned is not None:  # the baseline: every parameter, its own learning rate, the same schedule
+            extra = [tuned, *self._schedule(torch.optim.AdamW(tuned.parameters(), lr=training.fine_tune_learning_rate,
+                                                              weight_decay=training.weight_decay))]
+        prepared = self.accelerator.prepare(model, self.train_loader, self.eval_loader, *optimizers, *schedulers,
+                                            *extra)
         self.model, self.train_loader, self.eval_loader = prepared[:3]
         n = len(optimizers)
         self.variants = [VariantState(name, opt, sched) for name, opt, sched
-                         in zip(self.spec.variant_names, prepared[3:3 + n], prepared[3 + n:])]
+                         in zip(names, prepared[3:3 + n], prepared[3 + n:3 + 2 * n])]
+        if tuned is not None:
+            self.variants.append(VariantState(self.spec.fine_tune.name, *prepared[3 + 2 * n + 1:], model=prepared[3 + 2 * n]))
+        self.variants.sort(key=lambda v: self.spec.variant_names.index(v.name))  # the spec's order
         self.peft = self.accelerator.unwrap_model(self.model)
         self._own_loss_scales()
         self.groups = self._pass_groups()
         if self.status:
             self.status.update(total_steps=self.total_steps)
-        self.say(f"{n} variant(s) {self.spec.variant_names}, {self.total_steps} steps, "
+        self.say(f"{len(self.variants)} variant(s) {self.spec.variant_names}, {self.total_steps} steps, "
                  f"{len(self.train_loader)} batches per epoch")
 
     def _own_loss_scales(self) -> None:
@@ -322,8 +336,6 @@ class Job:
         an overflow, a doubling after growth_interval good steps) would change the scale between the
         second one's backward passes of the same accumulation window, and its gradients would be
         unscaled by the wrong factor; one variant's overflow would also shrink the other's scale."""
-        import copy
-
         shared = self.accelerator.scaler
         if shared is None:  # bf16 and fp32 need no loss scaling
             return
@@ -344,7 +356,7 @@ class Job:
         checked = checks.check(self.spec, model_config=base.config, prompt_lengths=lengths, data=False)
         if checked.errors:
             raise SpecError(checked.errors)
-        return [checked.filled[name] for name in self.spec.variant_names]
+        return [checked.filled[v.name] for v in self.spec.prefix_variants]
 
     def _build_model(self, base, configs: list):
         """The frozen base with every variant's prefix; prefixes initialise from the seed in variant
@@ -352,7 +364,7 @@ class Job:
         from prefixlab.core.model import get_peft_model
 
         model = None
-        for name, config in zip(self.spec.variant_names, configs):
+        for name, config in zip([v.name for v in self.spec.prefix_variants], configs):
             if model is None:
                 model = get_peft_model(base, config, adapter_name=name)
             else:
@@ -366,13 +378,16 @@ class Job:
 
     def _optimizer(self, model, name: str):
         """AdamW over one adapter's parameters, with linear warmup then linear decay to 0."""
-        from transformers import get_linear_schedule_with_warmup
-
         training = self.spec.training
         names = set(model.trainable_parameter_names(name))
         params = [p for n, p in model.named_parameters() if n in names]
-        optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay)
-        return optimizer, get_linear_schedule_with_warmup(optimizer, training.warmup_steps, self.total_steps)
+        return self._schedule(torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay))
+
+    def _schedule(self, optimizer):
+        """(optimizer, its linear warmup then linear decay to 0 over the run's steps)."""
+        from transformers import get_linear_schedule_with_warmup
+
+        return optimizer, get_linear_schedule_with_warmup(optimizer, self.spec.training.warmup_steps, self.total_steps)
 
     def _data_loaders(self) -> tuple[DataLoader, DataLoader]:
         from prefixlab.engine.data import Collator, encode_examples, load_task
@@ -405,19 +420,21 @@ class Job:
         else one pass each, with the reason in the log."""
         from prefixlab.core.fused import fusable
 
-        singles = [[v] for v in self.variants]
-        if len(self.variants) < 2:
+        prefixes = [v for v in self.variants if v.model is None]
+        baseline = [[v] for v in self.variants if v.model is not None]  # its own model: its own pass
+        singles = [[v] for v in prefixes] + baseline
+        if len(prefixes) < 2:
             return singles
         why = ("training.fused is off" if not self.spec.training.fused
                else "fp16 gives each variant its own loss scale" if self.accelerator.scaler is not None
                else "several processes: each variant's pass goes through the distributed wrapper"
                if self.accelerator.num_processes > 1
-               else fusable(self.peft, [v.name for v in self.variants]))
+               else fusable(self.peft, [v.name for v in prefixes]))
         if why:
             self.say(f"one pass of the base per variant: {why}")
             return singles
-        self.say(f"variants {[v.name for v in self.variants]} share one pass of the base (training.fused)")
-        return [list(self.variants)]
+        self.say(f"variants {[v.name for v in prefixes]} share one pass of the base (training.fused)")
+        return [prefixes] + baseline
 
     # --- train ----------------------------------------------------------------------------------
 
@@ -429,7 +446,7 @@ class Job:
         self.evaluate()  # step 0: where each curve starts, before any training
         while self.step < self.total_steps and not self._stop_requested():
             for batch in self.train_loader:
-                with self.accelerator.accumulate(self.model):
+                with self.accelerator.accumulate(self.model, *self._tuned_models()):
                     for group in self.groups:
                         if len(group) == 1:
                             self._train_variant(group[0], batch)
@@ -449,6 +466,9 @@ class Job:
                 self.say(f"variant {v.name}: the fp16 loss scaler skipped {v.skipped_steps} of {self.step} "
                          "optimizer steps (inf/NaN gradients)")
 
+    def _tuned_models(self) -> list:
+        return [v.model for v in self.variants if v.model is not None]
+
     def _stop_requested(self) -> bool:
         """The stop flag, agreed by all processes under `accelerate launch` (one rank may get the
         signal or see the cancel file first; a rank that stopped alone would hang the others)."""
@@ -461,8 +481,11 @@ class Job:
 
     def _train_variant(self, variant: VariantState, batch: dict) -> None:
         start = time.perf_counter()
-        self.peft.set_adapter(variant.name)
-        loss = self.model(**batch).loss
+        if variant.model is not None:  # the fine-tuning baseline: its own copy of the base
+            loss = variant.model(**batch).loss
+        else:
+            self.peft.set_adapter(variant.name)
+            loss = self.model(**batch).loss
         if variant.scaler is not None:
             self.accelerator.scaler = variant.scaler  # accelerator.backward scales the loss with it
         self.accelerator.backward(loss)
@@ -533,11 +556,15 @@ class Job:
         from prefixlab.core.fused import fused_losses
 
         self.model.eval()
+        for tuned in self._tuned_models():
+            tuned.eval()
         per_batch: dict[str, list[torch.Tensor]] = {v.name: [] for v in self.variants}
         for group in self.groups:
             names = [v.name for v in group]
             for batch in self.eval_loader:
-                if len(group) == 1:
+                if group[0].model is not None:
+                    losses = [group[0].model(**batch).loss]
+                elif len(group) == 1:
                     self.peft.set_adapter(names[0])
                     losses = [self.model(**batch).loss]
                 else:
@@ -551,6 +578,8 @@ class Job:
             v.last_eval_loss, v.last_eval_step = mean, self.step
             self._log({"variant": v.name, "eval_loss": mean})
         self.model.train()
+        for tuned in self._tuned_models():
+            tuned.train()
 
     # --- save -----------------------------------------------------------------------------------
 
@@ -562,7 +591,11 @@ class Job:
             return
         base = card_base(self.spec.model.name)
         for v in self.variants:
-            save_adapter(self.peft, v.name, self.run.adapter_path(v.name), training=self.card_section(v), base=base)
+            if v.model is not None:
+                save_model(self.accelerator.unwrap_model(v.model), self.run.model_path(v.name))
+            else:
+                save_adapter(self.peft, v.name, self.run.adapter_path(v.name), training=self.card_section(v),
+                             base=base)
 
     def card_section(self, v: VariantState) -> str:
         """The adapter card's "Training" section: the run, this checkpoint's losses, and the spec."""
@@ -597,8 +630,10 @@ class Job:
             with self.accelerator.autocast():
                 # Prompts come from the spec (checked) or the task file (each record under MAX_LINE_CHARS).
                 outputs = generate_outputs(self.peft, self.tokenizer, self.task_type, self.spec, source,
-                                           [v.name for v in self.variants], self.accelerator.device,
-                                           limit_prompt=False)
+                                           [v.name for v in self.variants if v.model is None],
+                                           self.accelerator.device, limit_prompt=False,
+                                           models={v.name: self.accelerator.unwrap_model(v.model)
+                                                   for v in self.variants if v.model is not None})
             # Clipped: the page reads this file every second and shows it whole.
             append_jsonl(self.run.samples_path, {
                 "prompt": clip(source), "reference": None if reference is None else clip(reference),
@@ -606,25 +641,41 @@ class Job:
         self.say(f"wrote {len(prompts)} sample(s)")
 
     def summary(self) -> dict:
-        from prefixlab.core.encoder import prefix_parameter_counts
+        from prefixlab.core.config import prefix_parameter_counts
 
         base_total = sum(p.numel() for p in self.peft.base_model.parameters())
         variants = {}
         for v in self.variants:
-            counts = prefix_parameter_counts(self.peft.peft_config[v.name])
+            if v.model is not None:  # the baseline: all of its copy trains and is stored
+                counts = {"trainable": base_total, "stored": base_total,
+                          "formula": "every parameter of a copy of the base (full fine-tuning)"}
+                total = base_total
+                weights = self.accelerator.unwrap_model(v.model).parameters()
+            else:
+                counts = prefix_parameter_counts(self.peft.peft_config[v.name])
+                total = base_total + counts["trainable"]
+                weights = self.peft.prompt_encoder[v.name].parameters()
             if v.losses:  # a partial log window at a stop request
                 v.flush()
             variants[v.name] = {
                 "trainable": counts["trainable"], "stored": counts["stored"],
-                "total": base_total + counts["trainable"], "formula": counts["formula"],
+                "total": total, "formula": counts["formula"],
                 "final_train_loss": v.last_loss, "final_eval_loss": v.last_eval_loss,
                 "tokens_per_s": v.total_tokens / v.total_seconds if v.total_seconds else None,
+                # Measured from the tensors: the variant's own weights and its AdamW state (the frozen
+                # base the prefixes share is not counted; the baseline's copy is).
+                "train_state_bytes": _bytes(weights) + _bytes(t for s in v.optimizer.state.values()
+                                                              for t in s.values() if torch.is_tensor(t)),
             }
         return {"variants": variants, "steps": self.step, "total_steps": self.total_steps,
                 "wall_time_s": time.time() - self.started, "num_truncated": self.num_truncated,
                 "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
                 "peak_gpu_memory_bytes": peak_gpu_memory(self.accelerator.device)}
 
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def card_base(name: str):
@@ -675,18 +726,41 @@ def save_adapter(peft_model, name: str, target: Path, training: str = "", base=N
         raise
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_adapter(target, owner=True)
+    publish(staging, target, ADAPTER_FILE_ORDER)
+
+
+def publish(staging: Path, target: Path, order) -> None:
+    """Move a checkpoint written in `staging` to `target`: the first one by renaming the folder (it
+    appears whole), later ones file by file with os.replace (atomic), in `order` (weights before the
+    file that describes them), so `target` always holds whole files."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         try:
-            os.rename(staging, target)  # the first checkpoint: appears whole
+            os.rename(staging, target)
             return
         except OSError:
             if not target.is_dir():
                 raise
-    files = sorted((p.name for p in staging.iterdir()),
-                   key=lambda n: ADAPTER_FILE_ORDER.index(n) if n in ADAPTER_FILE_ORDER else len(ADAPTER_FILE_ORDER))
-    for file in files:
+    order = tuple(order)
+    for file in sorted((p.name for p in staging.iterdir()),
+                       key=lambda n: order.index(n) if n in order else len(order)):
         os.replace(staging / file, target / file)
     staging.rmdir()
+
+
+def save_model(model, target: Path) -> None:
+    """Save the fine-tuning baseline's whole model (transformers' save_pretrained, safetensors) to
+    `target` the way save_adapter publishes an adapter: never a moment without whole files there."""
+    staging = target.with_name(f".{target.name}.saving")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(str(staging), safe_serialization=True)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise naming(err, target) from err
+        raise
+    publish(staging, target, order=("model.safetensors", "config.json"))
 
 
 # ---------------------------------------------------------------------------------------------

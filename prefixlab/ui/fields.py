@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from prefixlab.core.config import ENCODER_SIZE_FIELDS, INFERRED_FIELDS, PrefixTuningConfig
 from prefixlab.engine.spec import (
     DEFAULT_PREFIX,
+    DEFAULT_VARIANTS,
+    FINE_TUNE,
     SECTIONS,
     STANDARD_VARIANTS,
     ExperimentSpec,
@@ -32,7 +34,7 @@ from prefixlab.engine.spec import (
 )
 
 # `experiment.variants`: which of the standard variants to train (the paper's pair by default).
-VARIANT_CHOICES = tuple(STANDARD_VARIANTS)
+VARIANT_CHOICES = (*STANDARD_VARIANTS, FINE_TUNE)  # the prefix variants, then the paper's baseline
 # PrefixTuningConfig fields the form never shows: set by the library, derived from the model
 # (INFERRED_FIELDS, task_type) or chosen per variant (prefix_projection).
 HIDDEN_PREFIX_FIELDS = frozenset(
@@ -176,9 +178,10 @@ def form_fields() -> list[dict]:
         {"key": "experiment.description", "type": "str", "optional": False, "default": "",
          "help": "Free text kept with the run and in a saved preset; presets say how to run them.",
          "choices": None},
-        {"key": "experiment.variants", "type": "multi", "optional": False, "default": list(VARIANT_CHOICES),
+        {"key": "experiment.variants", "type": "multi", "optional": False, "default": list(DEFAULT_VARIANTS),
          "help": "The variants to train side by side on the same batches: the prefix trained directly "
-                 "(no_projection) and through the reparameterisation MLP (projection), the paper's comparison.",
+                 "(no_projection) and through the reparameterisation MLP (projection), the paper's comparison; "
+                 "fine_tune adds full fine-tuning of a copy of the base, the baseline the paper measures against.",
          "choices": VARIANT_CHOICES},
     ]
     out += prefix_form_fields()
@@ -205,7 +208,7 @@ def spec_from_form(values: dict) -> ExperimentSpec:
     reshaped into the spec's JSON document and coerced and checked there, once. Raises SpecError
     naming every bad form key.
     """
-    document: dict = {"prefix": {}, "variants": list(VARIANT_CHOICES), **{s: {} for s in SECTIONS}}
+    document: dict = {"prefix": {}, "variants": list(DEFAULT_VARIANTS), **{s: {} for s in SECTIONS}}
     errors: dict[str, str] = {}
     for key, value in values.items():
         section, _, name = key.partition(".")
