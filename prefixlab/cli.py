@@ -223,18 +223,53 @@ def train_in(args, owner: bool, stack: ExitStack) -> int:
         run = RunDir(folder(args.run_dir, "--run-dir"))
         if not run.spec_path.exists():
             raise CliError(f"{run.spec_path} does not exist; pass SPEC.json as well, or submit from the page")
-        run.read_spec()  # a bad spec.json: one clear line now, not a failed run
+        spec = run.read_spec()  # a bad spec.json: one clear line now, not a failed run
         if owner:
             claim(run, stack)
             check_startable(run, run.read_status())
-    print(f"run directory: {run.path}", file=sys.stderr)
+    if owner:  # the other processes of `accelerate launch` say nothing of their own
+        print(f"run directory: {run.path}", file=sys.stderr)
+    processes = spec.training.num_processes
+    if processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet under a launcher: start one
+        stack.close()  # its first process takes the run's worker lock
+        return launch(run, processes)
     try:
         quiet_transformers()
         state = run_worker(run.path, progress=None if args.progress is None else args.progress)
     except KeyboardInterrupt:
         state = interrupted(run, owner)
     status = run.read_status()
-    print(f"{state}: {run.path}" + (f" ({status.get('error')})" if state == FAILED else ""), file=sys.stderr)
+    if owner:
+        print(f"{state}: {run.path}" + (f" ({status.get('error')})" if state == FAILED else ""), file=sys.stderr)
+    return EXIT_FAILED if state == FAILED else EXIT_OK
+
+
+def launch(run, processes: int) -> int:
+    """Train `run` in `processes` processes under accelerate's launcher (training.num_processes),
+    in this terminal: Ctrl-C reaches them as it reaches this process, a SIGTERM to this process is
+    passed on to the launcher, which ends every process (each saves and ends cancelled)."""
+    import signal
+    import subprocess
+
+    from prefixlab.engine.runs import FAILED, launch_command
+
+    command = [*launch_command(processes), "--run-dir", str(run.path)]
+    print(f"starting {processes} processes: {shlex.join(command)}", file=sys.stderr)
+    child = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+    try:
+        while True:
+            try:
+                child.wait()
+                break
+            except KeyboardInterrupt:  # the launcher got it too; wait for it to end the processes
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    status = run.read_status()
+    state = status.get("state") or FAILED
+    if state not in ("done", "cancelled"):  # the first process says how a run it finished ended
+        print(f"{state}: {run.path}" + (f" ({status.get('error')})" if status.get("error") else ""), file=sys.stderr)
     return EXIT_FAILED if state == FAILED else EXIT_OK
 
 

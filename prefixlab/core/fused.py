@@ -17,6 +17,7 @@ inputs would sit at different positions); the caller then runs one pass per vari
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -25,6 +26,15 @@ import torch.nn.functional as F
 from .config import TaskType
 
 IGNORE_INDEX = -100
+
+
+@dataclass
+class FusedOutput:
+    """PrefixTuningModel.forward(adapter_names=[...]): the sum of the adapters' losses (what backward
+    takes) and each adapter's own."""
+
+    loss: torch.Tensor
+    losses: list[torch.Tensor]
 
 
 def fusable(model, adapter_names: list[str]) -> Optional[str]:
@@ -42,23 +52,35 @@ def fusable(model, adapter_names: list[str]) -> Optional[str]:
     return None
 
 
-def _token_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool, num_items=None) -> torch.Tensor:
     """Mean cross-entropy over the target tokens (labels != -100), as transformers' models compute
     it: a causal LM predicts token t+1 from position t (shifted), a seq2seq decoder its own position.
-    logits (batch, seq, vocab), labels (batch, seq)."""
+    logits (batch, seq, vocab), labels (batch, seq). `num_items`: divide the sum by this count
+    instead (the target tokens of the whole batch across processes, as transformers'
+    num_items_in_batch: every process's share of one mean)."""
     logits = logits.float()
     if causal:
         logits, labels = logits[:, :-1], labels[:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    if num_items is None:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total / num_items
+
+
+def target_tokens(labels: torch.Tensor, causal: bool) -> torch.Tensor:
+    """How many tokens a batch's loss is taken over (labels != -100; a causal LM's first never is)."""
+    return (labels[:, 1:] if causal else labels).ne(IGNORE_INDEX).sum()
 
 
 def fused_losses(model, adapter_names: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 labels: torch.Tensor) -> list[torch.Tensor]:
+                 labels: torch.Tensor, num_items=None) -> list[torch.Tensor]:
     """[loss of each adapter on the batch], from one pass of the base over len(adapter_names) x batch rows.
 
     input_ids, attention_mask (batch, src_len); labels (batch, tgt_len), -100 where no loss is taken.
-    Backward through their sum gives each adapter the gradient of its own loss. Raises ValueError
-    when `fusable` refuses the adapters.
+    Backward through their sum gives each adapter the gradient of its own loss. `num_items`: see
+    token_loss. One adapter is exactly its own plain pass. Raises ValueError when `fusable` refuses
+    the adapters.
     """
     why = fusable(model, adapter_names)
     if why:
@@ -91,7 +113,7 @@ def fused_losses(model, adapter_names: list[str], input_ids: torch.Tensor, atten
         out = base(encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state.repeat(variants, 1, 1)),
                    attention_mask=attention_mask.repeat(variants, 1),
                    decoder_input_ids=decoder_input_ids.repeat(variants, 1), **{model._cache_kwarg: cache})
-    return [_token_loss(logits, labels, causal) for logits in out.logits.split(batch)]
+    return [token_loss(logits, labels, causal, num_items) for logits in out.logits.split(batch)]
 
 
 def _per_row(prefixes: list[torch.Tensor], batch: int) -> torch.Tensor:

@@ -556,9 +556,16 @@ class PrefixTuningModel(nn.Module):
         labels: Optional[torch.Tensor] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         adapter_name: Optional[str] = None,
+        adapter_names: Optional[list[str]] = None,
+        num_items_in_batch=None,
         **kwargs,
     ):
         """The base model's forward with the prefix in its cache.
+
+        `adapter_names` (prefixlab's): every named adapter's loss on the batch from one pass of the
+        base (core/fused.py); returns FusedOutput(loss=their sum, losses=[each]). Through forward, a
+        distributed wrapper (DDP) sees the pass and synchronises every adapter's gradients.
+        `num_items_in_batch`: with adapter_names, divide each loss's sum by it (fused.token_loss).
 
         input_ids / attention_mask / labels: (batch, seq), as for the base model (no prefix positions
         in them). For seq2seq, decoder_attention_mask (batch, target_seq) is extended by the prefix.
@@ -566,6 +573,13 @@ class PrefixTuningModel(nn.Module):
         encoder_outputs were computed without it.
         Returns the base model's output (logits (batch, seq, vocab), loss when labels are given).
         """
+        if adapter_names is not None:
+            from .fused import FusedOutput, fused_losses
+
+            losses = fused_losses(self, list(adapter_names), input_ids, attention_mask, labels, num_items_in_batch)
+            return FusedOutput(loss=torch.stack(losses).sum(), losses=losses)
+        if num_items_in_batch is not None:
+            kwargs["num_items_in_batch"] = num_items_in_batch  # transformers' own, for the base's loss
         if self._adapters_disabled:  # the base model's own forward, token_type_ids included (PEFT)
             return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                    labels=labels, **kwargs)

@@ -122,12 +122,15 @@ def make_accelerator(training: TrainingSpec):
     from accelerate.utils import DistributedDataParallelKwargs
 
     mixed_precision = mixed_precision_for(training.precision)
-    if stale_accelerate_state(AcceleratorState._shared_state, mixed_precision, training_device_type(),
+    device_type = training_device_type()
+    if stale_accelerate_state(AcceleratorState._shared_state, mixed_precision, device_type,
                               int(os.environ.get("WORLD_SIZE", "1"))):
         AcceleratorState._reset_state(reset_partial_state=True)
-    # Under DDP, the variant that is not active in a forward leaves its prefix without gradient.
+    # Under DDP, a variant that is not in a forward (one pass per variant) leaves its prefix without gradient.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(mixed_precision=mixed_precision,
+    # cpu=True on a CPU: without it, processes started by `accelerate launch` on a machine with no GPU
+    # each train alone (DistributedType.NO) instead of together over gloo (MULTI_CPU).
+    return Accelerator(mixed_precision=mixed_precision, cpu=device_type == "cpu",
                        gradient_accumulation_steps=training.gradient_accumulation_steps,
                        kwargs_handlers=[ddp])
 

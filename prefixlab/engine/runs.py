@@ -652,6 +652,32 @@ def heartbeat_stale(status: dict, heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S
     return f"no heartbeat for over {heartbeat_timeout:.0f} s" if time.time() - heartbeat > heartbeat_timeout else None
 
 
+def launch_command(num_processes: int) -> list[str]:
+    """The command that starts `python -m prefixlab train` in `num_processes` processes:
+    accelerate's launcher (torch.distributed's elastic launch underneath; on a machine without CUDA
+    its processes talk over gloo on the CPU), on a free port of this machine. One process: the plain
+    module."""
+    import socket
+
+    if num_processes <= 1:
+        return [sys.executable, "-m", "prefixlab", "train"]
+    with socket.socket() as probe:  # a port no other run's launcher holds right now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), "-m", "prefixlab", "train"]
+
+
+def _num_processes(run: RunDir) -> int:
+    """training.num_processes of a run's spec.json, 1 where it cannot be read (its worker then says why)."""
+    try:
+        value = (run.read_spec_dict().get("training") or {}).get("num_processes", 1)
+    except (OSError, ValueError):
+        return 1
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+
+
 class JobQueue:
     """First come, first served; one job per device. All state lives in the run directories, so a
     restarted app picks up where the last one left off.
@@ -665,7 +691,7 @@ class JobQueue:
         self.runs_dir = Path(runs_dir)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.heartbeat_timeout = heartbeat_timeout
-        self.worker_command = worker_command or [sys.executable, "-m", "prefixlab", "train"]
+        self.worker_command = worker_command  # None: the spec's (launch_command); tests pass a fake
         self._children: dict[str, subprocess.Popen] = {}  # workers this process started
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
@@ -715,9 +741,10 @@ class JobQueue:
                 proc = self._children.get(run_id)
                 if proc is not None and proc.poll() is None and status.get("pid") == proc.pid:
                     proc.send_signal(signal.SIGTERM)  # the worker recorded its pid: it listens
-                elif proc is None and status.get("pid") and self._why_dead(run) is None:
-                    # Not our child (the app restarted): signal the pid only while it still beats,
-                    # so a pid reused by an unrelated process is left alone.
+                elif status.get("pid") and self._why_dead(run) is None:
+                    # Not our child (the app restarted), or the first process under our child, the
+                    # launcher of several: signal the pid only while it still beats, so a pid reused
+                    # by an unrelated process is left alone. It tells the other processes at its next step.
                     os.kill(status["pid"], signal.SIGTERM)
             return state
 
@@ -819,8 +846,9 @@ class JobQueue:
             self._log_starts[run.run_id] = run.log_path.stat().st_size
         except OSError:
             self._log_starts[run.run_id] = 0
+        command = self.worker_command or launch_command(_num_processes(run))
         with open(run.log_path, "a", encoding="utf-8") as log:
-            proc = subprocess.Popen([*self.worker_command, "--run-dir", str(run.path)],
+            proc = subprocess.Popen([*command, "--run-dir", str(run.path)],
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self._children[run.run_id] = proc
         return run.run_id

@@ -171,6 +171,11 @@ class TrainingSpec(_Section):
         metadata={"help": "Peak AdamW learning rate of the fine_tune baseline variant (the paper fine-tunes with "
                           "5e-5); the same warmup and decay as the prefixes."},
     )
+    num_processes: int = field(
+        default=1,
+        metadata={"help": "Processes to train on, one per GPU, started by `accelerate launch` (batch_size is "
+                          "per process: the effective batch is batch_size x gradient_accumulation_steps x this)."},
+    )
     fused: bool = field(
         default=True,
         metadata={"help": "Train every variant in one batched pass of the frozen base (each variant's rows read "
@@ -193,7 +198,7 @@ class TrainingSpec(_Section):
         if not self.num_epochs > 0:
             problems.add("training.num_epochs", f"must be > 0, got {self.num_epochs!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length",
-                     "eval_interval", "log_interval"):
+                     "eval_interval", "log_interval", "num_processes"):
             _at_least(problems, "training", self, name)
         _at_least(problems, "training", self, "warmup_steps", minimum=0)
         if self.weight_decay < 0:

@@ -323,6 +323,7 @@ class Job:
             self.variants.append(VariantState(self.spec.fine_tune.name, *prepared[3 + 2 * n + 1:], model=prepared[3 + 2 * n]))
         self.variants.sort(key=lambda v: self.spec.variant_names.index(v.name))  # the spec's order
         self.peft = self.accelerator.unwrap_model(self.model)
+        self.causal = TaskType(self.task_type) == TaskType.CAUSAL_LM
         self._own_loss_scales()
         self.groups = self._pass_groups()
         if self.status:
@@ -384,10 +385,15 @@ class Job:
         return self._schedule(torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay))
 
     def _schedule(self, optimizer):
-        """(optimizer, its linear warmup then linear decay to 0 over the run's steps)."""
+        """(optimizer, its linear warmup then linear decay to 0 over the run's steps). Under
+        `accelerate launch` the prepared scheduler steps once per process at every optimizer step
+        (accelerate counts samples, not steps), so the schedule is that many times longer: the
+        learning rate at each step is the one-process run's."""
         from transformers import get_linear_schedule_with_warmup
 
-        return optimizer, get_linear_schedule_with_warmup(optimizer, self.spec.training.warmup_steps, self.total_steps)
+        processes = self.accelerator.num_processes
+        return optimizer, get_linear_schedule_with_warmup(optimizer, self.spec.training.warmup_steps * processes,
+                                                          self.total_steps * processes)
 
     def _data_loaders(self) -> tuple[DataLoader, DataLoader]:
         from prefixlab.engine.data import Collator, encode_examples, load_task
@@ -427,8 +433,6 @@ class Job:
             return singles
         why = ("training.fused is off" if not self.spec.training.fused
                else "fp16 gives each variant its own loss scale" if self.accelerator.scaler is not None
-               else "several processes: each variant's pass goes through the distributed wrapper"
-               if self.accelerator.num_processes > 1
                else fusable(self.peft, [v.name for v in prefixes]))
         if why:
             self.say(f"one pass of the base per variant: {why}")
@@ -480,49 +484,66 @@ class Job:
         return self.stop.is_set()
 
     def _train_variant(self, variant: VariantState, batch: dict) -> None:
-        start = time.perf_counter()
-        if variant.model is not None:  # the fine-tuning baseline: its own copy of the base
-            loss = variant.model(**batch).loss
-        else:
-            self.peft.set_adapter(variant.name)
-            loss = self.model(**batch).loss
+        """One pass for one variant (training.fused off or not exact, fp16, or the baseline)."""
         if variant.scaler is not None:
             self.accelerator.scaler = variant.scaler  # accelerator.backward scales the loss with it
-        self.accelerator.backward(loss)
-        variant.optimizer.step()  # fp16: unscales first, skips the step on inf/NaN gradients
-        variant.scheduler.step()  # accelerate does not advance the schedule past a skipped step
-        variant.optimizer.zero_grad(set_to_none=True)
-        # One host sync per variant and batch, after its optimizer step: on a GPU, loss.item() waits
-        # for all the work queued before it (backward and step included), so the time recorded
-        # below is this variant's own and not partly the next one's.
-        value = loss.item()
-        self._check_finite(variant, value)
-        if variant.scaler is not None and self.accelerator.sync_gradients and variant.optimizer.step_was_skipped:
-            variant.skipped_steps += 1
-            self.say(f"variant {variant.name}: fp16 gradients overflowed at step {self.step + 1}; step skipped, "
-                     f"loss scale now {variant.scaler.get_scale():g}")
-        variant.record(value, int(batch["attention_mask"].sum()), time.perf_counter() - start)
+        self._train_group([variant], batch)
 
     def _train_fused(self, group: list[VariantState], batch: dict) -> None:
         """One pass of the base for every variant of `group` (core.fused): backward through the sum of
         their losses gives each its own gradient, then each steps its own optimizer."""
-        from prefixlab.core.fused import fused_losses
+        self._train_group(group, batch)
 
+    def _train_group(self, group: list[VariantState], batch: dict) -> None:
         start = time.perf_counter()
-        with self.accelerator.autocast():  # the prepared model's forward has it; this pass goes around it
-            losses = fused_losses(self.peft, [v.name for v in group], batch["input_ids"], batch["attention_mask"],
-                                  batch["labels"])
+        losses = self._losses(group, batch, self._share(batch))
         self.accelerator.backward(torch.stack(losses).sum())
         for v in group:
-            v.optimizer.step()
-            v.scheduler.step()
+            v.optimizer.step()  # fp16: unscales first, skips the step on inf/NaN gradients
+            v.scheduler.step()  # accelerate does not advance the schedule past a skipped step
             v.optimizer.zero_grad(set_to_none=True)
-        values = torch.stack(losses).tolist()  # one host sync for the group
-        seconds = (time.perf_counter() - start) / len(group)  # the pass is shared: each its share
+        # One host sync per pass, after the optimizer steps: on a GPU it waits for all the work queued
+        # before it (backward and steps included), so the time recorded is this pass's own.
+        values = self._across_processes(torch.stack(losses).detach(), "sum").tolist()
+        seconds = (time.perf_counter() - start) / len(group)  # a shared pass: each variant its share
         tokens = int(batch["attention_mask"].sum())
         for v, value in zip(group, values):
             self._check_finite(v, value)
+            if v.scaler is not None and self.accelerator.sync_gradients and v.optimizer.step_was_skipped:
+                v.skipped_steps += 1
+                self.say(f"variant {v.name}: fp16 gradients overflowed at step {self.step + 1}; step skipped, "
+                         f"loss scale now {v.scaler.get_scale():g}")
             v.record(value, tokens, seconds)
+
+    def _losses(self, group: list[VariantState], batch: dict, num_items) -> list[torch.Tensor]:
+        """Each variant's loss on `batch`: the sum over its target tokens divided by `num_items`.
+        Prefix variants go through the (prepared, perhaps distributed) model's forward, one pass for
+        the group; the baseline through its own model."""
+        from prefixlab.core.fused import token_loss
+
+        if group[0].model is not None:
+            logits = group[0].model(**batch).logits
+            return [token_loss(logits, batch["labels"], self.causal, num_items)]
+        return self.model(adapter_names=[v.name for v in group], num_items_in_batch=num_items, **batch).losses
+
+    def _share(self, batch: dict):
+        """The count this process divides its loss sums by: every process's target tokens together,
+        over the number of processes. Gradients are averaged over processes, so the step is that of
+        the mean over all the batch's tokens, as one process with the whole batch would take; and
+        the sum of the processes' losses (_across_processes) is that mean."""
+        from prefixlab.core.fused import target_tokens
+
+        count = target_tokens(batch["labels"], self.causal)
+        if self.accelerator.num_processes == 1:
+            return count
+        return self.accelerator.reduce(count, reduction="sum") / self.accelerator.num_processes
+
+    def _across_processes(self, values: torch.Tensor, reduction: str) -> torch.Tensor:
+        """`values` combined over the processes of `accelerate launch` (as they are with one)."""
+        if self.accelerator.num_processes == 1:
+            return values.float()
+        values = self.accelerator.reduce(values.float(), reduction=reduction)
+        return values / self.accelerator.num_processes if reduction == "sum" else values
 
     def _check_finite(self, variant: VariantState, value: float) -> None:
         if not math.isfinite(value):
@@ -551,30 +572,26 @@ class Job:
 
     @torch.no_grad()
     def evaluate(self) -> None:
+        """Each variant's validation loss: the mean over every target token of the validation split
+        (all processes' shares together)."""
         if len(self.eval_loader) == 0:
             return
-        from prefixlab.core.fused import fused_losses
+        from prefixlab.core.fused import target_tokens
 
         self.model.eval()
         for tuned in self._tuned_models():
             tuned.eval()
-        per_batch: dict[str, list[torch.Tensor]] = {v.name: [] for v in self.variants}
-        for group in self.groups:
-            names = [v.name for v in group]
-            for batch in self.eval_loader:
-                if group[0].model is not None:
-                    losses = [group[0].model(**batch).loss]
-                elif len(group) == 1:
-                    self.peft.set_adapter(names[0])
-                    losses = [self.model(**batch).loss]
-                else:
-                    with self.accelerator.autocast():
-                        losses = fused_losses(self.peft, names, batch["input_ids"], batch["attention_mask"],
-                                              batch["labels"])
-                for name, loss in zip(names, losses):
-                    per_batch[name].append(loss.float())
-        for v in self.variants:
-            mean = self.accelerator.reduce(torch.stack(per_batch[v.name]).mean(), reduction="mean").item()
+        sums = torch.zeros(len(self.variants), device=self.accelerator.device)
+        index = {v.name: i for i, v in enumerate(self.variants)}
+        count = torch.zeros((), device=self.accelerator.device)
+        for batch in self.eval_loader:
+            count += target_tokens(batch["labels"], self.causal)
+            for group in self.groups:
+                for v, loss in zip(group, self._losses(group, batch, num_items=1)):  # sums over tokens
+                    sums[index[v.name]] += loss.detach().float()
+        if self.accelerator.num_processes > 1:
+            sums, count = self.accelerator.reduce(sums, "sum"), self.accelerator.reduce(count, "sum")
+        for v, mean in zip(self.variants, (sums / count).tolist()):
             v.last_eval_loss, v.last_eval_step = mean, self.step
             self._log({"variant": v.name, "eval_loss": mean})
         self.model.train()
