@@ -502,9 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("bench", help="benchmarks: core (a training step vs PEFT and a floor), engine (paired vs "
-                                     "separate runs), startup (cold starts of these commands and the page), "
-                                     "page (the page's timer with 20 viewers)")
-    p.add_argument("which", nargs="?", choices=("core", "engine", "startup", "page", "all"), default="all")
+                                     "separate runs), paired (both variants' step: fused vs one pass each vs two "
+                                     "PEFT models, and checkpointing's memory), startup (cold starts of these "
+                                     "commands and the page), page (the page's timer with 20 viewers)")
+    p.add_argument("which", nargs="?", choices=("core", "paired", "engine", "startup", "page", "all"), default="all")
     p.add_argument("--quick", action="store_true", help="small sizes and one round: seconds, not minutes")
     p.add_argument("--json", metavar="PATH", help="also write every number measured to PATH")
     p.set_defaults(func=cmd_bench)

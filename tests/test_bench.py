@@ -136,3 +136,24 @@ def test_the_cli_offers_the_page_bench(monkeypatch):
     assert cli.main(["bench", "page", "--quick"]) == 0 and seen == [["page", "--quick"]]
     ns = bench.build_parser().parse_args(["page", "--viewers", "5", "--seconds", "2"])
     assert (ns.which, ns.viewers, ns.seconds) == ("page", 5, 2.0)
+
+
+def test_the_paired_benchmark_times_every_contender_and_probes_checkpointing(monkeypatch):
+    """The machinery only (tiny sizes, one repeat): fused, sequential and two PEFT models are timed
+    in one interleaved run, the ratios come from the same run, and the checkpointing probe reports a
+    peak for each mode. No timing is asserted."""
+    from prefixlab.tools import bench
+
+    calls = []
+    monkeypatch.setattr(bench, "_in_child", lambda function, mode, args: calls.append((mode, args["seq_len"]))
+                        or {"peak_mib": 10.0 if mode == "plain" else 4.0, "measure": "test"})
+    result = bench.run_paired_bench(bench.BenchArgs.quick(repeats=1, warmup=0))
+    assert set(result["min_s"]) == {"fused", "sequential", "peft_two_models"}
+    assert result["ratios"]["fused/sequential"] == result["min_s"]["fused"] / result["min_s"]["sequential"]
+    assert calls == [("plain", 64), ("checkpointing", 64)]  # 4x the quick sequence length
+    assert result["checkpointing"]["ratio"] == 0.4
+    report = bench.format_paired_report(result)
+    assert "ratio fused/sequential" in report and "checkpointing 4.0 MiB" in report
+    # The probe itself, in this process: checkpointing runs and reports a peak.
+    probe = bench._checkpoint_probe("checkpointing", bench.BenchArgs.quick())
+    assert probe["peak_mib"] >= 0 and probe["measure"].endswith("above_the_model")

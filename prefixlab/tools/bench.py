@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -394,6 +394,131 @@ def format_core_report(result: dict) -> str:
         ours, theirs = peak["prefixlab_two_adapters_one_base"], peak["peft_two_models"]
         lines.append(f"  peak ({ours['measure']}): prefixlab {ours['peak_mib']:.1f} MiB, PEFT {theirs['peak_mib']:.1f} MiB"
                      f", ratio {result['memory']['peak_ratio_prefixlab/peft']:.3f}")
+    return "\n".join(lines)
+
+
+# =============================================================================================
+# paired: one experiment step (both variants) fused vs one pass per variant vs two PEFT models,
+# and gradient checkpointing's peak memory at 4x the sequence length
+# =============================================================================================
+#
+# The lab always trains its variants on the same batches. Fused (training.fused, core/fused.py):
+# both variants' rows in one pass of the frozen base. Sequential: one pass per variant on the same
+# wrapper (what training.fused=false does). PEFT: two PeftModels on the shared base, one step each
+# (how one would compare the variants with PEFT). Same GPT-2-small shape, batch and prefix as core.
+# Checkpointing: one variant's training step at seq_len x 4, peak memory with and without
+# model.gradient_checkpointing_enable(), each in a fresh process (CUDA max allocated, or the CPU's
+# peak resident set above the process after imports).
+
+
+def _paired_steps(base, args: BenchArgs, batch: dict) -> dict[str, Callable[[], None]]:
+    import prefixlab
+
+    names = ("no_projection", "projection")
+    ours = prefixlab.get_peft_model(base, _prefix_config(prefixlab, args, False), names[0])
+    ours.add_adapter(names[1], _prefix_config(prefixlab, args, True))
+    optimizers = {n: torch.optim.AdamW(list(ours.prompt_encoder[n].parameters()), lr=1e-4) for n in names}
+
+    def fused() -> None:
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        ours(adapter_names=list(names), **batch).loss.backward()
+        for optimizer in optimizers.values():
+            optimizer.step()
+
+    def sequential() -> None:
+        for name in names:
+            optimizers[name].zero_grad(set_to_none=True)
+            ours.set_adapter(name)
+            ours(**batch).loss.backward()
+            optimizers[name].step()
+
+    steps = {"fused": fused, "sequential": sequential}
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return steps  # the PEFT contender needs tests/requirements.txt
+    theirs = [peft_model(base, args, projection) for projection in (False, True)]
+    peft_steps = [training_step(m, list(m.prompt_encoder.parameters()), batch) for m in theirs]
+    steps["peft_two_models"] = lambda: [step() for step in peft_steps]
+    return steps
+
+
+def run_paired_bench(args: BenchArgs, checkpoint_factor: int = 4) -> dict:
+    """Paired-step times (fused, sequential, two PEFT models) and checkpointing's memory. Prints nothing."""
+    device = args.resolved_device()
+    base = build_base(args)
+    batch = make_batch(args)
+    times = time_interleaved(_paired_steps(base, args, batch), args.repeats, args.warmup, device)
+    medians = {name: statistics.median(t["wall"]) for name, t in times.items()}
+    minima = {name: min(t["wall"]) for name, t in times.items()}
+    ratios = {"fused/sequential": minima["fused"] / minima["sequential"]}
+    if "peft_two_models" in minima:
+        ratios["fused/peft_two_models"] = minima["fused"] / minima["peft_two_models"]
+    long = replace(args, seq_len=args.seq_len * checkpoint_factor)
+    memory = {mode: _in_child(_checkpoint_probe, mode, asdict(long)) for mode in ("plain", "checkpointing")}
+    return {"args": asdict(args), "device": str(device), "median_s": medians, "min_s": minima, "ratios": ratios,
+            "targets": {"fused/sequential": "<= 0.9 (CPU, batch 8 x 128, GPT-2 small)",
+                        "checkpointing/plain": "<= 0.5 at 4x the sequence length"},
+            "checkpointing": {"seq_len": long.seq_len, **memory,
+                              "ratio": memory["checkpointing"]["peak_mib"] / memory["plain"]["peak_mib"]}}
+
+
+def _checkpoint_probe(mode: str, args: BenchArgs) -> dict:
+    """Peak memory of one training step of one variant, with or without gradient checkpointing."""
+    import prefixlab
+
+    device = args.resolved_device()
+    base = build_base(args)
+    model = prefixlab.get_peft_model(base, _prefix_config(prefixlab, args, False))
+    model.train()
+    if mode == "checkpointing":
+        model.gradient_checkpointing_enable()
+    batch = make_batch(args)
+    step = training_step(model, list(model.prompt_encoder.parameters()), batch)
+    synchronize(device)
+    with open("/proc/self/clear_refs", "w") as f:  # VmHWM := current RSS
+        f.write("5")
+    baseline = _status_mib("VmRSS")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+    step()
+    synchronize(device)
+    if device.type == "cuda":
+        return {"peak_mib": (torch.cuda.max_memory_allocated(device) - start) / 2**20,
+                "measure": "cuda_max_allocated_above_the_model"}
+    return {"peak_mib": _status_mib("VmHWM") - baseline, "measure": "cpu_peak_rss_above_the_model"}
+
+
+def _child(function, mode: str, args_dict: dict, queue) -> None:
+    warnings.simplefilter("ignore")
+    queue.put(function(mode, BenchArgs(**args_dict)))
+
+
+def _in_child(function, mode: str, args_dict: dict) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(function, mode, args_dict, queue))
+    process.start()
+    result = queue.get(timeout=1800)
+    process.join()
+    return result
+
+
+def format_paired_report(result: dict) -> str:
+    args, ckpt = result["args"], result["checkpointing"]
+    lines = [f"paired experiment step (both variants: forward + backward + AdamW each), GPT-2 {args['n_layer']} layers"
+             f" x {args['n_embd']}, batch {args['batch_size']} x {args['seq_len']} tokens, "
+             f"{args['num_virtual_tokens']} virtual tokens, device {result['device']}, {args['repeats']} interleaved "
+             f"repeats{'':>4}median      fastest"]
+    for name, median in result["median_s"].items():
+        lines.append(f"  {name:<22} {median * 1000:10.2f} ms {result['min_s'][name] * 1000:10.2f} ms")
+    for name, ratio in result["ratios"].items():
+        lines.append(f"  ratio {name:<28} {ratio:6.3f} (fastest repeats)")
+    lines.append(f"gradient checkpointing, one variant's step at {ckpt['seq_len']} tokens ({ckpt['plain']['measure']}):"
+                 f" plain {ckpt['plain']['peak_mib']:.1f} MiB, checkpointing {ckpt['checkpointing']['peak_mib']:.1f} MiB"
+                 f", ratio {ckpt['ratio']:.3f} (target <= 0.5)")
     return "\n".join(lines)
 
 
@@ -889,7 +1014,7 @@ def format_page_report(result: dict) -> str:
 # The command line
 # =============================================================================================
 
-BENCHES = ("core", "engine", "startup", "page")
+BENCHES = ("core", "paired", "engine", "startup", "page")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -909,6 +1034,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-virtual-tokens", type=int)
     p.add_argument("--no-peak-memory", action="store_true", help="skip the per-process peak memory probes")
 
+    p = sub.add_parser("paired", parents=[common], help="both variants' step: fused vs one pass each vs two "
+                                                        "PEFT models; checkpointing's memory")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--device")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--num-virtual-tokens", type=int)
+    p.add_argument("--no-peak-memory", action="store_true", help=argparse.SUPPRESS)
+
     p = sub.add_parser("engine", parents=[common], help="paired lockstep run vs two separate runs")
     p.add_argument("--one", choices=ENGINE_CONFIGS, help=argparse.SUPPRESS)  # a child measuring one configuration
     p.add_argument("--model", default="tiny-gpt2")
@@ -926,7 +1061,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewers", type=int, help=f"concurrent browser sessions (default: {PAGE_VIEWERS}; --quick: 4)")
     p.add_argument("--seconds", type=float, help=f"how long they watch (default: {PAGE_SECONDS:g}; --quick: 5)")
 
-    sub.add_parser("all", parents=[common], help="core, engine, startup and page, in that order")
+    sub.add_parser("all", parents=[common], help="core, paired, engine, startup and page, in that order")
     return parser
 
 
@@ -935,6 +1070,9 @@ def run_bench(which: str, ns: argparse.Namespace) -> tuple[dict, str]:
     if which == "core":
         result = run_core_bench(core_args(ns))
         return result, format_core_report(result)
+    if which == "paired":
+        result = run_paired_bench(core_args(ns))
+        return result, format_paired_report(result)
     if which == "engine":
         result = run_engine_bench(ns.quick, ns.model, ns.steps, ns.batch_size, ns.max_length, ns.repeats)
         return result, format_engine_report(result)
