@@ -308,11 +308,11 @@ def test_write_results_writes_json_and_the_markdown_it_returns(tmp_path):
 def test_sections_run_in_the_checks_order_and_unknown_ones_are_named():
     args = gpucheck.parse_args(["--out", "x", "--sections", "generation,parity"])
     assert args.sections == ["parity", "generation"]
-    assert gpucheck.parse_args([]).sections == ["parity", "e2e", "throughput", "generation"]
+    assert gpucheck.parse_args([]).sections == ["parity", "e2e", "throughput", "generation", "paired"]
     assert gpucheck.parse_args([]).out == Path("gpucheck-results")
     with pytest.raises(argparse.ArgumentTypeError) as err:
         gpucheck.parse_sections("parity,speed")
-    assert "unknown section(s) ['speed']; choose from parity, e2e, throughput, generation" in str(err.value)
+    assert "unknown section(s) ['speed']; choose from parity, e2e, throughput, generation, paired" in str(err.value)
     assert gpucheck.parse_args(["--budget-s", "120"]).budget_s == 120.0
     for bad in ("0", "-5", "soon"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"--budget-s '{bad}': give a positive number"):
@@ -503,3 +503,23 @@ def test_the_prepared_script_without_pytest_says_how_to_get_it(script_without_py
     assert "No module named pytest" in (out / "versions.txt").read_text()
     assert sorted(p.name for p in batch_out.iterdir()) == ["gpucheck.log", "pytest.log", "results.json", "results.md",
                                                            "versions.txt"]
+
+
+def test_the_paired_section_runs_bench_paired_per_batch_size_and_renders_its_table(tmp_path, monkeypatch):
+    from prefixlab.tools import bench
+
+    calls = []
+
+    def fake(args):
+        calls.append((args.batch_size, args.device))
+        return {"min_s": {"fused": 0.1, "sequential": 0.2, "peft_two_models": 0.25},
+                "ratios": {"fused/sequential": 0.5, "fused/peft_two_models": 0.4},
+                "checkpointing": {"ratio": 0.3}}
+
+    monkeypatch.setattr(bench, "run_paired_bench", fake)
+    ctx = gpucheck.CheckContext(device="cpu", sizes=gpucheck.tiny_sizes("cpu"), out_dir=tmp_path,
+                                deadline=time.monotonic() + 60)
+    section = gpucheck.run_paired(ctx)
+    assert section["status"] == "ok" and [c[0] for c in calls] == list(ctx.sizes.batch_sizes)
+    lines = gpucheck._paired_md(section)
+    assert any("| 0.500 | 0.400 | 0.300 |" in line for line in lines)

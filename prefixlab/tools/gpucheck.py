@@ -617,6 +617,23 @@ def run_generation(ctx: CheckContext) -> dict:
             "new_tokens": sizes.gen_new_tokens, "prompt_len": sizes.gen_prompt_len, "autocast_dtype": dtype_name(dtype)}
 
 
+def run_paired(ctx: CheckContext) -> dict:
+    """Section 5: the lab's paired step (both variants) fused vs one pass per variant vs two PEFT
+    models, and gradient checkpointing's peak memory at 4x the sequence length (bench paired)."""
+    from prefixlab.tools.bench import run_paired_bench
+
+    rows, problems = [], []
+    for batch_size in ctx.sizes.batch_sizes:
+        if ctx.time_left() <= 0:
+            problems.append(f"time budget ran out before batch={batch_size}")
+            continue
+        result = run_paired_bench(replace(ctx.sizes.model, batch_size=batch_size, device=ctx.device))
+        rows.append({"batch_size": batch_size, "ms": {k: 1000 * v for k, v in result["min_s"].items()},
+                     "ratios": result["ratios"], "checkpointing": result["checkpointing"]})
+        release_gpu_memory()
+    return {"status": FAILED if problems else OK, "problems": problems, "rows": rows}
+
+
 # ---------------------------------------------------------------------------------------------
 # Running the sections in order within the time budget; an exception or a late start is a result
 # ---------------------------------------------------------------------------------------------
@@ -625,15 +642,17 @@ def run_generation(ctx: CheckContext) -> dict:
 # name -> (function, share of the budget it may use before the next section starts)
 SECTIONS: dict[str, tuple[Callable[[CheckContext], dict], float]] = {
     "parity": (run_parity, 0.15),  # expected on an H100: ~15 s
-    "e2e": (run_e2e, 0.35),  # ~40 s: interpreter start, 40 steps x 2 variants, evals, samples
-    "throughput": (run_throughput, 0.25),  # ~20 s
-    "generation": (run_generation, 0.25),  # ~30 s: 24 generate calls of 32 tokens, eager decoding
+    "e2e": (run_e2e, 0.30),  # ~40 s: interpreter start, 40 steps x 2 variants, evals, samples
+    "throughput": (run_throughput, 0.20),  # ~20 s
+    "generation": (run_generation, 0.20),  # ~30 s: 24 generate calls of 32 tokens, eager decoding
+    "paired": (run_paired, 0.15),  # ~30 s: three contenders per batch size, two checkpointing probes
 }
 SECTION_TITLES = {
     "parity": "1. Parity with PEFT on the device",
     "e2e": "2. Offline preset end to end",
     "throughput": "3. Training throughput and memory (GPT-2-medium shape, random weights)",
     "generation": "4. Generation latency (greedy)",
+    "paired": "5. Both variants' step: fused vs one pass each vs two PEFT models; checkpointing memory",
 }
 
 
@@ -745,7 +764,8 @@ def render_markdown(results: dict) -> str:
     if facts:
         lines.append("- device: " + ", ".join(facts))
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    renderers = {"parity": _parity_md, "e2e": _e2e_md, "throughput": _throughput_md, "generation": _generation_md}
+    renderers = {"parity": _parity_md, "e2e": _e2e_md, "throughput": _throughput_md, "generation": _generation_md,
+                 "paired": _paired_md}
     for name, section in results.get("sections", {}).items():
         lines += ["", f"## {SECTION_TITLES[name]}: {section.get('status', '?')}"
                   + (f" ({section['seconds']:.1f} s)" if section.get("seconds") is not None else ""), ""]
@@ -755,6 +775,19 @@ def render_markdown(results: dict) -> str:
         lines += renderers[name](section)
         lines += [f"- problem: {problem}" for problem in section.get("problems", [])]
     return "\n".join(lines) + "\n"
+
+
+def _paired_md(section: dict) -> list[str]:
+    rows = []
+    for r in section.get("rows", []):
+        ms, ratios, ckpt = r["ms"], r["ratios"], r["checkpointing"]
+        rows.append([r["batch_size"], fmt_number(ms.get("fused"), ".1f"), fmt_number(ms.get("sequential"), ".1f"),
+                     fmt_number(ms.get("peft_two_models"), ".1f"), fmt_number(ratios.get("fused/sequential"), ".3f"),
+                     fmt_number(ratios.get("fused/peft_two_models"), ".3f"), fmt_number(ckpt.get("ratio"), ".3f")])
+    return ["Fastest of the interleaved repeats, ms per paired step; checkpointing: one variant's peak memory "
+            "with / without it at 4x the sequence length.", ""] + table(
+        ["batch", "fused ms", "one pass each ms", "two PEFT models ms", "fused / one pass each",
+         "fused / PEFT", "checkpointing / plain memory"], rows)
 
 
 def _parity_md(section: dict) -> list[str]:
