@@ -20,6 +20,7 @@ from pathlib import Path
 
 from prefixlab.core.config import ConfigError, PrefixTuningConfig, TaskType, infer_sizes, prefix_parameter_counts
 from prefixlab.engine.data import DataError, check_columns, load_task, resolve_source
+from prefixlab.engine.loggers import missing_packages
 from prefixlab.engine.spec import ExperimentSpec
 from prefixlab.engine.zoo import ModelFacts, count_base_parameters, model_facts, position_limit, task_type_of_config
 
@@ -55,6 +56,9 @@ def check(spec: ExperimentSpec, *, model_config=None, prompt_lengths: list[int] 
     out = Checked(model_name=spec.model.name, fine_tune=spec.fine_tune.name if spec.fine_tune else None)
     if machine:
         out.errors.update(precision_errors(spec))
+        missing = missing_packages(spec.training.report_to)
+        if missing:
+            out.errors["training.report_to"] = "; ".join(missing.values())
     try:
         facts = model_facts(spec.model.name) if model_config is None else ModelFacts(
             spec.model.name, model_config, task_type_of_config(model_config), position_limit(model_config))

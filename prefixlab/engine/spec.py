@@ -171,6 +171,12 @@ class TrainingSpec(_Section):
         metadata={"help": "Peak AdamW learning rate of the fine_tune baseline variant (the paper fine-tunes with "
                           "5e-5); the same warmup and decay as the prefixes."},
     )
+    report_to: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Also log losses and task metrics to these dashboards: tensorboard (event files in "
+                          "runs/<id>/tensorboard) and/or trackio (its local database); optional packages "
+                          "(pip install tensorboard / trackio).", "choices": ("tensorboard", "trackio")},
+    )
     num_processes: int = field(
         default=1,
         metadata={"help": "Processes to train on, one per GPU, started by `accelerate launch` (batch_size is "
@@ -207,6 +213,9 @@ class TrainingSpec(_Section):
             problems.add("training.seed", f"must be between 0 and {2**32 - 1}, got {self.seed!r}")
         if self.precision not in PRECISIONS:
             problems.add("training.precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        unknown = [name for name in self.report_to if name not in ("tensorboard", "trackio")]
+        if unknown or len(set(self.report_to)) != len(self.report_to):
+            problems.add("training.report_to", f"must name tensorboard and/or trackio, each once, got {self.report_to!r}")
         if self.max_steps is not None and self.max_steps >= 1:
             if self.eval_interval > self.max_steps:
                 problems.add("training.eval_interval",

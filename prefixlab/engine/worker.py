@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from prefixlab.core.config import TaskType
 from prefixlab.engine.generation import generate_outputs, prompts_for
+from prefixlab.engine.loggers import JsonlLogger, Logger, ProgressBarLogger, report_loggers
 from prefixlab.engine.spec import ExperimentSpec, SpecError, TrainingSpec
 from prefixlab.engine.devices import make_accelerator, peak_gpu_memory, release_gpu_memory
 from prefixlab.engine.limits import clip
@@ -46,49 +47,6 @@ HEARTBEAT_INTERVAL_S = 2.0
 
 class TrainingDiverged(RuntimeError):
     """A variant's loss became NaN or infinite."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Loggers: the page reads metrics.jsonl, the terminal shows a progress bar.
-# ---------------------------------------------------------------------------------------------
-
-
-class Logger(Protocol):
-    def log(self, step: int, metrics: dict) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class JsonlLogger:
-    """One whole, flushed line per record in metrics.jsonl (readable within a second)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def log(self, step: int, metrics: dict) -> None:
-        append_jsonl(self.path, {**metrics, "step": step, "time": time.time()})
-
-    def close(self) -> None:
-        pass
-
-
-class ProgressBarLogger:
-    """A tqdm bar over optimizer steps showing each variant's latest loss."""
-
-    def __init__(self, total: int):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-        self.latest: dict[str, str] = {}
-
-    def log(self, step: int, metrics: dict) -> None:
-        key = "loss" if "loss" in metrics else "eval_loss"
-        self.latest[f"{metrics['variant']}{'' if key == 'loss' else ' eval'}"] = f"{metrics[key]:.3f}"
-        self.bar.set_postfix(self.latest, refresh=False)
-        self.bar.update(step - self.bar.n)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -808,11 +766,13 @@ def _work(run: RunDir, main: bool, progress: bool | None) -> str:
         stop.set()
     status.start(state=RUNNING, pid=os.getpid(), error=None, finished_at=None,
                  started_at=run.read_status().get("started_at") or time.time())
-    spec, job, bar = None, None, None
+    spec, job, bar, dashboards = None, None, None, []
     try:
         spec = run.read_spec()
         log(f"worker {os.getpid()} starting {spec.name!r} on {spec.model.name}")
-        job = Job(spec, run, stop, status, loggers=[JsonlLogger(run.metrics_path)])
+        if main:  # training.report_to: TensorBoard, trackio (the first process only, like every file)
+            dashboards = report_loggers(spec.training.report_to, run.path, run.run_id, spec.to_dict())
+        job = Job(spec, run, stop, status, loggers=[JsonlLogger(run.metrics_path), *dashboards])
         job.setup()
         if progress if progress is not None else sys.stderr.isatty():
             bar = ProgressBarLogger(job.total_steps)
@@ -837,8 +797,9 @@ def _work(run: RunDir, main: bool, progress: bool | None) -> str:
             raise
         return FAILED
     finally:
-        if bar:
-            bar.close()
+        for logger in [bar, *dashboards]:
+            if logger:
+                logger.close()
         restore_handlers(previous)
         job = None  # the model, adapters and optimizers, before their memory is returned
         release_gpu_memory()

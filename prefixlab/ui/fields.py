@@ -94,8 +94,8 @@ class FieldSpec:
 
 
 def _kind(meta: dict) -> str:
-    if meta["type"] == "multi":
-        return "multi"
+    if meta["type"] == "multi" or (meta["type"] == "list[str]" and meta.get("choices")):
+        return "multi"  # several of the choices (a list field with choices: training.report_to)
     if meta.get("choices") and meta["key"] not in FREE_CHOICE_KEYS:
         return "choice"
     return {"bool": "bool", "int": "int", "float": "float", "list[str]": "lines"}.get(meta["type"], "str")
@@ -104,7 +104,7 @@ def _kind(meta: dict) -> str:
 def field_from_metadata(meta: dict) -> FieldSpec:
     """form_fields() entry -> FieldSpec."""
     default = meta["default"]
-    if meta["type"] == "list[str]" and isinstance(default, list):
+    if meta["type"] == "list[str]" and isinstance(default, list) and _kind(meta) == "lines":
         default = "\n".join(default)
     # A field whose default is None (num_virtual_tokens, encoder_hidden_size) can be left empty on
     # the page; spec_from_form then says what is missing or fills it in (encoder_hidden_size).
