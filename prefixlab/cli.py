@@ -1,4 +1,4 @@
-"""Command line: `python -m prefixlab {train,generate,runs,inspect,bench,gpucheck} ...`.
+"""Command line: `python -m prefixlab {train,generate,runs,inspect,sweep,bench,gpucheck} ...`.
 
     python -m prefixlab train presets/offline-tiny.json            # a new folder under runs/
     python -m prefixlab train SPEC.json --run-dir runs/my-run
@@ -8,6 +8,8 @@
     python -m prefixlab runs [--runs-dir runs]                      # every run: state, step, error
     python -m prefixlab inspect presets/gpt2-e2e.json               # parameter counts, no weights
     python -m prefixlab inspect --model gpt2-medium --prefix-length 10 --encoder-hidden-size 512
+    python -m prefixlab sweep SPEC.json --vary prefix.num_virtual_tokens=1,5,10 [--queue] [--plot P.png]
+    python -m prefixlab sweep --show [SWEEP_ID] [--plot P.svg]      # a sweep's table and chart; the sweeps
     python -m prefixlab bench [core|engine|startup|all] [--quick] [--json PATH]
     python -m prefixlab gpucheck
 """
@@ -431,6 +433,157 @@ def cmd_inspect(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# sweep
+
+
+def cmd_sweep(args) -> int:
+    """Validate every run of a sweep, then queue them for a page (--queue) or train them here one after
+    another; with --show, print (and plot) a sweep of the runs folder, or list its sweeps."""
+    from prefixlab.engine import sweep as sweeps
+    from prefixlab.views.sweep import check_metric
+
+    check_metric(args.metric)
+    check_plot_path(args.plot)
+    if args.show is not None:
+        return show_sweep(args)
+    if args.spec is None or not args.vary:
+        raise CliError("sweep needs SPEC.json and --vary FIELD=V1,V2,... (once, or twice for two fields), "
+                       "or --show [SWEEP_ID]")
+    if args.queue and args.plot:
+        raise CliError(f"--plot with --queue: nothing has trained yet; plot later with python -m prefixlab sweep "
+                       f"--show SWEEP_ID --plot {shlex.quote(args.plot)}")
+    spec = ExperimentSpec.load(args.spec)
+    vary = {}
+    for text in args.vary:
+        try:
+            name, values = sweeps.parse_vary(text)
+        except sweeps.SweepError as err:
+            raise CliError(f"--vary {text}: {err.message}") from None
+        if name in vary:
+            raise CliError(f"--vary {name} is given twice; give all its values at once: --vary {name}=V1,V2,...")
+        vary[name] = values
+    try:
+        plan = sweeps.plan_sweep(spec, vary)
+    except sweeps.SweepError as err:
+        raise CliError(f"{err} (sweep of {args.spec}; nothing was queued)") from None
+    runs_dir = folder(args.runs_dir, "--runs-dir", create=True)
+    if not args.queue:
+        return train_sweep(plan, runs_dir, args)
+    from prefixlab.engine.runs import JobQueue
+
+    for run_id, spec in zip(sweeps.submit_sweep(JobQueue(runs_dir), plan), plan.specs):
+        print(f"{run_id}  {sweeps.label(spec.sweep.vary)}")
+    print(f"sweep {plan.id}: {len(plan.specs)} runs queued in {runs_dir}; a page on this folder (python app.py "
+          f"--runs-dir {shlex.quote(str(runs_dir))}) trains them one after another. See them with: python -m "
+          f"prefixlab sweep --show {plan.id} --runs-dir {shlex.quote(str(runs_dir))}", file=sys.stderr)
+    return EXIT_OK
+
+
+def check_plot_path(path: str | None) -> None:
+    """--plot names a .png or .svg file in a folder that exists (checked before anything trains)."""
+    if path is None:
+        return
+    if Path(path).suffix.lower() not in (".png", ".svg"):
+        raise CliError(f"--plot {path}: name a .png or .svg file")
+    if not Path(path).parent.is_dir():
+        raise CliError(f"--plot {path}: the folder {Path(path).parent} does not exist; create it or plot elsewhere")
+
+
+def train_sweep(plan, runs_dir: Path, args) -> int:
+    """Train the plan's runs here, one after another, each as `train --run-dir` trains a queued run.
+    Their folders are made first, all queued and held by this process (engine.sweep.reserve_sweep), so a
+    page shows them and its queue starts none of them. Ctrl-C (or SIGTERM) stops the current run as
+    `train` does (saved, cancelled) and starts no other: the runs not started end cancelled. A run
+    stopped from the page (Stop) or failing does not stop the sweep. Exit status: 130 when interrupted,
+    1 when a run failed, else 0; the table (and --plot) either way."""
+    import signal
+
+    from prefixlab.engine import sweep as sweeps
+    from prefixlab.engine.runs import CANCELLED, FAILED, QUEUED
+    from prefixlab.engine.worker import INTERRUPTED_TWICE
+
+    stop: list[int] = []  # a SIGTERM between two runs (while one trains, the worker's handler has it)
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.append(signum))
+    failed = interrupted = False
+    try:
+        with sweeps.reserve_sweep(runs_dir, plan) as reserved:
+            print(f"sweep {plan.id}: {len(plan.specs)} runs in {runs_dir}", file=sys.stderr)
+            try:
+                for i, run in enumerate(reserved.runs):
+                    if stop:
+                        interrupted = True
+                        break
+                    print(f"[{i + 1}/{len(plan.specs)}] {sweeps.label(plan.values(i))}", file=sys.stderr)
+                    if run.cancel_requested():  # Stop pressed on the page while it waited
+                        run.update_status(state=CANCELLED, finished_at=time.time())
+                        continue
+                    if plan.specs[i].training.num_processes > 1:
+                        reserved.release(i)  # the first process of its launcher takes the run's lock
+                    try:
+                        with ExitStack() as stack:
+                            train_in(argparse.Namespace(spec=None, run_dir=str(run.path), runs_dir=str(runs_dir),
+                                                        progress=args.progress), True, stack)
+                    except CliError as err:  # another worker took the run after all
+                        print(f"error: {err}", file=sys.stderr)
+                        failed = True
+                        continue
+                    finally:
+                        reserved.release(i)
+                    status = run.read_status()
+                    failed = failed or status.get("state") == FAILED
+                    if (status.get("state") == CANCELLED and not run.cancel_requested()) or \
+                            status.get("error") == INTERRUPTED_TWICE:  # Ctrl-C or SIGTERM, not the page's Stop
+                        interrupted = True
+                        break
+            except KeyboardInterrupt:  # between two runs
+                interrupted = True
+            finally:
+                for run in reserved.runs:  # never started: no queue may start them later
+                    if run.read_status().get("state") == QUEUED:
+                        run.update_status(state=CANCELLED, finished_at=time.time())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if interrupted:
+        print(f"sweep {plan.id} interrupted: the runs not started are cancelled", file=sys.stderr)
+    report_sweep(sweeps.read_sweep(runs_dir, plan.id), args)
+    return EXIT_INTERRUPTED if interrupted else EXIT_FAILED if failed else EXIT_OK
+
+
+def show_sweep(args) -> int:
+    """`sweep --show SWEEP_ID`: the sweep's table (and --plot); `sweep --show`: the runs folder's sweeps."""
+    from prefixlab.engine import sweep as sweeps
+
+    if args.spec or args.vary or args.queue:
+        raise CliError("--show reads a sweep that exists; leave out SPEC.json, --vary and --queue")
+    runs_dir = folder(args.runs_dir, "--runs-dir")
+    if args.show:
+        report_sweep(sweeps.read_sweep(runs_dir, args.show), args)
+        return EXIT_OK
+    if args.plot:
+        raise CliError("--plot needs a sweep: --show SWEEP_ID --plot PATH")
+    listed = sweeps.list_sweeps(runs_dir)
+    if not listed:
+        print(f"no sweeps in {runs_dir}", file=sys.stderr)
+        return EXIT_OK
+    from prefixlab.views.sweep import format_table
+
+    rows = [[s.id, s.name, s.model, ", ".join(s.fields), s.runs,
+             ", ".join(f"{n} {state}" for state, n in s.states.items())] for s in listed]
+    print(format_table(["sweep", "name", "model", "varies", "runs", "states"], rows))
+    return EXIT_OK
+
+
+def report_sweep(view, args) -> None:
+    """The sweep's table on stdout, and its chart written to --plot."""
+    from prefixlab.views.sweep import format_table, save_figure, sweep_figure, sweep_table
+
+    print(format_table(*sweep_table(view)))
+    if args.plot:
+        save_figure(sweep_figure(view, args.metric), args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
 # bench, gpucheck: modules written elsewhere, imported only when asked for
 
 
@@ -500,6 +653,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-length", type=int, help="with --model: num_virtual_tokens (default: 10)")
     p.add_argument("--encoder-hidden-size", type=int, help="with --model: the projection MLP's hidden size")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("sweep", help="one spec run once per value of one or two of its fields, trained here or "
+                                     "queued for a page, and the sweep's table and chart")
+    p.add_argument("spec", nargs="?", help="experiment spec JSON (e.g. presets/offline-tiny.json)")
+    p.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2,...",
+                   help="a field and its values, e.g. prefix.num_virtual_tokens=1,5,10,20,40 (none: an empty value; "
+                        "a JSON list for text with commas); twice for every pair of two fields' values")
+    p.add_argument("--runs-dir", default="runs", help="where the runs go, or are read from (default: runs)")
+    p.add_argument("--queue", action="store_true",
+                   help="queue the runs for a page on --runs-dir (python app.py) instead of training them here")
+    p.add_argument("--show", nargs="?", const="", metavar="SWEEP_ID",
+                   help="print (and --plot) the sweep SWEEP_ID of --runs-dir; without an id, list its sweeps")
+    p.add_argument("--plot", metavar="PATH", help="write the sweep's chart to PATH (.png or .svg)")
+    p.add_argument("--metric", help="the chart's metric: slot_accuracy, bleu, chrf, rouge_l or val_loss "
+                                    "(default: slot_accuracy where the runs report it, else bleu, else val_loss)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="a progress bar per run (default: when stderr is a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("bench", help="benchmarks: core (a training step vs PEFT and a floor), engine (paired vs "
                                      "separate runs), paired (both variants' step: fused vs one pass each vs two "

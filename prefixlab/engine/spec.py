@@ -14,6 +14,11 @@ Variants are stored as chosen: `"variants": ["no_projection", "projection"]` nam
 (STANDARD_VARIANTS), and an object `{"name": ..., "prefix": {...}}` is a custom one whose prefix
 overrides the shared prefix. Each VariantSpec keeps its overrides (`changes`) and the resolved
 config (`prefix`).
+
+A run made by a sweep (engine/sweep.py) says so in an optional top-level `"sweep": {"id": ...,
+"vary": {"prefix.num_virtual_tokens": 5}, "grid": {"prefix.num_virtual_tokens": [1, 5, 10]}}`
+(SweepTag): which group it belongs to and the values it was given. The key is absent from every
+other spec, and nothing else about the run depends on it.
 """
 
 from __future__ import annotations
@@ -321,6 +326,24 @@ class VariantSpec:
 
 
 @dataclass
+class SweepTag:
+    """A run's place in a sweep: the sweep's id, this run's values of the fields the sweep varies, and
+    every value of each (engine/sweep.py writes them; a sweep view reads them)."""
+
+    id: str = field(metadata={"help": "The sweep's id, shared by all of its runs."})
+    vary: dict[str, Any] = field(metadata={"help": "{dotted spec field: this run's value}, e.g. "
+                                                   "{\"prefix.num_virtual_tokens\": 5}."})
+    grid: dict[str, list] = field(default_factory=dict,
+                                  metadata={"help": "{dotted spec field: every value the sweep gives it}."})
+
+    def to_dict(self) -> dict:
+        out = {"id": self.id, "vary": dict(self.vary)}
+        if self.grid:
+            out["grid"] = {key: list(values) for key, values in self.grid.items()}
+        return out
+
+
+@dataclass
 class ExperimentSpec:
     name: str = field(default="experiment", metadata={"help": "A short name for the run."})
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -331,6 +354,7 @@ class ExperimentSpec:
     training: TrainingSpec = field(default_factory=TrainingSpec)
     generation: GenerationSpec = field(default_factory=GenerationSpec)
     description: str = field(default="", metadata={"help": "Free text; presets say how to run them."})
+    sweep: SweepTag | None = field(default=None, metadata={"help": "The sweep this run belongs to, if any."})
 
     def __post_init__(self):
         if not self.variants:
@@ -389,6 +413,8 @@ class ExperimentSpec:
                "prefix": shared, "variants": variants}
         for section in ("data", "training", "generation"):
             out[section] = dataclasses.asdict(getattr(self, section))
+        if self.sweep is not None:
+            out["sweep"] = self.sweep.to_dict()
         return out
 
     @classmethod
@@ -403,7 +429,7 @@ class ExperimentSpec:
             raise SpecError("experiment", f"must be a JSON object, got {type(d).__name__}")
         d = {k: v for k, v in d.items() if not k.startswith("_")}
         problems = _Problems()
-        known = {"name", "description", "prefix", "variants", *SECTIONS}
+        known = {"name", "description", "prefix", "variants", "sweep", *SECTIONS}
         unknown = sorted(set(d) - known)
         if unknown:
             problems.add(unknown[0], f"unknown key(s) {unknown}; allowed: {sorted(known)}")
@@ -421,6 +447,8 @@ class ExperimentSpec:
         for key in ("name", "description"):
             if key in d:
                 experiment[key] = d[key]
+        if d.get("sweep") is not None:
+            experiment["sweep"] = _sweep_from_dict(d["sweep"], problems)
         if problems:  # every problem with the document's values; the checks across them need good values
             problems.raise_if_any()
         try:
@@ -471,6 +499,56 @@ class ExperimentSpec:
     @property
     def fine_tune(self) -> VariantSpec | None:
         return next((v for v in self.variants if v.kind == FINE_TUNE), None)
+
+
+SWEEP_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,99}")
+
+
+def _sweep_from_dict(d: Any, problems: _Problems) -> SweepTag | None:
+    """The "sweep" object: an id (letters, digits, _ . -), "vary" {field: JSON scalar} naming spec fields
+    ("prefix.<PrefixTuningConfig field>" or "<section>.<field>"), and optionally "grid" {the same
+    fields: every value, this run's among them}."""
+    if not isinstance(d, dict):
+        problems.add("sweep", f"must be a JSON object with an id and vary, got {d!r}")
+        return None
+    found = len(problems)
+    for key in sorted(k for k in d if k not in ("id", "vary", "grid") and not k.startswith("_")):
+        problems.add(f"sweep.{key}", "unknown key; a sweep has an id, vary and grid")
+    sweep_id, vary, grid = d.get("id"), d.get("vary"), d.get("grid") or {}
+    if not isinstance(sweep_id, str) or not SWEEP_ID.fullmatch(sweep_id):
+        problems.add("sweep.id", f"must be 1 to 100 letters, digits, _, . or - (starting with a letter or digit), "
+                                 f"got {sweep_id!r}")
+    if not isinstance(vary, dict) or not vary:
+        problems.add("sweep.vary", f"must be an object {{field: value}} with at least one field, got {vary!r}")
+        vary = {}
+    for key, value in vary.items():
+        if not _spec_field(key):
+            problems.add(f"sweep.vary.{key}", "is not a field of the spec; name one as prefix.<field> or "
+                                              f"<section>.<field> ({', '.join(SECTIONS)})")
+        elif not _json_scalar(value):
+            problems.add(f"sweep.vary.{key}", f"must be a number, text, true/false or null, got {value!r}")
+    if not isinstance(grid, dict) or (grid and set(grid) != set(vary)):
+        problems.add("sweep.grid", f"must be an object with the fields of vary ({', '.join(vary)}), got {grid!r}")
+        grid = {}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values or not all(_json_scalar(v) for v in values):
+            problems.add(f"sweep.grid.{key}", f"must be a non-empty list of values, got {values!r}")
+        elif vary.get(key) not in values:
+            problems.add(f"sweep.grid.{key}", f"does not hold this run's value {vary.get(key)!r}")
+    return SweepTag(sweep_id, dict(vary), {k: list(v) for k, v in grid.items()}) if len(problems) == found else None
+
+
+def _spec_field(key: Any) -> bool:
+    """Whether `key` names a field of the spec: "prefix.<PrefixTuningConfig field>" or "<section>.<field>"."""
+    section, _, name = key.partition(".") if isinstance(key, str) else ("", "", "")
+    if section == "prefix":
+        return name in prefix_field_names()
+    return section in SECTIONS and name in {f.name for f in dataclasses.fields(SECTIONS[section])}
+
+
+def _json_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, str)) or (isinstance(value, float) and value == value
+                                                                    and abs(value) != float("inf"))
 
 
 def _module_dict_attribute(name: str) -> bool:
