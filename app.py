@@ -28,7 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                         help="require this user name and password to open the page")
     parser.add_argument("--runs-dir", default="runs", help="where runs are written and found")
-    parser.add_argument("--presets-dir", default=None, help="preset folder (default: the repository's presets/)")
+    parser.add_argument("--presets-dir", default=None,
+                        help="the shipped presets folder (default: the repository's presets/); presets saved on the "
+                             "page go to RUNS_DIR/presets")
     parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
                         help="a folder whose files the page may name as a task file or model folder (besides the "
                              "uploads under --runs-dir); repeat for several. Without it the page reads no path "
@@ -53,7 +55,7 @@ def main(argv=None) -> None:
     # Imported after parsing so that --help answers at once.
     from prefixlab.engine.runs import JobQueue
     from prefixlab.ui import build_app
-    from prefixlab.ui.app import CSS, REPO_PRESETS
+    from prefixlab.ui.app import CSS, REPO_PRESETS, THEME
 
     try:
         queue = JobQueue(args.runs_dir)
@@ -71,7 +73,7 @@ def main(argv=None) -> None:
         # by a direct POST to /gradio_api/run/<name>.
         _, local_url, share_url = demo.queue(default_concurrency_limit=4, api_open=False).launch(
             server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-            prevent_thread_lock=True, quiet=True, css=CSS, max_file_size=f"{MAX_UPLOAD_MB}mb",
+            prevent_thread_lock=True, quiet=True, css=CSS, theme=THEME, max_file_size=f"{MAX_UPLOAD_MB}mb",
             # No "Use via API" link (the page's events are not an API: ui/registry.py) and no run
             # history page, which Gradio serves before a login.
             footer_links=["gradio", "settings"], run_history=False)

@@ -108,3 +108,24 @@ def test_accounting_without_weights_equals_the_built_model(model_name, projectio
     saved = load_file(str(tmp_path / "adapter_model.safetensors"))
     assert counts["stored"] == sum(t.numel() for t in saved.values())
     assert counts["stored"] == sum(t.numel() for t in saved.values() if t.dtype == torch.float32)
+
+
+def test_the_base_model_s_task_metric_lines_add_no_variant_row(tmp_path):
+    """metrics.jsonl's task-metric lines name the untuned model "base": it is not a variant (no counts,
+    no losses), only a first row of task metrics to compare the variants with."""
+    run = write_run(tmp_path / "run", finished=False)
+    assert [r["variant"] for r in compare.comparison_table(run.path)] == ["no_projection", "projection"]
+    assert "bleu" not in compare.comparison_table(run.path)[0]  # no metrics logged: no metric columns
+    append_jsonl(run.metrics_path, {"variant": "base", "step": 0, "bleu": 1.0, "time": 1005.0})
+    append_jsonl(run.metrics_path, {"variant": "projection", "step": 2, "bleu": 9.04, "time": 1005.0})
+    rows = compare.comparison_table(run.path)
+    assert [r["variant"] for r in rows] == ["base", "no_projection", "projection"]
+    assert [r["bleu"] for r in rows] == [1.0, None, 9.0]
+    assert rows[0]["trainable"] is None and rows[0]["train loss"] is None
+    assert compare.run_variants(None, run.read_metrics(), None) == ["no_projection", "projection"]
+
+
+def test_variant_colours_are_fixed_for_the_standard_variants():
+    assert compare.variant_colours(["projection", "no_projection"]) == {"projection": "#ff7f0e",
+                                                                      "no_projection": "#1f77b4"}
+    assert compare.variant_colours(["base"])["base"] == "#7f7f7f"

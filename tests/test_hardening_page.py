@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import gradio as gr
 import pytest
 from test_compare import write_run
 
@@ -93,7 +92,7 @@ def test_a_local_model_folder_is_refused_unless_allowed_and_presets_and_hub_ids_
     form = lab.initial_state("offline-tiny") | {"form.model.name": str(folder)}
     out = lab.form_changed(form)
     assert out[MESSAGES].startswith("⚠️ **model.name**: ") and "--allow-path" in out[MESSAGES]
-    assert out["accounting.table"] == []  # its config.json is not read
+    assert out["accounting.table"] == "" and "model.name" in out["accounting.note"]  # its config.json is not read
     assert set(lab.model_changed(form).values()) == {""}  # nor its sizes
     assert lab.train(form)[MESSAGES] == out[MESSAGES] and lab.queue.list_runs() == []
     allowed = _lab(tmp_path, allow_paths=[folder.parent])
@@ -111,8 +110,8 @@ def test_a_preset_or_run_named_by_a_path_is_not_opened(tmp_path):
     outside = write_run(tmp_path / "other-runs" / "20260101-000000-theirs", finished=True)
     (outside.adapter_path("projection")).mkdir(parents=True)
     (outside.adapter_path("projection") / "adapter_config.json").write_text("{}")
-    with pytest.raises(gr.Error, match="no longer exists"):
-        lab.zip_adapter({"run.select": "../other-runs/20260101-000000-theirs", "compare.adapter": "projection"})
+    out = lab.zip_adapter({"run.select": "../other-runs/20260101-000000-theirs", "compare.adapter": "projection"})
+    assert out["compare.adapter_file"] is None and "no longer exists" in out["compare.adapter_note"]
 
 
 # --- 2. uploads: only what Gradio received, in this app's own folder -------------------------------

@@ -91,6 +91,8 @@ def _check_every_event(demo, registry):
         if sent is None or updates is None:
             continue
         for output in event.outputs:
+            if registry[output].stateful:  # a gr.State: kept on the server, nothing is sent
+                continue
             if output not in updates:  # an update without a value: the browser keeps what it shows
                 payload = sent[id(registry[output])]
                 assert payload["__type__"] == "update" and "value" not in payload, (event.name, output, payload)
@@ -131,20 +133,20 @@ def test_a_component_added_to_a_panel_needs_no_count_changed_anywhere(tmp_path, 
     """One more component in a panel's dict is registered under its id and every event still works:
     no list of outputs or of skips counts the components (the timer's event, for one, returns only
     what changed, keyed by id)."""
-    chart_panel = panels.build_chart_panel
-    monkeypatch.setattr(panels, "build_chart_panel",
-                        lambda: {**chart_panel(), "note": gr.Markdown("a note", elem_id="chart-note")})
-    form_panel = panels.build_form
-    monkeypatch.setattr(panels, "build_form", lambda *args: {**form_panel(*args), "hint": gr.Markdown("a hint")})
+    chart_panel = panels.build_chart_footer
+    monkeypatch.setattr(panels, "build_chart_footer",
+                        lambda: {**chart_panel(), "extra": gr.Markdown("a note", elem_id="chart-extra")})
+    form_panel = panels.build_more
+    monkeypatch.setattr(panels, "build_more", lambda *args: {**form_panel(*args), "hint": gr.Markdown("a hint")})
     demo, lab, registry = _page(tmp_path)
-    assert registry["run.note"].elem_id == "chart-note" and "form.hint" in registry
-    assert registry.ids("run.")[-1] == "run.note"  # filed with its panel, in build order
+    assert registry["run.extra"].elem_id == "chart-extra" and "form.hint" in registry
+    assert registry.ids("run.")[-1] == "run.extra"  # filed with its panel, in build order
     _check_every_event(demo, registry)
     # A handler that updates the new component is one more entry in its dict and its outputs.
     with demo:
-        registry.on("run.select.change", lambda v: {"run.note": f"run {v['run.select']}"}, ["run.select"],
-                    ["run.note"])
-    assert _fire(demo, registry.events[-1]) == {id(registry["run.note"]): "run None"}
+        registry.on("run.select.change", lambda v: {"run.extra": f"run {v['run.select']}"}, ["run.select"],
+                    ["run.extra"])
+    assert _fire(demo, registry.events[-1]) == {id(registry["run.extra"]): "run None"}
 
 
 def test_model_choices_put_real_models_first_only_where_the_hub_answers():
@@ -218,3 +220,45 @@ def test_sigterm_stops_the_app_like_ctrl_c_and_removes_its_temporary_downloads(t
     finally:
         proc.kill()
     assert list((tmp_path / "tmp").glob("prefixlab-gradio-*")) == []
+
+
+def test_a_smoothing_typed_out_of_range_never_stops_the_chart(tmp_path):
+    """Typing 5 or -1 in the smoothing box: the timer's event still runs through Gradio (no error
+    toast every second), with the value clamped into the slider's range."""
+    demo, lab, registry = _page(tmp_path)
+    tick = next(e for e in registry.events if e.name == "tick")
+    block_fn = demo.fns[tick.fn_id]
+    for typed in (5, -1):
+        data = [typed if registry.id_of(b) == "run.smoothing" else b.value for b in block_fn.inputs]
+        result = asyncio.run(demo.process_api(block_fn, data))
+        assert result["data"], typed
+    assert registry["run.smoothing"].preprocess(5) == 0.95 and registry["run.smoothing"].preprocess(-1) == 0.0
+    assert registry["run.smoothing"].get_block_name() == "slider"
+    assert not list(Path(panels.__file__).parent.glob("*.pyi"))  # no component class of our own
+
+
+def test_the_form_opens_with_the_essentials_and_every_other_field_in_a_collapsed_section(tmp_path):
+    from prefixlab.ui.layout import ESSENTIALS
+
+    demo, lab, registry = _page(tmp_path)
+    accordions = {i: registry[i] for i in registry.ids("form.more.")}
+    assert set(accordions) == {f"form.more.{s}" for s in ("experiment", "prefix", "data", "training", "generation")}
+    assert all(isinstance(a, gr.Accordion) and a.open is False for a in accordions.values())
+    placed = {key for rows in lab.layout.more.values() for row in rows for key in row}
+    essential = {key for row in lab.layout.essentials for key in row}
+    assert essential == ESSENTIALS and placed | essential == {f.key for f in lab.fields} and not placed & essential
+    # The essentials are what a researcher changes for every run.
+    assert {"model.name", "data.source", "prefix.num_virtual_tokens", "prefix.encoder_hidden_size",
+            "experiment.variants", "training.learning_rate", "training.max_steps"} <= ESSENTIALS
+    # Each control sits inside its section's accordion (Gradio's parent chain).
+    batch = registry["form.training.batch_size"]
+    parents = []
+    block = batch.parent
+    while block is not None:
+        parents.append(block)
+        block = block.parent
+    assert registry["form.more.training"] in parents
+    # The page's layout: the run's charts as tabs, and a place for more views beside them.
+    tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tab)]
+    assert [t.label for t in tabs] == ["Loss", "Task metrics", "Parameters", "Outputs", "Generate",
+                                       "Download adapter", "All runs"]

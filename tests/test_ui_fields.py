@@ -10,6 +10,7 @@ import gradio as gr
 from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig
 from prefixlab.ui import fields as ui_fields
 from prefixlab.ui.form import NONE_CHOICE, component_for, to_component_value
+from prefixlab.ui.layout import PER_ROW, form_layout
 
 
 def _by_key():
@@ -81,6 +82,31 @@ def test_a_field_added_to_the_config_appears_with_no_ui_change(monkeypatch):
     assert (added.kind, added.default, added.help) == ("float", 0.1, "Dropout on the prefix")
     box = component_for(added)
     assert isinstance(box, gr.Number) and box.value == 0.1 and box.info == "Dropout on the prefix"
+    # It lands in the prefix section's collapsed "more" part: the essentials are placed by hand only.
+    layout = form_layout(ui_fields.page_fields())
+    assert layout.section_of_more("prefix.prefix_dropout") == "prefix"
+    assert "prefix.prefix_dropout" not in {key for row in layout.essentials for key in row}
+
+
+def test_every_field_is_placed_once_new_training_fields_in_training_s_more_part(monkeypatch):
+    from prefixlab.engine import spec as engine_spec
+
+    @dataclass
+    class ExtendedTraining(engine_spec.TrainingSpec):
+        label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing."})
+        compile_model: bool = field(default=False, metadata={"help": "torch.compile the base."})
+
+    monkeypatch.setitem(ui_fields.SECTIONS, "training", ExtendedTraining)
+    fields = ui_fields.page_fields()
+    layout = form_layout(fields)
+    placed = [key for rows in (layout.essentials, *layout.more.values()) for row in rows for key in row]
+    assert sorted(placed) == sorted(f.key for f in fields)  # each exactly once
+    assert layout.section_of_more("training.label_smoothing") == "training"
+    assert layout.section_of_more("training.compile_model") == "training"
+    assert layout.section_of_more("training.max_steps") is None  # an essential
+    # Rows: at most three narrow controls, a multi-line one alone.
+    assert all(len(row) <= PER_ROW for rows in layout.more.values() for row in rows)
+    assert ("generation.prompts",) in layout.more["generation"]
 
 
 def test_page_order_puts_inferred_sizes_after_the_prefix_fields():

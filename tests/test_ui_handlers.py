@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import secrets
 import shlex
 import shutil
@@ -14,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 import pytest
 import torch
 from gradio.components.plot import PlotData
@@ -30,8 +28,42 @@ from prefixlab.ui.app import REPO_PRESETS
 
 SKIP = gr.skip()
 # What the timer's event draws (ui/app.py); the tick leaves out those that did not change.
-RUN_PANELS = {"run.chart", "run.points", "compare.table", "compare.bars", "compare.outputs", "compare.adapter",
-              "runs.table", "run.select", "run.overlay"}
+RUN_PANELS = {"run.chart", "run.metrics", "run.points", "compare.table", "run.bars", "compare.outputs",
+              "compare.adapter", "runs.table", "run.select", "run.overlay"}
+
+
+def cells(table_html: str) -> list[list[str]]:
+    """The body rows of one of the page's HTML tables, as the text of their cells (a variant's
+    formula line, a row of its own, is left out)."""
+    from html.parser import HTMLParser
+
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell, self.skip, self.in_body = [], None, False, False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tbody":
+                self.in_body = True
+            elif tag == "tr" and self.in_body:
+                self.skip = ("class", "formula") in attrs
+                if not self.skip:
+                    self.rows.append([])
+            elif tag == "td" and self.in_body and not self.skip:
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag == "td" and self.cell is not None:
+                self.rows[-1].append(self.cell.strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    parser = Rows()
+    parser.feed(table_html or "")
+    return parser.rows
 
 
 def _lab(tmp_path, allow=()):
@@ -70,19 +102,21 @@ def test_tick_draws_a_run_then_skips_until_its_files_change(tmp_path):
     out = _tick(lab, run.run_id)
     status, seen = out["run.status"], out["run.seen"]
     assert "**running**" in status and "step 4 / 4" in status
-    assert _is_chart(out["run.chart"]) and _is_chart(out["compare.bars"])
-    assert out["run.points"] == "4 training points, 2 validation points"
-    comparison = out["compare.table"]
-    assert isinstance(comparison, pd.DataFrame) and list(comparison["variant"]) == ["no_projection", "projection"]
-    assert out["runs.table"][0][:4] == [run.run_id, "fixture", "tiny-gpt2", "running"]
-    assert out["run.select"]["choices"] == [run.run_id] and out["run.overlay"]["choices"] == ["", run.run_id]
+    assert _is_chart(out["run.chart"]) and _is_chart(out["run.bars"]) and _is_chart(out["run.metrics"])
+    assert out["run.points"] == ("no\\_projection: 2 training, 1 validation points · "
+                                 "projection: 2 training, 1 validation points")
+    comparison = cells(out["compare.table"])
+    assert [row[0] for row in comparison] == ["no_projection", "projection"]
+    assert cells(out["runs.table"])[0][:4] == [run.run_id, "fixture", "tiny-gpt2", "running"]
+    # The overlay menu never offers the selected run itself.
+    assert out["run.select"]["choices"] == [run.run_id] and out["run.overlay"]["choices"] == [("no overlay", "")]
     # Nothing changed on disk: only the status line (elapsed time) is sent again.
     again = _tick(lab, run.run_id, seen=seen)
     assert not set(again) & RUN_PANELS and "**running**" in again["run.status"]
     # A new metrics line redraws the chart; the runs listing is unchanged (same state and step).
     append_jsonl(run.metrics_path, {"variant": "projection", "step": 3, "loss": 2.5, "time": 1010.0})
     third = _tick(lab, run.run_id, seen=again.get("run.seen", seen))
-    assert third["run.points"] == "5 training points, 2 validation points" and "runs.table" not in third
+    assert third["run.points"].endswith("projection: 3 training, 1 validation points") and "runs.table" not in third
 
 
 def test_the_tick_returns_only_what_changed_keyed_by_id(tmp_path):
@@ -97,7 +131,7 @@ def test_the_tick_returns_only_what_changed_keyed_by_id(tmp_path):
     assert set(_tick(lab, run.run_id, seen=first["run.seen"])) == {"run.status"}
     append_jsonl(run.metrics_path, {"variant": "projection", "step": 3, "loss": 2.5, "time": 1010.0})
     assert set(_tick(lab, run.run_id, seen=first["run.seen"])) == {
-        "run.status", "run.seen", "run.chart", "run.points", "compare.table"}
+        "run.status", "run.seen", "run.chart", "run.points", "compare.table"}  # the metrics chart: unchanged
 
 
 def test_files_signature_changes_when_a_run_file_grows(tmp_path):
@@ -113,7 +147,8 @@ def test_page_load_selects_the_running_run(tmp_path):
     running = write_run(tmp_path / "runs" / "20250101-000000-b", finished=False)
     out = lab.page_load({})
     assert out["run.select"]["value"] == running.run_id
-    assert {r[0] for r in out["runs.table"]} == {"20260101-000000-a", running.run_id}
+    assert {r[0] for r in cells(out["runs.table"])} == {"20260101-000000-a", running.run_id}
+    assert out["run.overlay"]["choices"] == [("no overlay", ""), "20260101-000000-a"]
 
 
 def test_train_with_a_bad_value_names_the_field_and_submits_nothing(tmp_path):
@@ -212,9 +247,10 @@ def test_upload_reads_every_line_not_only_those_the_pickers_look_at(tmp_path):
 
 def test_initial_state_is_the_offline_preset_with_model_sizes(tmp_path):
     initial = _lab(tmp_path).initial_state("offline-tiny")
-    assert initial["actions.messages"] == "" and not initial["form.override"]
+    assert initial["actions.messages"] == "" and not initial["form.override"] and initial["form.shown_errors"] == {}
     assert initial["form.model.name"] == "tiny-gpt2" and initial["form.prefix.num_layers"] == "2"
-    assert [r[0] for r in initial["accounting.table"]] == ["no_projection", "projection"]
+    assert [r[0] for r in cells(initial["accounting.table"])] == ["no_projection", "projection"]
+    assert initial["accounting.note"] == ""
 
 
 def test_an_upload_is_named_by_an_absolute_path_so_exported_specs_work_anywhere(tmp_path, monkeypatch):
@@ -290,7 +326,8 @@ def test_a_rejected_upload_blocks_train_export_and_save_until_it_is_cleared(tmp_
     assert lab.save_preset({**form, "export.preset_name": "kept-out"})["actions.messages"] == shown
     assert not (lab.presets_dir / "kept-out.json").exists()
     out = lab.form_changed(form)
-    assert out["actions.messages"] == shown and len(out["accounting.table"]) == 2  # the table still follows the form
+    assert out["actions.messages"] == shown and len(cells(out["accounting.table"])) == 2  # the table follows the form
+    assert "⚠️" in out["form.data.source"]["info"]  # and the message is beside data.source
     # Cleared (the page's state goes back to ""): Train runs the form as shown.
     form |= lab.clear_upload({})
     assert lab.train(form)["actions.messages"] == "" and len(lab.queue.list_runs()) == 1
@@ -357,8 +394,8 @@ def test_a_selected_run_deleted_on_disk_is_named_once_and_unselected(tmp_path):
     status, runs, run_choices, overlay_choices, seen = (out["run.status"], out["runs.table"], out["run.select"],
                                                         out["run.overlay"], out["run.seen"])
     assert status.startswith(f"Run **{run.run_id}** no longer exists") and "No run selected" in status
-    assert runs == [] and run_choices["value"] is None and run_choices["choices"] == []
-    assert _is_chart(out["run.chart"]) and out["run.points"] == "" and out["compare.table"].empty
+    assert cells(runs) == [] and run_choices["value"] is None and run_choices["choices"] == []
+    assert _is_chart(out["run.chart"]) and out["run.points"] == "" and cells(out["compare.table"]) == []
     assert out["compare.adapter"]["choices"] == []  # cleared
     assert overlay_choices["value"] == ""
     # The dropdown's change (no run) and later ticks go on quietly, and a new run is listed.
@@ -367,7 +404,7 @@ def test_a_selected_run_deleted_on_disk_is_named_once_and_unselected(tmp_path):
     seen = again.get("run.seen", seen)
     new = write_run(tmp_path / "runs" / "20270101-000000-new", finished=True)
     later = _tick(lab, None, "", seen)
-    assert later["runs.table"][0][0] == new.run_id and later["run.select"]["choices"] == [new.run_id]
+    assert cells(later["runs.table"])[0][0] == new.run_id and later["run.select"]["choices"] == [new.run_id]
     assert "no longer exists" not in _tick(lab, new.run_id, "", later["run.seen"])["run.status"]
 
 
@@ -383,25 +420,27 @@ def test_export_and_save_preset_write_the_spec_and_the_command(tmp_path, monkeyp
     assert message == "" and command == "python -m prefixlab train offline-tiny.json"
     exported = ExperimentSpec.load(path).to_dict()
     preset = ExperimentSpec.load(presets / "offline-tiny.json").to_dict()
-    # The form has no description field; everything else survives form -> spec.
-    assert {**exported, "description": ""} == {**preset, "description": ""}
+    assert exported == preset
     dropdown, saved, command, message = _save(lab, form, "My Recipe")
-    # The download is a copy of the saved preset in the page's own folder.
-    assert Path(saved).read_bytes() == (presets / "my-recipe.json").read_bytes() and dropdown["value"] == "my-recipe"
+    # Saved with the runs (runs/presets), never into the shipped presets folder; the download is a
+    # copy in the page's own folder.
+    mine = tmp_path / "runs" / "presets" / "my-recipe.json"
+    assert Path(saved).read_bytes() == mine.read_bytes() and dropdown["value"] == "my-recipe"
+    assert sorted(p.name for p in presets.iterdir()) == ["offline-tiny.json"]
     assert Path(saved).name == "my-recipe.json" and Path(saved).is_relative_to(lab.exports)
-    saved = str(presets / "my-recipe.json")
-    assert dropdown["choices"] == ["my-recipe", "offline-tiny"]
-    assert command == "python -m prefixlab train presets/my-recipe.json" and "my-recipe" in message
+    assert dropdown["choices"] == ["offline-tiny", "my-recipe"]  # the shipped presets first, then the user's
+    assert command == "python -m prefixlab train runs/presets/my-recipe.json" and "my-recipe" in message
     # Like the shipped presets, the file starts with the command that trains it.
-    assert next(iter(json.loads(Path(saved).read_text()))) == "_command"
-    assert json.loads(Path(saved).read_text())["_command"] == command
+    assert next(iter(json.loads(mine.read_text()))) == "_command"
+    assert json.loads(mine.read_text())["_command"] == command
     assert json.loads(Path(path).read_text())["_command"] == "python -m prefixlab train offline-tiny.json"
     # A saved preset loads back into the same form values.
     assert lab.preset_values("my-recipe") == lab.preset_values("offline-tiny")
-    # A presets folder outside the current one (app.py --presets-dir) is named by its absolute path.
+    # A runs folder outside the current one (app.py --runs-dir) is named by its absolute path.
     monkeypatch.chdir(REPO_PRESETS)
     _, saved, command, _ = _save(lab, form, "Other Recipe")
-    assert command == f"python -m prefixlab train {presets / 'other-recipe.json'}" and Path(saved).is_file()
+    assert command == f"python -m prefixlab train {tmp_path / 'runs' / 'presets' / 'other-recipe.json'}"
+    assert Path(saved).is_file()
 
 
 def _save(lab, form, name):
@@ -429,14 +468,16 @@ def test_save_preset_never_replaces_a_preset(tmp_path, name):
     form["form.training.max_steps"] = "70"
     assert _save(lab, form, "my-recipe")[3] == "Saved preset **my-recipe**."
     slug = values.preset_slug(name)
-    before = (presets / f"{slug}.json").read_bytes()
+    existing = lab.preset_path(slug)
+    assert existing == (presets if slug == "offline-tiny" else tmp_path / "runs" / "presets") / f"{slug}.json"
+    before = existing.read_bytes()
     form["form.training.max_steps"] = "90"
     dropdown, saved, command, message = _save(lab, form, name)
     assert dropdown == SKIP and saved is None and command == ""
     assert message == values.errors_markdown({"preset name": (
-        f"a preset named {slug!r} already exists ({presets / (slug + '.json')}); saving never replaces a preset: "
-        "type another name")})
-    assert (presets / f"{slug}.json").read_bytes() == before
+        f"a preset named {slug!r} already exists ({existing}); saving never replaces a preset: type another name")})
+    assert existing.read_bytes() == before
+    assert not (tmp_path / "runs" / "presets" / "offline-tiny.json").exists()
 
 
 @pytest.mark.parametrize("name,file_name", [("!!!", "experiment.json"), ("日本語", "日本語.json"),
@@ -463,7 +504,7 @@ def test_save_preset_names_a_preset_name_that_cannot_be_a_file(tmp_path, name, n
     before = sorted(presets.iterdir())
     dropdown, saved, _, message = _save(lab, form, name)
     assert message == f"⚠️ **preset name**: {values.md_text(needle)}" and saved is None and dropdown == SKIP
-    assert sorted(presets.iterdir()) == before
+    assert sorted(presets.iterdir()) == before and not (tmp_path / "runs" / "presets").exists()
     # With no preset name typed, the experiment name is used: "日本語" keeps its letters.
     form["form.experiment.name"] = "日本語"
     assert _save(lab, form, "")[3] == "Saved preset **日本語**."
@@ -502,8 +543,9 @@ def test_zip_adapter_holds_the_peft_folder(tmp_path):
     zipped = lab.zip_adapter({"run.select": run.run_id, "compare.adapter": "projection"})["compare.adapter_file"]
     with zipfile.ZipFile(zipped) as archive:
         assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
-    with pytest.raises(gr.Error, match="no saved adapter 'no_projection'"):
-        lab.zip_adapter({"run.select": run.run_id, "compare.adapter": "no_projection"})
+    # What stops a download is said beside the button, not in a toast.
+    out = lab.zip_adapter({"run.select": run.run_id, "compare.adapter": "no_projection"})
+    assert out["compare.adapter_file"] is None and "no saved adapter 'no\\_projection'" in out["compare.adapter_note"]
 
 
 def test_the_adapter_picked_stays_picked_while_the_run_saves_again(tmp_path):
@@ -535,11 +577,11 @@ def test_a_run_without_adapters_says_why_on_generate_and_download(tmp_path, stat
     run.update_status(state=state, error=error)
     if state == "running":  # marked running long ago, no pid: its worker never started
         atomic_write_json(run.status_path, {**run.read_status(), "pid": None, "heartbeat": 1.0, "updated_at": 1.0})
-    # Generate says it where its outputs go; the download in a toast.
+    # Generate says it where its outputs go; the download beside its button.
     shown = lab.generate({"run.select": run.run_id, "compare.prompt": "a prompt"})["compare.generated"]
     assert shown.startswith('<p class="generate-message">⚠️ ') and says in shown
-    with pytest.raises(gr.Error, match=re.escape(says)):
-        lab.zip_adapter({"run.select": run.run_id, "compare.adapter": None})
+    note = lab.zip_adapter({"run.select": run.run_id, "compare.adapter": None})["compare.adapter_note"]
+    assert note.startswith("⚠️ ") and values.md_text(says) in note
 
 
 def test_many_viewers_of_a_run_render_its_panels_once_per_change(tmp_path, monkeypatch):
@@ -565,5 +607,114 @@ def test_many_viewers_of_a_run_render_its_panels_once_per_change(tmp_path, monke
     seen = sent[0]["run.seen"]
     append_jsonl(run.metrics_path, {"variant": "projection", "step": 3, "loss": 2.5, "time": 1010.0})
     again = [_tick(lab, run.run_id, seen=seen) for _ in range(20)]
-    assert len(drawn) == 2 and all(out["run.points"] == "5 training points, 2 validation points" for out in again)
+    assert len(drawn) == 2 and all(out["run.points"].endswith("projection: 3 training, 1 validation points")
+                                   for out in again)
     assert _tick(lab, run.run_id, smoothing=0.9)["run.chart"] != again[0]["run.chart"] and len(drawn) == 3
+
+
+# --- every problem at once, beside its field ---------------------------------------------------------
+
+
+def test_every_problem_is_named_at_once_each_beside_its_field(tmp_path):
+    """A spec value wrong (batch_size 0), a prefix value wrong (0 virtual tokens) and a task file
+    whose chosen target column is missing on a line: all three at once, each beside its own field,
+    the Training section (collapsed) opened for batch_size, and the parameter table naming the
+    field that keeps it from being computed. Fixed, each field shows its help again."""
+    lab = _lab(tmp_path, allow=[tmp_path])
+    form = lab.initial_state("offline-tiny")
+    rows = _rows(20)
+    del rows[4]["text"]
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    form.update({"form.training.batch_size": 0, "form.prefix.num_virtual_tokens": 0, "form.data.source": str(task),
+                 "form.data.source_column": "table", "form.data.target_column": "text"})
+    out = lab.form_changed(form)
+    messages = out["actions.messages"]
+    for key in ("training.batch_size", "prefix.num_virtual_tokens", "data.target_column"):
+        assert f"**{key}**" in messages, key
+        assert out[f"form.{key}"]["info"].startswith("⚠️ ") and out[f"form.{key}"]["elem_classes"] == ["field-error"]
+    assert "line 5" in out["form.data.target_column"]["info"] and "got 0" in out["form.training.batch_size"]["info"]
+    assert out["form.more.training"]["open"] is True and out["form.more.data"]["open"] is True
+    assert "form.more.prefix" not in out  # num_virtual_tokens is an essential: always in view
+    assert out["accounting.table"] == "" and "**prefix.num_virtual_tokens**" in out["accounting.note"]
+    shown = out["form.shown_errors"]
+    assert set(shown) == {"training.batch_size", "prefix.num_virtual_tokens", "data.target_column"}
+    # The same form again: nothing beside the fields changes, and no section is reopened.
+    again = lab.form_changed({**form, "form.shown_errors": shown})
+    assert not [k for k in again if k.startswith("form.") and k != "form.prefix.encoder_hidden_size"]
+    # Only batch_size wrong: the counts do not depend on it, so the table is back.
+    form.update({"form.prefix.num_virtual_tokens": 10, "form.data.source": "e2e-synth",
+                 "form.data.source_column": "source", "form.data.target_column": "target"})
+    out = lab.form_changed({**form, "form.shown_errors": shown})
+    assert len(cells(out["accounting.table"])) == 2 and out["accounting.note"] == ""
+    assert out["form.prefix.num_virtual_tokens"]["info"] == "Number of virtual tokens"
+    assert out["form.prefix.num_virtual_tokens"]["elem_classes"] == []
+    assert out["form.shown_errors"] == {"training.batch_size": shown["training.batch_size"]}
+    # Train says the same, beside the fields too.
+    trained = lab.train({**form, "form.shown_errors": {}})
+    assert trained["form.training.batch_size"]["info"].startswith("⚠️ must be >= 1, got 0")
+    assert lab.queue.list_runs() == []
+
+
+def test_a_typed_link_in_a_message_beside_a_field_stays_text():
+    from prefixlab.ui.values import field_info
+
+    assert field_info("help", None) == "help"
+    assert field_info("help", "got '[x](http://e)'") == "⚠️ got '[x]\u200b(http://e)'"
+
+
+def test_edit_in_form_fills_the_form_from_a_run(tmp_path):
+    lab = _lab(tmp_path)
+    form = lab.initial_state("offline-tiny")
+    form["form.training.max_steps"] = "7"
+    spec = ExperimentSpec.from_dict({**ExperimentSpec.load(REPO_PRESETS / "offline-tiny.json").to_dict(),
+                                     "training": {"max_steps": 33, "eval_interval": 11}})
+    run_id = lab.queue.submit(spec)
+    out = lab.edit_run({"run.select": run_id})
+    assert out["form.training.max_steps"] == "33" and out["form.training.eval_interval"] == 11
+    assert out["form.prefix.num_layers"] == "2" and out["form.override"] is False  # the model's sizes shown
+    assert run_id in out["run.note"] and "actions.messages" not in out
+    assert "select a run" in lab.edit_run({"run.select": None})["run.note"]
+    assert "choose one in the runs list" in lab.edit_run({"run.select": "../elsewhere"})["run.note"]
+
+
+def test_the_overlay_menu_never_offers_the_selected_run(tmp_path):
+    lab = _lab(tmp_path)
+    a = write_run(tmp_path / "runs" / "20260101-000000-a", finished=True)
+    b = write_run(tmp_path / "runs" / "20260102-000000-b", finished=True)
+    first = _tick(lab, a.run_id, overlay=b.run_id)
+    assert first["run.overlay"]["choices"] == [("no overlay", ""), b.run_id]
+    # The overlaid run selected: the overlay goes (a run is not overlaid on itself).
+    out = _tick(lab, b.run_id, overlay=b.run_id, seen=first["run.seen"])
+    assert out["run.overlay"] == {"__type__": "update", "choices": [("no overlay", ""), a.run_id], "value": ""}
+
+
+def test_the_charts_and_metrics_download_as_png_svg_and_csv(tmp_path):
+    lab = _lab(tmp_path)
+    run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=True)
+    out = lab.export_charts({"run.select": run.run_id, "run.overlay": "", "run.smoothing": 7, "run.log_scale": True})
+    files = out["run.files"]["value"]
+    names = sorted(Path(f).name for f in files)
+    assert names == sorted([f"{run.run_id}-{n}.{f}" for n in ("loss", "task-metrics", "parameters") for f in ("png", "svg")]
+                           + [f"{run.run_id}-metrics.csv"])
+    assert all(Path(f).is_relative_to(lab.exports) for f in files) and out["run.files"]["visible"]
+    csv_text = Path(next(f for f in files if f.endswith(".csv"))).read_text()
+    assert csv_text.splitlines()[0].startswith("run,variant,step,epoch,loss,eval_loss")
+    assert len(csv_text.splitlines()) == 1 + len(run.read_metrics())
+    refused = lab.export_charts({"run.select": None, "run.overlay": "", "run.smoothing": 0.6, "run.log_scale": False})
+    assert refused["run.files"]["visible"] is False and "select a run" in refused["run.note"]
+
+
+def test_generate_s_unexpected_failure_is_one_line_in_the_log_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from prefixlab.ui import run_handlers
+
+    def fail(*args, **kwargs):
+        raise IndexError("index out of range in self")
+
+    monkeypatch.setattr(run_handlers, "generate_all", fail)
+    lab = _lab(tmp_path)
+    run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=True)
+    shown = lab.generate({"run.select": run.run_id, "compare.prompt": "p"})["compare.generated"]
+    assert "generation failed (IndexError: index out of range in self)" in shown
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip() == f"generate: run {run.run_id}: IndexError: index out of range in self"

@@ -145,9 +145,13 @@ def test_form_from_spec_round_trips_and_unlocks_pinned_sizes():
 
 def test_status_line_running_failed_and_out_of_memory():
     running = values.status_markdown("r1", {"state": "running", "step": 10, "total_steps": 40,
-                                            "started_at": 100.0}, now=120.0)
+                                            "started_at": 100.0}, now=120.0, pace=2.0, settings="tiny-gpt2 · lr 0.1")
     assert "**running**" in running and "step 10 / 40" in running
-    assert "elapsed 0:20" in running and "remaining 1:00" in running
+    assert "elapsed 0:20" in running and "remaining 1:00" in running and running.endswith("\ntiny-gpt2 · lr 0.1")
+    # Before two steps are logged there is no pace to estimate from: said so, not guessed.
+    measuring = values.status_markdown("r1", {"state": "running", "step": 1, "total_steps": 40, "started_at": 100.0},
+                                       now=400.0)
+    assert "remaining: measuring the step time" in measuring
     failed = values.status_markdown("r2", {"state": "failed", "error": "CUDA out of memory. Tried 2 GiB",
                                            "started_at": 0, "finished_at": 5}, log_tail="Traceback ...")
     assert "**Out of memory.**" in failed and "CUDA out of memory" in failed and "Traceback ..." in failed
@@ -156,10 +160,45 @@ def test_status_line_running_failed_and_out_of_memory():
     assert "Train" in values.status_markdown("", {})
 
 
-def test_remaining_time_estimate():
-    assert values.remaining_seconds(0, 10, 5.0) is None
-    assert values.remaining_seconds(5, None, 5.0) is None
-    assert values.remaining_seconds(5, 10, 5.0) == pytest.approx(5.0)
+def test_remaining_time_comes_from_the_measured_step_time_not_the_start_up():
+    """A run that spent 5 minutes loading and then 2 s a step: after 10 of 200 steps the estimate is
+    380 s (190 steps x 2 s), not 1.5 hours (the elapsed time spread over the steps so far)."""
+    metrics = []
+    for step in range(1, 11):  # logged every step; both variants; the first line after 300 s of start-up
+        for variant in ("no_projection", "projection"):
+            metrics.append({"variant": variant, "step": step, "loss": 1.0, "time": 1000.0 + 300 + 2 * step})
+    metrics.append({"variant": "projection", "step": 10, "eval_loss": 1.0, "time": 1321.0})  # not a training line
+    pace = values.seconds_per_step(metrics)
+    assert pace == pytest.approx(2.0)
+    assert values.remaining_seconds(10, 200, pace) == pytest.approx(380.0)
+    assert values.seconds_per_step(metrics[:2]) is None  # one logged step: nothing measured yet
+    assert values.remaining_seconds(5, None, 2.0) is None and values.remaining_seconds(5, 10, None) is None
+    # The window: only the last PACE_WINDOW intervals count, so a slow start is forgotten.
+    slow_then_fast = [{"variant": "a", "step": s, "loss": 1.0, "time": 10.0 * s if s <= 5 else 50 + (s - 5)}
+                      for s in range(1, 5 + values.PACE_WINDOW + 2)]
+    assert values.seconds_per_step(slow_then_fast) == pytest.approx(1.0)
+
+
+def test_run_labels_name_the_experiment_and_its_start_time():
+    assert values.run_label("20261205-140312123-offline-tiny", "offline-tiny") == "offline-tiny 14:03:12"
+    assert values.run_label("20261205-140312123-my-run") == "my-run 14:03:12"
+    assert values.run_label("odd-name") == "odd-name"
+    same = values.run_labels(["20261205-140312123-a", "20261206-140312999-a"], {})
+    assert same == {"20261205-140312123-a": "20261205-140312123-a", "20261206-140312999-a": "20261206-140312999-a"}
+
+
+def test_tables_keep_numbers_whole_and_colour_each_variant():
+    rows = [{"variant": "no_projection", "trainable": 2560, "total": 160000, "trainable %": 1.6, "stored": 2560,
+             "train loss": 4.12345, "val loss": None, "tokens/s": 12345.6, "wall time (s)": 388.2}]
+    table = values.comparison_html(rows)
+    assert '<span class="swatch" style="background:#1f77b4"></span>no_projection' in table
+    for text in ("2,560", "160,000", "1.60", "4.1235", "12,346", "6:28", "–"):
+        assert f">{text}</td>" in table, text
+    assert 'class="grid data"' in table  # cells that never break inside a word or number (ui/app.py's CSS)
+    accounting = values.accounting_html([["projection", 21440, 178880, 11.9857, 2560, "n*d + <x>"]])
+    assert "#ff7f0e" in accounting and ">11.99</td>" in accounting and "n*d + &lt;x&gt;" in accounting
+    runs = values.runs_html([["r1", "<b>", "tiny-gpt2", "done", "4 / 4", "", "", ""]], selected="r1")
+    assert '<tr class="selected"><td>r1</td><td>&lt;b&gt;</td>' in runs
 
 
 def test_runs_table_row_and_default_selection():

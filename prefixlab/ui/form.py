@@ -5,14 +5,54 @@ from __future__ import annotations
 import gradio as gr
 
 from prefixlab.ui.fields import FieldSpec
+from prefixlab.ui.values import field_info
+
+# The class a field's block has while its value is wrong (ui/app.py's CSS colours its message).
+ERROR_CLASS = "field-error"
+
+
+def error_classes(error: str | None) -> list[str]:
+    return [ERROR_CLASS] if error else []
+
+
+def error_update(field: FieldSpec, error: str | None, **changes) -> dict:
+    """The update that puts `error` beside the field, under its label, in place of its help (or
+    takes it away: error None), with any other `changes` (interactive=...)."""
+    return gr.update(info=field_info(field.help, error) or None, elem_classes=error_classes(error), **changes)
 
 # Shown for an optional choice left unset (PrefixTuningConfig.init_weights=None means random init).
 NONE_CHOICE = ("(none)", "")
 
 
-def component_for(field: FieldSpec, choices: tuple = (), value=None) -> gr.components.Component:
+def clamped_slider(minimum: float, maximum: float, **options) -> gr.Slider:
+    """A gr.Slider whose typed value outside [minimum, maximum] reaches the handlers clamped into
+    it: Gradio's own raises an error toast on every event that reads it (the run chart's timer:
+    every second), and the chart stopped until the box was fixed. The browser clamps the box itself
+    when it loses focus.
+
+    The slider's own `preprocess` is replaced on the instance: a subclass would be a new Gradio
+    component, whose class Gradio describes in a .pyi file it writes beside this module."""
+    slider = gr.Slider(minimum, maximum, **options)
+
+    def preprocess(payload) -> float:
+        try:
+            value = float(payload)
+        except (TypeError, ValueError):
+            value = float(slider.value if slider.value is not None else minimum)
+        if value != value:  # NaN
+            value = float(minimum)
+        return min(max(value, minimum), maximum)
+
+    slider.preprocess = preprocess
+    return slider
+
+
+def component_for(field: FieldSpec, choices: tuple = (), value=None, error: str | None = None,
+                  label: str | None = None, **layout) -> gr.components.Component:
     """The control for one field: checkbox, number box, text box or dropdown, showing `value`
-    (the field's default when None).
+    (the field's default when None), with its help under its label, or `error` while its value is
+    wrong (error_update), labelled `label` (default: the field's name). `layout`: Gradio's scale /
+    min_width.
 
     Numbers that may be empty (optional, or inferred from the model) are text boxes: a browser
     number box shows an empty value as 0, which would then be sent as 0. `choices` are suggestions
@@ -20,7 +60,8 @@ def component_for(field: FieldSpec, choices: tuple = (), value=None) -> gr.compo
     typed value, such as a Hub id.
     """
     value = field.default if value is None else value
-    common = dict(label=field.label, info=field.help or None, elem_id=field.elem_id)
+    common = dict(label=label or field.label, info=field_info(field.help, error) or None, elem_id=field.elem_id,
+                  elem_classes=error_classes(error), **layout)
     if field.kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if field.kind in ("int", "float") and (field.optional or field.inferred):

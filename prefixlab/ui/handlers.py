@@ -20,17 +20,24 @@ import gradio as gr
 
 from prefixlab.engine import checks
 from prefixlab.engine.data import DataError, read_table
-from prefixlab.engine.limits import MAX_TASK_FILE_BYTES, MAX_UPLOAD_MB
+from prefixlab.engine.limits import MAX_TASK_FILE_BYTES, MAX_UPLOAD_MB, clip
 from prefixlab.engine.runs import JobQueue
 from prefixlab.engine.spec import ExperimentSpec, SpecError
-from prefixlab.ui import values
+from prefixlab.engine.zoo import model_facts
+from prefixlab.ui import datanote, values
 from prefixlab.ui.access import PageAccess, is_inside, private_temp_dir
 from prefixlab.ui.fields import FieldSpec, form_from_spec
-from prefixlab.ui.form import to_component_value
+from prefixlab.ui.form import error_update, to_component_value
+from prefixlab.ui.layout import form_layout
 from prefixlab.ui.run_handlers import RunHandlers, plain_run_id
 from prefixlab.ui.values import Values
 
 MESSAGES = "actions.messages"  # the line above the form naming every bad field
+SHOWN = "form.shown_errors"  # the page's state: {form key: message} shown beside the fields now
+# What the task's data note reads: a change to any of these recounts (ui/datanote.py).
+DATA_NOTE_KEYS = ("model.name", "data.source", "data.source_column", "data.target_column", "data.hub_config",
+                  "data.separator", "data.max_train_examples", "data.max_eval_examples", "training.max_length",
+                  "prefix.num_virtual_tokens")
 
 
 class Lab(RunHandlers):
@@ -46,7 +53,12 @@ class Lab(RunHandlers):
         super().__init__()
         self.queue = queue
         self.fields = fields
+        self.by_key = {f.key: f for f in fields}
+        self.layout = form_layout(fields)
+        # The shipped presets (read only: the app never writes into the repository), and the user's,
+        # saved with their runs.
         self.presets_dir = Path(presets_dir)
+        self.user_presets_dir = queue.runs_dir / "presets"
         self.inferred_ids = [f.id for f in fields if f.inferred]
         self.access = PageAccess(queue.runs_dir / "uploads", allow_paths)
         self.temp_dir = Path(temp_dir).resolve() if temp_dir is not None else private_temp_dir()
@@ -59,33 +71,55 @@ class Lab(RunHandlers):
     # --- presets ----------------------------------------------------------------------------------
 
     def preset_names(self) -> list[str]:
-        return sorted(p.stem for p in self.presets_dir.glob("*.json"))
+        """The shipped presets, then the user's (a saved name is never a shipped one's)."""
+        shipped = sorted(p.stem for p in self.presets_dir.glob("*.json"))
+        saved = sorted(p.stem for p in self.user_presets_dir.glob("*.json")) if self.user_presets_dir.is_dir() else []
+        return shipped + [name for name in saved if name not in shipped]
+
+    def preset_path(self, name: str) -> Path:
+        """A listed preset's file: the shipped one of that name, else the user's."""
+        shipped = self.presets_dir / f"{name}.json"
+        return shipped if shipped.is_file() else self.user_presets_dir / f"{name}.json"
 
     def preset_values(self, name: str) -> Values:
-        """Every form control, the override box and the message line for presets/<name>.json (a
-        broken preset: only the override box, unticked, and the message saying what is wrong)."""
+        """Every form control, the override box and the message line for preset `name` (a broken
+        preset: only the override box, unticked, and the message saying what is wrong)."""
         try:
-            spec = ExperimentSpec.load(self.presets_dir / f"{name}.json")
-            form, override = form_from_spec(spec)
+            spec = ExperimentSpec.load(self.preset_path(name))
         except SpecError as err:
             return {"form.override": False, MESSAGES: values.errors_markdown({err.field: err.message})}
-        return {**{f.id: to_component_value(f, form.get(f.key)) for f in self.fields},
-                "form.override": override, MESSAGES: ""}
+        return self.spec_values(spec)
+
+    def spec_values(self, spec: ExperimentSpec) -> Values:
+        """The form showing `spec`: every control, the override box (ticked where the spec pins an
+        inferred size, whose fields then show its values; else the model's) and the message line.
+        A spec whose variants the form cannot show: only the message."""
+        try:
+            form, override = form_from_spec(spec)
+        except SpecError as err:
+            return {MESSAGES: values.errors_markdown({err.field: err.message})}
+        out = {**{f.id: to_component_value(f, form.get(f.key)) for f in self.fields}, "form.override": override,
+               MESSAGES: ""}
+        if not override:
+            out.update(self.model_changed({"form.override": False, "form.model.name": spec.model.name}))
+        return out
 
     def initial_state(self, name: str | None) -> Values:
         """What the page opens with, by id: every form input (the controls, the override box, the
-        upload's rejection), the parameter table and the message line."""
+        upload's rejection, the messages shown beside the fields), the parameter table and its note,
+        and the message line."""
         state = {**{f.id: to_component_value(f, f.default) for f in self.fields},
-                 "form.override": False, "form.upload_error": "", MESSAGES: ""}
+                 "form.override": False, "form.upload_error": "", MESSAGES: "", SHOWN: {}}
         if name:
             loaded = self.preset_values(name)
             self._opened_with[name] = loaded
             state.update(loaded)  # a broken preset keeps the defaults
         if not state["form.override"]:
             state.update(self.model_changed(state))
-        changed = self.form_changed(state)
-        state["accounting.table"] = changed["accounting.table"]
-        state[MESSAGES] = state[MESSAGES] or changed[MESSAGES]
+        assessed = self.assess(state)
+        state["accounting.table"], state["accounting.note"] = assessed.table, assessed.note
+        state[SHOWN] = assessed.field_errors(self.by_key)
+        state[MESSAGES] = state[MESSAGES] or values.errors_markdown(assessed.errors)
         return state
 
     def presets_on_load(self, v: Values) -> Values:
@@ -104,7 +138,7 @@ class Lab(RunHandlers):
 
     def load_preset(self, v: Values) -> Values:
         """Preset dropdown -> every form control, the override box and the message line (only a
-        preset of the presets folder: a name is never a path)."""
+        listed preset: a name is never a path)."""
         name = v["preset.choice"]
         return self.preset_values(name) if name and name in self.preset_names() else {}
 
@@ -126,21 +160,88 @@ class Lab(RunHandlers):
         errors = values.with_upload_error({**errors, **self._denied(v)}, v["form.upload_error"])
         return (None if errors else spec), errors
 
+    def assess(self, v: Values) -> values.Assessment:
+        """Every problem with the form at once, and the parameter counts where they can be made.
+
+        The spec's own checks name every bad value; the checks against the model and the data
+        (engine.checks: sizes, positions, the task file's columns and lines) then run on the form
+        with those values at their defaults, so their findings on the other fields show too. A path
+        the page may not read is refused (and not read), and a rejected upload on show is one more
+        problem. The counts are left out while a field they depend on is wrong."""
+        raw = values.collect_form(self.fields, values.field_values(self.fields, v), v["form.override"])
+        spec, errors = values.check_form(raw)
+        stand_in = spec if spec is not None else values.check_form({k: x for k, x in raw.items() if k not in errors})[0]
+        denied = self._denied(v)
+        rows = []
+        if stand_in is not None and "model.name" not in denied:  # the model's config is read for the counts
+            rows, found = values.accounting(stand_in, data="data.source" not in denied)
+            for key, message in found.items():
+                errors.setdefault(key, message)
+        errors = values.with_upload_error({**errors, **denied}, v["form.upload_error"])
+        return values.Assessment(spec, errors, rows)
+
     def form_changed(self, v: Values) -> Values:
-        """Any form edit -> parameter table, field messages, encoder_hidden_size enabled or not.
+        """Any form edit -> the parameter table and its note, the message line, each field's message
+        beside it (and its section opened when that is collapsed), encoder_hidden_size enabled or not.
 
         A rejected upload's message ("form.upload_error", the page's state) stays in the messages
         until the file is replaced or cleared."""
-        spec, errors = self._spec(v)
-        denied = self._denied(v)
-        rows = []
-        if spec is not None and "model.name" not in denied:  # the model's config is read for the counts
-            rows, errors = values.accounting(spec, data="data.source" not in denied)
-        errors = {**errors, **denied}
+        assessed = self.assess(v)
         projection_on = "projection" in (v["form.experiment.variants"] or [])
-        errors = values.with_upload_error(errors, v["form.upload_error"])
-        return {"accounting.table": rows, MESSAGES: values.errors_markdown(errors),
-                "form.prefix.encoder_hidden_size": gr.update(interactive=projection_on)}
+        out = {"accounting.table": assessed.table, "accounting.note": assessed.note,
+               MESSAGES: values.errors_markdown(assessed.errors), **self.error_updates(assessed.errors, v[SHOWN])}
+        hidden_id = "form.prefix.encoder_hidden_size"
+        if hidden_id in {f.id for f in self.fields}:
+            out[hidden_id] = {**out.get(hidden_id, {"__type__": "update"}), "interactive": projection_on}
+        return out
+
+    def error_updates(self, errors: dict[str, str], shown: dict | None) -> Values:
+        """The fields whose message changed since `shown` ({key: message} on the page now): each
+        shows its new message beside it (or its help again); a collapsed section with a field newly
+        wrong opens; and the new `shown`, when it changed."""
+        shown = dict(shown or {})
+        wrong = {key: message for key, message in errors.items() if key in self.by_key}
+        out: Values = {}
+        for key in dict.fromkeys([*wrong, *shown]):
+            if key in self.by_key and wrong.get(key) != shown.get(key):
+                out[self.by_key[key].id] = error_update(self.by_key[key], wrong.get(key))
+        for key in wrong:
+            section = self.layout.section_of_more(key)
+            if section and key not in shown:
+                out[f"form.more.{section}"] = gr.update(open=True)
+        if wrong != shown:
+            out[SHOWN] = wrong
+        return out
+
+    def data_note(self, v: Values) -> Values:
+        """The task, model or max_length changed -> what the data will do at that max_length (how
+        many examples, how many truncated, the max_length at which all fit) and the button that
+        sets it. Nothing while one of those fields is wrong (its message says why), or names what
+        the page may not read."""
+        raw = values.collect_form(self.fields, values.field_values(self.fields, v), v["form.override"])
+        spec, errors = values.check_form(raw)
+        if spec is None:
+            spec = values.check_form({k: x for k, x in raw.items() if k not in errors})[0]
+        relevant = any(key.startswith(("data.", "model.")) or key == "training.max_length" for key in errors)
+        note = datanote.DataNote("")
+        if not (spec is None or relevant or self._denied(v) or v["form.upload_error"]):
+            try:
+                limit = model_facts(spec.model.name).position_limit
+            except ValueError:  # a model whose config cannot be read: model.name's message says why
+                limit = False
+            if limit is not False:
+                prefix = max(variant.prefix.num_virtual_tokens or 0 for variant in spec.variants)
+                note = datanote.data_note(spec, None if limit is None else limit - prefix)
+        suggestion = note.suggestion
+        return {"form.data_note": note.markdown, "form.suggested": suggestion,
+                "form.use_suggested": gr.update(visible=suggestion is not None,
+                                                value=f"Use max_length {suggestion}" if suggestion else "Use")}
+
+    @staticmethod
+    def use_suggested(v: Values) -> Values:
+        """The data note's button -> training.max_length set to the suggested value."""
+        suggestion = v["form.suggested"]
+        return {"form.training.max_length": suggestion} if suggestion else {}
 
     def model_changed(self, v: Values) -> Values:
         """A new model -> its inferred sizes in the read-only fields (kept as typed when overriding)."""
@@ -248,32 +349,36 @@ class Lab(RunHandlers):
         return {"export.spec_file": str(path), "export.command": command, MESSAGES: ""}
 
     def save_preset(self, v: Values) -> Values:
-        """-> preset dropdown, saved file, CLI command, messages. Never replaces a preset: a name
-        whose file exists (shipped or saved, "Offline Tiny!" is offline-tiny.json) is refused."""
+        """-> preset dropdown, saved file, CLI command, messages. The preset is saved with the user's
+        runs (<runs folder>/presets), never into the shipped presets folder (the repository's). A
+        name whose preset exists, shipped or saved ("Offline Tiny!" is offline-tiny), is refused:
+        saving never replaces a preset."""
         spec, errors = self._checked(v)
         slug = None
         try:
             slug = values.preset_slug(v["export.preset_name"] or (spec.name if spec else ""))
         except ValueError as err:
             errors = errors or {"preset name": str(err)}
-        path = self.presets_dir / f"{slug}.json"
-        taken = {"preset name": f"a preset named {slug!r} already exists ({path}); saving never replaces a "
+        path = self.user_presets_dir / f"{slug}.json"
+        existing = self.preset_path(slug) if slug else path
+        taken = {"preset name": f"a preset named {slug!r} already exists ({existing}); saving never replaces a "
                                 "preset: type another name"}
-        if slug and not errors and path.exists():
+        if slug and not errors and (existing.exists() or path.exists()):
             errors = taken
         if spec is None or errors:
             return _not_saved(errors)
         command = values.cli_command(path.resolve())
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             # "x": created here, never over a preset that appeared since the check above.
             with open(path, "x", encoding="utf-8") as out:
                 out.write(values.spec_file_text(spec, command))
         except FileExistsError:
             return _not_saved(taken)
         except OSError as err:
-            return _not_saved({"preset name": f"could not write {path} ({err.strerror or err}); check the presets "
-                                              "folder (app.py --presets-dir) or type another name"})
-        # The download is a copy in the page's own folder (the presets folder may be anywhere).
+            return _not_saved({"preset name": f"could not write {path} ({err.strerror or err}); check the runs "
+                                              "folder (app.py --runs-dir) or type another name"})
+        # The download is a copy in the page's own folder (the runs folder may be anywhere).
         download = shutil.copyfile(path, self.download_folder() / path.name)
         return {"preset.choice": gr.update(choices=self.preset_names(), value=slug), "export.spec_file": str(download),
                 "export.command": command, MESSAGES: f"Saved preset **{values.md_text(slug)}**."}
@@ -281,7 +386,8 @@ class Lab(RunHandlers):
     # --- jobs -------------------------------------------------------------------------------------
 
     def train(self, v: Values) -> Values:
-        """Train -> submit to the queue and return at once: messages, run dropdown, status.
+        """Train -> submit to the queue and return at once: messages, run dropdown, status; or every
+        problem, in the message line and beside its field.
 
         Refused, with the upload's message, while a rejected upload is on show."""
         spec, errors = self._checked(v)
@@ -290,13 +396,30 @@ class Lab(RunHandlers):
             # lines): say so beside the field instead of queueing a run that cannot start.
             errors = checks.check(spec).errors
         if errors:
-            return {MESSAGES: values.errors_markdown(errors)}
+            return {MESSAGES: values.errors_markdown(errors), **self.error_updates(errors, v[SHOWN])}
         try:
             run_id = self.queue.submit(spec)
         except OSError as err:  # runs.RunsFolderError: a read-only or full runs folder, named, nothing left behind
             return {MESSAGES: f"⚠️ {values.md_text(str(err))}"}
         status = values.status_markdown(run_id, self.queue.run_dir(run_id).read_status())
         return {MESSAGES: "", "run.select": gr.update(choices=self._run_ids(), value=run_id), "run.status": status}
+
+    def edit_run(self, v: Values) -> Values:
+        """"Edit in form": the selected run's experiment (its spec.json) in the form, to change and
+        train again; said under the run's charts (the form's message line follows the form)."""
+        run_id = v["run.select"]
+        if not run_id:
+            return {"run.note": "⚠️ select a run first; its experiment then fills the form"}
+        try:
+            spec = self.queue.run_dir(plain_run_id(run_id)).read_spec()
+        except (ValueError, OSError) as err:
+            return {"run.note": f"⚠️ {values.md_text(clip(str(err), values.MAX_MESSAGE_CHARS))}"}
+        filled = self.spec_values(spec)
+        if set(filled) == {MESSAGES}:  # variants the form cannot show
+            return {"run.note": filled[MESSAGES]}
+        del filled[MESSAGES]
+        return {**filled, "run.note": f"The form holds run **{values.md_text(run_id)}**'s experiment: change what "
+                                      "you like and press **Train**."}
 
     def stop(self, v: Values) -> Values:
         run_id = v["run.select"]

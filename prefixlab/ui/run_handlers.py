@@ -13,18 +13,15 @@ clipped (ui/values.py), and a run is named only by a folder directly in the runs
 from __future__ import annotations
 
 import base64
-import io
 import secrets
 import shutil
 import sys
 import threading
-import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 from gradio.components.plot import PlotData
 
 from prefixlab.engine.limits import MAX_PROMPT_CHARS
@@ -84,9 +81,7 @@ class SharedRenders:
 
 def png(figure) -> PlotData:
     """A matplotlib figure as the PNG a gr.Plot(format="png") sends: encoded once, then shared."""
-    with io.BytesIO() as buffer:
-        figure.savefig(buffer, format="png")
-        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    data = base64.b64encode(plots.figure_bytes(figure, "png")).decode("ascii")
     return PlotData(type="matplotlib", plot=f"data:image/png;base64,{data}")
 
 
@@ -94,8 +89,6 @@ def fingerprint(value) -> int:
     """What tells a panel's content apart from its last: the hash of its text or rows."""
     if isinstance(value, PlotData):
         return hash(value.plot)
-    if isinstance(value, pd.DataFrame):
-        return hash(value.to_json())
     return hash(repr(value))
 
 
@@ -136,11 +129,14 @@ class RunHandlers:
         return folder
 
     def page_load(self, v: Values) -> Values:
-        """Page opened or refreshed: every run on disk, the running (else newest) one selected."""
+        """Page opened or refreshed: every run on disk, the running (else newest) one selected, and
+        every other one offered to overlay."""
         infos = self.queue.list_runs()
         ids = [i.run_id for i in infos]
-        return {"run.select": gr.update(choices=ids, value=values.default_selection(infos)),
-                "run.overlay": gr.update(choices=[""] + ids, value=""), "runs.table": self.runs_rows(infos)}
+        selected = values.default_selection(infos)
+        return {"run.select": gr.update(choices=ids, value=selected),
+                "run.overlay": gr.update(choices=overlay_choices(ids, selected), value=""),
+                "runs.table": values.runs_html(self.runs_rows(infos), selected)}
 
     def runs_rows(self, infos=None) -> list[list]:
         rows = []
@@ -149,11 +145,11 @@ class RunHandlers:
             rows.append(values.run_row(info, run.read_summary(), run.read_metrics()))
         return rows
 
-    def _runs_table(self, infos) -> list[list]:
-        """runs_rows, built once per state of the runs' files for every session."""
-        key = ("runs", tuple((i.run_id, i.state, i.step, _stamp(i.path / "summary.json"), _stamp(i.path / "metrics.jsonl"))
-                             for i in infos))
-        return self.renders.get(key, lambda: self.runs_rows(infos))
+    def _runs_table(self, infos, selected: str | None) -> str:
+        """The runs table, built once per state of the runs' files (and selection) for every session."""
+        key = ("runs", selected, tuple((i.run_id, i.state, i.step, _stamp(i.path / "summary.json"),
+                                        _stamp(i.path / "metrics.jsonl")) for i in infos))
+        return self.renders.get(key, lambda: values.runs_html(self.runs_rows(infos), selected))
 
     def _log_tail(self, run: RunDir) -> str:
         """The last 20 lines of a failed run's log, read once per version of the file."""
@@ -163,36 +159,51 @@ class RunHandlers:
             return ""
         return self.renders.get(("log", str(run.path), st.st_mtime_ns, st.st_size), lambda: run.log_tail(20))
 
+    def _pace(self, run: RunDir) -> float | None:
+        """Measured seconds per step (values.seconds_per_step), once per version of metrics.jsonl."""
+        return self.renders.get(("pace", str(run.path), _stamp(run.metrics_path)),
+                                lambda: values.seconds_per_step(run.read_metrics()))
+
+    def _settings(self, run: RunDir) -> str:
+        """The run's settings line, once per version of its spec.json."""
+        return self.renders.get(("settings", str(run.path), _stamp(run.spec_path)),
+                                lambda: values.settings_line(_quiet_spec(run)))
+
     def tick(self, v: Values) -> Values:
         """Timer (about 1 s) and run selection: redraw what changed on disk since "run.seen".
 
-        Returns the status line always, and of the chart, points, comparison, bars, output grid,
+        Returns the status line always, and of the charts, points, comparison, bars, output grid,
         adapter dropdown, runs table, run and overlay dropdowns and "run.seen" only those that
-        changed. The adapter picked ("compare.adapter") stays picked while the run still has it.
+        changed. The adapter picked ("compare.adapter") stays picked while the run still has it; the
+        overlay menu offers every run but the selected one.
         """
         run_id, overlay = v["run.select"], v["run.overlay"]
         seen = dict(v["run.seen"] or {})
         out: Values = {}
         infos = self.queue.list_runs()
-        listing = tuple((i.run_id, i.state, i.step) for i in infos)
-        if listing != seen.get("listing"):
-            out["runs.table"] = self._runs_table(infos)
-            seen["listing"] = listing
         ids = [i.run_id for i in infos]
-        if ids != seen.get("ids"):  # the dropdowns change only when a run appears (not every step)
-            out |= {"run.select": gr.update(choices=ids), "run.overlay": gr.update(choices=[""] + ids)}
-            seen["ids"] = ids
-        # A run whose folder was deleted on disk: unselect it in the same update that drops it from
-        # the choices (a dropdown holding a value it no longer offers fails every later event).
-        if overlay and overlay not in ids:
-            out["run.overlay"] = gr.update(choices=[""] + ids, value="")
-            overlay = ""
         if run_id and run_id not in ids:
+            # A run whose folder was deleted on disk: unselect it in the same update that drops it
+            # from the choices (a dropdown holding a value it no longer offers fails every later event).
             out["run.select"] = gr.update(choices=ids, value=None)
             seen["gone"], run_id = run_id, None
             seen.pop("run", None)
             seen.pop("drawn", None)  # the next run's panels are all sent
             out |= self.empty_panels()  # not the deleted run's chart and tables
+        listing = (tuple((i.run_id, i.state, i.step) for i in infos), run_id)
+        if listing != seen.get("listing"):
+            out["runs.table"] = self._runs_table(infos, run_id)
+            seen["listing"] = listing
+        if ids != seen.get("ids"):  # the run dropdown changes only when a run appears (not every step)
+            out.setdefault("run.select", gr.update(choices=ids))
+            seen["ids"] = ids
+        choices = overlay_choices(ids, run_id)
+        if overlay and (overlay not in ids or overlay == run_id):  # deleted, or now the selected run itself
+            out["run.overlay"] = gr.update(choices=choices, value="")
+            overlay = ""
+        elif choices != seen.get("overlay_choices"):
+            out["run.overlay"] = gr.update(choices=choices)
+        seen["overlay_choices"] = choices
         if not run_id:
             status_md = values.status_markdown("", {})
             if seen.get("gone"):
@@ -202,8 +213,9 @@ class RunHandlers:
         run = RunDir(self.queue.runs_dir / run_id)  # listed above; reads as empty if deleted since
         status = run.read_status()
         log_tail = self._log_tail(run) if status.get("state") == "failed" else ""
-        out["run.status"] = values.status_markdown(run_id, status, log_tail)
-        smoothing, log_scale = v["run.smoothing"], v["run.log_scale"]
+        pace = self._pace(run) if status.get("state") == "running" else None
+        out["run.status"] = values.status_markdown(run_id, status, log_tail, pace=pace, settings=self._settings(run))
+        smoothing, log_scale = plots.clamp_smoothing(v["run.smoothing"]), bool(v["run.log_scale"])
         signature = (run_id, overlay, smoothing, log_scale, files_signature(run.path),
                      files_signature(self.queue.runs_dir / overlay) if overlay else None)
         if signature != seen.get("run"):
@@ -211,7 +223,8 @@ class RunHandlers:
             # Rendered once for every session looking at the same files with the same settings; a
             # session is sent only the panels whose content changed since it last drew them.
             drawn, adapters = dict(seen.get("drawn") or {}), None
-            panels = self.shared_run_panels(run, overlay, smoothing, log_scale)
+            names = {i.run_id: i.name for i in infos}
+            panels = self.shared_run_panels(run, overlay, smoothing, log_scale, names)
             for id_, (mark, value) in panels.items():
                 if id_ == "adapters":
                     adapters = value
@@ -226,24 +239,25 @@ class RunHandlers:
         return out | _changed_seen(v, seen)
 
     def empty_panels(self) -> Values:
-        """The run panels with no run: an empty chart, tables and grid, no adapters."""
-        charts = self.renders.get("empty", lambda: (png(plots.loss_figure({})), png(plots.parameter_figure([]))))
-        return {"run.chart": charts[0], "run.points": "",
-                "compare.table": pd.DataFrame([], columns=list(compare.COMPARISON_COLUMNS)),
-                "compare.bars": charts[1], "compare.outputs": values.grid_html([], []),
+        """The run panels with no run: empty charts, tables and grid, no adapters."""
+        charts = self.renders.get("empty", lambda: (png(plots.loss_figure({})), png(plots.metric_figure({})),
+                                                    png(plots.parameter_figure([]))))
+        return {"run.chart": charts[0], "run.metrics": charts[1], "run.points": "", "run.bars": charts[2],
+                "compare.table": values.comparison_html([]), "compare.outputs": values.grid_html([], []),
                 "compare.adapter": gr.update(choices=[], value=None)}
 
-    def shared_run_panels(self, run: RunDir, overlay, smoothing, log_scale) -> dict:
+    def shared_run_panels(self, run: RunDir, overlay, smoothing, log_scale, names: dict | None = None) -> dict:
         """The run panels as every session sees them: {panel id: (fingerprint, value)} and
         "adapters": (None, the run's trained variants). Each part is built once per version of the
-        files it reads, for all sessions: the chart and its point count from metrics.jsonl (and the
+        files it reads, for all sessions: the charts and point counts from metrics.jsonl (and the
         overlay's), the comparison and its bars from metrics, summary and spec, the outputs from
         samples.jsonl; a heartbeat in status.json redraws nothing."""
         other = RunDir(self.queue.runs_dir / overlay) if overlay and overlay != run.run_id else None
+        labels = values.run_labels([run.run_id] + ([other.run_id] if other else []), names)
         chart = self.renders.get(
-            ("chart", str(run.path), _stamp(run.metrics_path), other and str(other.path),
-             other and _stamp(other.metrics_path), smoothing, log_scale),
-            lambda: self._chart(run, other, smoothing, log_scale))
+            ("chart", str(run.path), _stamp(run.metrics_path), _stamp(run.spec_path), other and str(other.path),
+             other and _stamp(other.metrics_path), smoothing, log_scale, tuple(labels.items())),
+            lambda: self._charts(run, other, smoothing, log_scale, labels))
         comparison = self.renders.get(
             ("comparison", str(run.path), _stamp(run.metrics_path), _stamp(run.summary_path), _stamp(run.spec_path)),
             lambda: self._comparison(run))
@@ -252,37 +266,42 @@ class RunHandlers:
         return {**chart, **comparison, **outputs, "adapters": (None, trained_variants(run))}
 
     @staticmethod
-    def _chart(run: RunDir, other: RunDir | None, smoothing, log_scale) -> dict:
+    def _charts(run: RunDir, other: RunDir | None, smoothing, log_scale, labels: dict[str, str]) -> dict:
+        """The loss and task-metric charts (the overlay's curves too) and the loss chart's point counts."""
         runs_metrics = {run.run_id: run.read_metrics()}
         if other is not None:
             runs_metrics[other.run_id] = other.read_metrics()
-        counts = plots.curve_counts(plots.loss_curves(runs_metrics, smoothing))
-        return _marked({"run.chart": png(plots.loss_figure(runs_metrics, smoothing, log_scale)),
-                        "run.points": f"{counts['train']} training points, {counts['eval']} validation points"})
+        order = _variant_order(run)
+        counts = plots.point_counts(plots.loss_curves(runs_metrics, smoothing))
+        return _marked({"run.chart": png(plots.loss_figure(runs_metrics, smoothing, log_scale, labels, order)),
+                        "run.metrics": png(plots.metric_figure(runs_metrics, labels, order)),
+                        "run.points": values.points_markdown(counts, labels)})
 
     def _comparison(self, run: RunDir) -> dict:
         """The comparison table, and its parameter bars, drawn once per set of counts (they do not
         change while a run trains)."""
         rows = compare.comparison_table(run.path)
+        order = [r["variant"] for r in rows]
         counted = [r for r in rows if r["trainable"] is not None]
         bars = self.renders.get(("bars", tuple((r["variant"], r["trainable"], r["stored"]) for r in counted)),
-                                lambda: png(plots.parameter_figure(counted)))
-        return _marked({"compare.table": pd.DataFrame(rows, columns=list(compare.COMPARISON_COLUMNS)),
-                        "compare.bars": bars})
+                                lambda: png(plots.parameter_figure(counted, order)))
+        return _marked({"compare.table": values.comparison_html(rows, order), "run.bars": bars})
 
     # --- generation and downloads -------------------------------------------------------------------
 
     @staticmethod
     def run_selected(v: Values) -> Values:
-        """Another run selected: the last one's generations and adapter zip would sit under its status."""
-        return {"compare.generated": "", "compare.adapter_file": None}
+        """Another run selected: the last one's generations, adapter zip and chart files would sit
+        under its status."""
+        return {"compare.generated": "", "compare.adapter_file": None, "compare.adapter_note": "",
+                "run.files": gr.update(value=None, visible=False), "run.note": ""}
 
     def generate(self, v: Values, progress=gr.Progress()) -> Values:
         """Typed prompt -> base and every variant's output (queued; loads the run's model once).
 
         A refusal (no run, no adapter yet, an empty or too long prompt) or a failure is a message
-        in the outputs' place, escaped; a prompt over limits.MAX_PROMPT_CHARS is refused before
-        anything is loaded or tokenized, so it holds the Generate slot for no time."""
+        in the outputs' place, escaped (never a traceback); a prompt over limits.MAX_PROMPT_CHARS is
+        refused before anything is loaded or tokenized, so it holds the Generate slot for no time."""
         run_id, prompt = v["run.select"], v["compare.prompt"] or ""
         if len(prompt) > MAX_PROMPT_CHARS:
             return _said(f"the prompt is {len(prompt):,} characters long; the page generates from prompts of up to "
@@ -294,31 +313,102 @@ class RunHandlers:
                                 on_progress=lambda fraction, text: progress(fraction, desc=text))
         except ValueError as err:  # no adapter yet, an empty prompt, the engine's own limits
             return _said(str(err))
-        except Exception as err:  # noqa: BLE001 - the page shows a message, the app's log the traceback
-            traceback.print_exc(file=sys.stderr)
-            return _said(f"generation failed ({type(err).__name__}: {err}); the app's output has the details")
+        except Exception as err:  # noqa: BLE001 - the page shows the message; the app's output one line
+            print(f"generate: run {run_id}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            return _said(f"generation failed ({type(err).__name__}: {err})")
         return {"compare.generated": values.grid_html(["prompt", *[name for name, _ in rows]],
                                                       [[prompt, *[out for _, out in rows]]])}
 
     def zip_adapter(self, v: Values) -> Values:
-        """-> a zip of runs/<id>/adapters/<variant> (adapter_config.json + adapter_model.safetensors)."""
+        """-> a zip of runs/<id>/adapters/<variant> (adapter_config.json + adapter_model.safetensors,
+        README.md), or why not beside the button."""
         run_id, variant = v["run.select"], v["compare.adapter"]
         if not run_id:
-            raise gr.Error("select a run and one of its trained adapters first")
+            return _not_zipped("select a run and one of its trained adapters first")
         try:
             run = self.queue.run_dir(plain_run_id(run_id))
         except ValueError:
-            raise gr.Error(values.toast_text(f"run {run_id} no longer exists (its folder was removed); choose "
-                                             "another run")) from None
+            return _not_zipped(f"run {run_id} no longer exists (its folder was removed); choose another run")
         adapters = trained_variants(run)
         if not adapters:
-            raise gr.Error(values.toast_text(no_adapters_message(run)))
+            return _not_zipped(no_adapters_message(run))
         if not variant:
-            raise gr.Error("select one of the run's trained adapters first")
+            return _not_zipped("select one of the run's trained adapters first")
         if variant not in adapters:
-            raise gr.Error(values.toast_text(f"run {run_id} has no saved adapter {variant!r} yet"))
+            return _not_zipped(f"run {run_id} has no saved adapter {variant!r} yet")
         base = self.download_folder() / f"{run_id}-{variant}"
-        return {"compare.adapter_file": shutil.make_archive(str(base), "zip", root_dir=run.adapter_dir(variant) or run.adapter_path(variant))}
+        folder = run.adapter_dir(variant) or run.adapter_path(variant)
+        return {"compare.adapter_file": shutil.make_archive(str(base), "zip", root_dir=folder),
+                "compare.adapter_note": ""}
+
+    def export_charts(self, v: Values) -> Values:
+        """-> the selected run's charts as PNG and SVG (loss with the overlay and the chart's settings,
+        task metrics, parameters) and its metrics (and the overlay's) as CSV, as downloads."""
+        run_id, overlay = v["run.select"], v["run.overlay"]
+        try:
+            run = self.queue.run_dir(plain_run_id(run_id or ""))
+        except ValueError:
+            return _no_files("select a run first; its charts and metrics then download")
+        if not run.path.is_dir():
+            return _no_files(f"run {run_id} no longer exists (its folder was removed); choose another run")
+        other = None
+        if overlay and overlay != run_id:
+            try:
+                other = self.queue.run_dir(plain_run_id(overlay))
+            except ValueError:
+                other = None
+        runs_metrics = {run.run_id: run.read_metrics()}
+        if other is not None and other.path.is_dir():
+            runs_metrics[other.run_id] = other.read_metrics()
+        labels = values.run_labels(list(runs_metrics), {i.run_id: i.name for i in self.queue.list_runs()})
+        order = _variant_order(run)
+        rows = [r for r in compare.comparison_table(run.path) if r["trainable"] is not None]
+        figures = {"loss": plots.loss_figure(runs_metrics, plots.clamp_smoothing(v["run.smoothing"]),
+                                             bool(v["run.log_scale"]), labels, order),
+                   "task-metrics": plots.metric_figure(runs_metrics, labels, order),
+                   "parameters": plots.parameter_figure(rows, order)}
+        folder = self.download_folder()
+        paths = []
+        for name, figure in figures.items():
+            for fmt in ("png", "svg"):
+                path = folder / f"{run.run_id}-{name}.{fmt}"
+                path.write_bytes(plots.figure_bytes(figure, fmt))
+                paths.append(str(path))
+        csv_path = folder / f"{run.run_id}-metrics.csv"
+        csv_path.write_text(compare.metrics_csv(runs_metrics), encoding="utf-8")
+        return {"run.files": gr.update(value=[*paths, str(csv_path)], visible=True), "run.note": ""}
+
+
+NO_OVERLAY = ("no overlay", "")
+
+
+def overlay_choices(ids: list[str], selected: str | None) -> list:
+    """What the overlay menu offers: no overlay, or any run but the selected one."""
+    return [NO_OVERLAY, *(i for i in ids if i != selected)]
+
+
+def _quiet_spec(run: RunDir):
+    """The run's spec, or None when spec.json cannot be read (the status line then shows no settings)."""
+    try:
+        return run.read_spec()
+    except (ValueError, OSError):
+        return None
+
+
+def _variant_order(run: RunDir) -> list[str]:
+    """The run's variants in its spec's order (their colours in every chart and table)."""
+    spec = _quiet_spec(run)
+    return [v.name for v in spec.variants] if spec is not None else []
+
+
+def _no_files(message: str) -> Values:
+    """Why the charts cannot be downloaded, beside the button (escaped)."""
+    return {"run.files": gr.update(value=None, visible=False), "run.note": f"⚠️ {values.md_text(message)}"}
+
+
+def _not_zipped(message: str) -> Values:
+    """Why the adapter cannot be downloaded, beside the button (escaped)."""
+    return {"compare.adapter_file": None, "compare.adapter_note": f"⚠️ {values.md_text(message)}"}
 
 
 def _said(message: str) -> Values:

@@ -12,6 +12,7 @@ import json
 import re
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,18 @@ from prefixlab.engine.limits import MAX_SAMPLE_CHARS, clip
 from prefixlab.engine.spec import ExperimentSpec, SpecError
 from prefixlab.engine.zoo import model_facts
 from prefixlab.ui.fields import FieldSpec, spec_from_form
+from prefixlab.views.tables import variant_colours
 
 # What an event handler takes and returns: component values (or updates) by registry id, e.g.
 # {"run.status": "...", "form.prefix.num_virtual_tokens": 5} (ui/registry.py).
 Values = dict[str, Any]
 
-ACCOUNTING_HEADERS = ["variant", "trainable", "total", "trainable %", "stored in adapter", "formula"]
 RUNS_HEADERS = ["run", "name", "model", "state", "step", "started (UTC)", "train loss", "val loss"]
+# The comparison table's columns as the page heads them (views.tables.COMPARISON_COLUMNS' order).
+COMPARISON_HEADERS = {"variant": "variant", "trainable": "trainable", "total": "total", "trainable %": "% trainable",
+                      "stored": "stored", "train loss": "train loss", "val loss": "val loss", "tokens/s": "tokens/s",
+                      "wall time (s)": "wall time"}
+METRIC_HEADERS = {"slot_accuracy": "slot acc. %", "bleu": "BLEU", "chrf": "chrF", "rouge_l": "ROUGE-L"}
 # Out-of-memory errors across backends; the status line names them as such (and what to try).
 _OOM = re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|MPS backend out of memory", re.I)
 # What one message, one table cell or the log's tail may put on the page (each update stays small,
@@ -125,11 +131,20 @@ def check_form(values: dict) -> tuple[ExperimentSpec | None, dict[str, str]]:
     return spec, {}
 
 
+def field_info(help_text: str, message: str | None) -> str:
+    """What a form field shows under its label: its help, or while its value is wrong the message
+    saying what is wrong and what to do. Gradio escapes the text (HTML) and renders a little
+    Markdown in it; a "[text](link)" quoted from a typed value is kept from becoming a link."""
+    if not message:
+        return help_text
+    return "⚠️ " + clip(str(message), MAX_MESSAGE_CHARS).replace("](", "]\u200b(")
+
+
 def errors_markdown(errors: dict[str, str]) -> str:
     """The message block under the form: the field's key in bold, then what is wrong and what to do.
     Messages quote what was typed or read, so they are escaped (and clipped); the keys are the page's own."""
-    return "\n".join(f"⚠️ **{html.escape(key)}**: {md_text(clip(str(message), MAX_MESSAGE_CHARS))}"
-                     for key, message in errors.items())
+    return "\n\n".join(f"⚠️ **{html.escape(key)}**: {md_text(clip(str(message), MAX_MESSAGE_CHARS))}"
+                       for key, message in errors.items())
 
 
 # --- model-derived values ----------------------------------------------------------------------
@@ -143,6 +158,44 @@ def inferred_sizes(model_name: str, num_virtual_tokens: int = 1) -> dict[str, in
     facts = model_facts(model_name)
     filled = infer_sizes(PrefixTuningConfig(num_virtual_tokens=num_virtual_tokens), facts.config, facts.task_type)
     return {f"prefix.{name}": getattr(filled, name) for name in INFERRED_FIELDS}
+
+
+def blocks_counts(key: str) -> bool:
+    """Whether a problem with form key `key` keeps the parameter counts from being computed (they
+    depend on the model, the prefix's fields and the variants only)."""
+    return key.startswith(("prefix.", "model.", "variants")) or key == "experiment.variants"
+
+
+@dataclass
+class Assessment:
+    """The form as the page judges it (Lab.assess): its spec (None while a value is wrong), every
+    problem by key, and the parameter rows counted for it."""
+
+    spec: ExperimentSpec | None
+    errors: dict[str, str]
+    rows: list[list]
+
+    @property
+    def blockers(self) -> list[str]:
+        """The keys whose problems keep the counts from being computed."""
+        return [key for key in self.errors if blocks_counts(key)]
+
+    @property
+    def table(self) -> str:
+        return "" if self.blockers else accounting_html(self.rows)
+
+    @property
+    def note(self) -> str:
+        """Under the parameter table: which field stops it from being computed, when one does."""
+        blockers = self.blockers
+        if not blockers:
+            return ""
+        named = ", ".join(f"**{html.escape(key)}**" for key in blockers)
+        return f"Not computed until {named} {'is' if len(blockers) == 1 else 'are'} fixed (the message is beside it)."
+
+    def field_errors(self, keys) -> dict[str, str]:
+        """The problems of fields the page shows (`keys`), by key."""
+        return {key: message for key, message in self.errors.items() if key in keys}
 
 
 def accounting(spec: ExperimentSpec, data: bool = True) -> tuple[list[list], dict[str, str]]:
@@ -251,19 +304,42 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{m:02d}:{s:02d}" if hours else f"{m}:{s:02d}"
 
 
-def remaining_seconds(step: int, total: int | None, elapsed: float) -> float | None:
-    """Linear estimate from the pace so far; None before the first step or without a total."""
-    if not total or not step or elapsed <= 0:
+def remaining_seconds(step: int, total: int | None, seconds_per_step: float | None) -> float | None:
+    """Steps left times the measured time a step takes; None without a total or a measured pace."""
+    if not total or seconds_per_step is None or seconds_per_step < 0:
         return None
-    return elapsed / step * max(total - step, 0)
+    return seconds_per_step * max(total - (step or 0), 0)
+
+
+# The pace is measured over at most this many of the last logged intervals (a run's pace settles
+# after its first steps; evaluations in between count, as they take time too).
+PACE_WINDOW = 20
+
+
+def seconds_per_step(metrics: list[dict]) -> float | None:
+    """The measured time per optimizer step: from metrics.jsonl's training lines (each carries its
+    step and wall-clock time), over the last PACE_WINDOW intervals between logged steps. None until
+    two steps are logged: the time before the first one is start-up (loading the model and data),
+    which an estimate from the run's start would spread over every remaining step."""
+    times: dict[int, float] = {}
+    for record in metrics:
+        step, when = record.get("step"), record.get("time")
+        if "loss" in record and isinstance(step, int) and isinstance(when, (int, float)):
+            times[step] = max(times.get(step, when), when)  # the variants of one step: its last line
+    steps = sorted(times)[-(PACE_WINDOW + 1):]
+    if len(steps) < 2 or steps[-1] == steps[0]:
+        return None
+    return max(times[steps[-1]] - times[steps[0]], 0.0) / (steps[-1] - steps[0])
 
 
 def is_out_of_memory(text: str) -> bool:
     return bool(_OOM.search(text or ""))
 
 
-def status_markdown(run_id: str, status: dict, log_tail: str = "", now: float | None = None) -> str:
-    """One status line: state, step / total, elapsed and remaining; on failure the error and log tail
+def status_markdown(run_id: str, status: dict, log_tail: str = "", now: float | None = None,
+                    pace: float | None = None, settings: str = "") -> str:
+    """One status line: state, step / total, elapsed and remaining (from `pace`, the measured seconds
+    per step: seconds_per_step); the run's settings under it; on failure the error and log tail
     (escaped: they quote files and the worker's output; the log in a block it cannot leave)."""
     if not run_id:
         return "No run selected. Configure an experiment and press **Train**."
@@ -275,8 +351,11 @@ def status_markdown(run_id: str, status: dict, log_tail: str = "", now: float | 
     parts = [f"**{md_text(run_id)}** · **{md_text(state)}**", f"step {md_text(step)} / {md_text(total) if total else '?'}",
              f"elapsed {_duration(elapsed)}"]
     if state == "running":
-        parts.append(f"remaining {_duration(remaining_seconds(step, total, elapsed or 0))}")
+        left = remaining_seconds(step, total, pace)
+        parts.append(f"remaining {_duration(left)}" if left is not None else "remaining: measuring the step time…")
     line = " · ".join(parts)
+    if settings:
+        line += f"  \n{settings}"
     if state == "failed":
         error = status.get("error") or "the worker stopped without a message"
         if is_out_of_memory(error + "\n" + log_tail):
@@ -313,6 +392,48 @@ def run_row(info, summary: dict | None, metrics: list[dict]) -> list:
     return [clip(cell, MAX_CELL_CHARS) if isinstance(cell, str) else cell for cell in cells]
 
 
+def run_label(run_id: str, name: str | None = None) -> str:
+    """A run's short name for legends: its experiment name and start time, "offline-tiny 14:03:12"
+    (run ids are "YYYYmmdd-HHMMSSmmm-<slug>", UTC)."""
+    match = re.fullmatch(r"(\d{8})-(\d{2})(\d{2})(\d{2})\d*-(.*)", run_id or "")
+    if not match:
+        return clip(run_id or "", 60)
+    _, hh, mm, ss, slug = match.groups()
+    return f"{clip(name or slug, 40)} {hh}:{mm}:{ss}"
+
+
+def run_labels(run_ids: list[str], names: dict[str, str] | None = None) -> dict[str, str]:
+    """run_label of each run; runs whose labels coincide are named by their ids instead."""
+    labels = {r: run_label(r, (names or {}).get(r)) for r in run_ids}
+    taken = [label for label in labels.values()]
+    return {r: (label if taken.count(label) == 1 else r) for r, label in labels.items()}
+
+
+def settings_line(spec) -> str:
+    """The run's settings that tell runs apart, on one line (from its spec.json)."""
+    if spec is None:
+        return ""
+    prefixes = [v for v in spec.variants if getattr(v, "is_prefix", True)]  # not the fine_tune baseline
+    prefix, t, lengths = spec.prefix, spec.training, {v.prefix.num_virtual_tokens for v in prefixes}
+    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.num_epochs:g} epochs"
+    parts = [spec.model.name, f"task {Path(spec.data.source).name}", f"{'/'.join(map(str, sorted(lengths)))} virtual tokens"]
+    if any(v.prefix.prefix_projection for v in prefixes):
+        parts.append(f"encoder_hidden_size {prefix.encoder_hidden_size or 'token_dim'}")
+    parts += [f"lr {t.learning_rate:g}", steps, f"batch {t.batch_size}", f"max_length {t.max_length}"]
+    return " · ".join(md_text(clip(str(p), 80)) for p in parts)
+
+
+def points_markdown(counts: dict[str, dict[str, dict[str, int]]], labels: dict[str, str]) -> str:
+    """The points the loss chart shows, per variant (and per run when one is overlaid):
+    "no_projection: 20 training, 4 validation points · projection: ..."."""
+    lines = []
+    for run, variants in counts.items():
+        text = " · ".join(f"{md_text(v)}: {c['train']} training, {c['eval']} validation points"
+                          for v, c in variants.items())
+        lines.append(text if len(counts) == 1 else f"{md_text(labels.get(run, run))}: {text}")
+    return "  \n".join(lines)
+
+
 def default_selection(infos: list) -> str | None:
     """The run to show on page load: the running one, else the newest (reattach after a refresh)."""
     for info in infos:
@@ -344,3 +465,90 @@ def _grid_cell(text: str) -> str:
     if not text.strip():
         return f"<td><em>(only whitespace, {len(text)} characters)</em></td>"
     return f"<td>{html.escape(clip(text))}</td>"
+
+
+# --- numeric tables (parameters, comparison, runs) -------------------------------------------------
+#
+# Plain HTML tables: numbers right-aligned with thousands separators, cells that never break inside
+# a word or number (CSS `table.data`, ui/app.py), and each variant's name behind its colour swatch,
+# the colour its curves have in the charts (views.tables.variant_colours).
+
+
+def _number(value, digits: int | None = None, grouped: bool = True) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return html.escape(clip(str(value), MAX_CELL_CHARS))
+    if digits is None:
+        return f"{value:,}" if grouped else str(value)
+    return f"{value:,.{digits}f}" if grouped else f"{value:.{digits}f}"
+
+
+def variant_cell(name: str, colour: str | None) -> str:
+    """A variant's name behind its chart colour."""
+    swatch = f'<span class="swatch" style="background:{colour}"></span>' if colour else ""
+    return f'<td class="variant">{swatch}{html.escape(clip(str(name), MAX_CELL_CHARS))}</td>'
+
+
+def _table(headers: list[str], body: list[str], elem_class: str = "grid data") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    return (f'<div class="table-scroll"><table class="{elem_class}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _num_cell(text: str) -> str:
+    return f'<td class="num">{text}</td>'
+
+
+# How each comparison column is written: None for integers (grouped), else the decimals.
+_COMPARISON_DIGITS = {"trainable %": 2, "train loss": 4, "val loss": 4, "tokens/s": 0,
+                      "slot_accuracy": 1, "bleu": 1, "chrf": 1, "rouge_l": 1}
+
+
+def comparison_html(rows: list[dict], order=(), empty: str = "no run selected") -> str:
+    """The comparison (views.tables.comparison_rows) as a table: parameters, final losses, speed and
+    wall time per variant, each variant in its colour."""
+    if not rows:
+        return f'<p class="grid-empty">{html.escape(empty)}</p>'
+    colours = variant_colours([*order, *(r["variant"] for r in rows)])
+    # Task-metric columns (views.tables.METRIC_COLUMNS) where the run scored any.
+    headers = COMPARISON_HEADERS | {k: METRIC_HEADERS[k] for k in METRIC_HEADERS if k in rows[0]}
+    body = []
+    for row in rows:
+        cells = [variant_cell(row["variant"], colours.get(row["variant"]))]
+        for column in headers:
+            if column == "variant":
+                continue
+            value = row.get(column)
+            text = _duration(value) if column == "wall time (s)" and value is not None else \
+                _number(value, _COMPARISON_DIGITS.get(column))
+            cells.append(_num_cell(text))
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return _table(list(headers.values()), body)
+
+
+def accounting_html(rows: list[list], empty: str = "") -> str:
+    """The form's parameter accounting (`accounting` rows) as a table, each variant's formula on a
+    line of its own under its counts."""
+    if not rows:
+        return f'<p class="grid-empty">{html.escape(empty)}</p>' if empty else ""
+    colours = variant_colours([r[0] for r in rows])
+    body = []
+    for variant, trainable, total, percent, stored, formula in rows:
+        cells = [variant_cell(variant, colours[variant]), _num_cell(_number(trainable)), _num_cell(_number(total)),
+                 _num_cell(_number(percent, 2)), _num_cell(_number(stored))]
+        body.append(f"<tr>{''.join(cells)}</tr>")
+        body.append(f'<tr class="formula"><td colspan="5"><code>{html.escape(str(formula))}</code></td></tr>')
+    return _table(["variant", "trainable", "total", "% trainable", "stored in adapter"], body)
+
+
+def runs_html(rows: list[list], selected: str | None = None) -> str:
+    """The runs table (run_row rows), the selected run's row marked."""
+    if not rows:
+        return '<p class="grid-empty">no runs yet: press Train</p>'
+    body = []
+    for row in rows:
+        mark = ' class="selected"' if selected and row[0] == selected else ""
+        cells = "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row)
+        body.append(f"<tr{mark}>{cells}</tr>")
+    return _table(RUNS_HEADERS, body, "grid data runs")

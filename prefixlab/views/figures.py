@@ -1,13 +1,25 @@
-"""Matplotlib figures for the lab: loss curves and parameter bars.
+"""Matplotlib figures for the lab: loss curves, task-metric curves and parameter bars.
 
 The page redraws the loss chart about once a second while a run trains, so the figures are built
 from `matplotlib.figure.Figure` directly (no pyplot): pyplot keeps every figure in a global registry
 until closed, which leaks memory in a long-lived web process. The data preparation (which points,
-which smoothing) is pure and lives in small functions so it can be tested without drawing.
+which smoothing, which ticks) is pure and lives in small functions so it can be tested without
+drawing.
+
+How the charts read (one convention for all of them):
+
+- one colour per variant, the same in every chart and table (tables.variant_colours); the untuned
+  base model, where a chart shows it, is grey;
+- runs are told apart by line style and validation-marker shape (the selected run solid with
+  filled circles, an overlaid one dashed with hollow squares), and named by a short label
+  (experiment name and start time) rather than the run id;
+- the legend sits outside the plot area, so it never covers a curve;
+- a log-scale axis labels the ticks between its decades (2, 3, 5, ...), not only 10^k.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 
@@ -15,11 +27,24 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the page only needs the rendered image
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-# One colour per variant, stable across redraws: variants are coloured by their order of appearance.
-_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-# Line styles tell overlaid runs apart (the first run solid, the second dashed, ...).
-_RUN_STYLES = ("-", "--", ":", "-.")
+from prefixlab.views.tables import BASE, variant_colours  # noqa: E402
+
+# Line styles and validation markers tell overlaid runs apart: the first run solid with filled
+# markers, the second dashed with hollow ones, ...
+RUN_STYLES = ("-", "--", ":", "-.")
+EVAL_MARKERS = ("o", "s", "^", "D")
+# Task metrics the worker logs on evaluation lines (per variant and for "base"), with their names on
+# the chart; every value is on 0-100 (engine/metrics.py).
+METRICS = {"bleu": "BLEU", "chrf": "chrF", "rouge_l": "ROUGE-L", "slot_accuracy": "slot accuracy"}
+# Figure sizes in inches at DPI: wide and short, so the chart and the comparison under it fit a
+# 1280x800 screen together.
+DPI = 100
+LOSS_SIZE = (8.4, 3.1)
+EMPTY_NOTE_COLOUR = "grey"
 
 
 @dataclass
@@ -49,6 +74,16 @@ def ema(values: list[float], smoothing: float) -> list[float]:
     return out
 
 
+def clamp_smoothing(value, default: float = 0.6, top: float = 0.99) -> float:
+    """A smoothing weight the chart can use: a number outside [0, top] is clamped into it, anything
+    else (empty, text) is `default`. The page's slider never stops the chart over a typed value."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(value) else min(max(value, 0.0), top)
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -56,9 +91,10 @@ def _finite(value) -> bool:
 def split_metrics(records: list[dict], key: str) -> dict[str, tuple[list[int], list[float]]]:
     """Per variant, the (steps, values) of every record carrying a finite `key`, in step order.
 
-    `key` is "loss" for training lines and "eval_loss" for evaluation lines (CONTRACTS.md). A record
-    with a NaN or infinite loss is left out of the chart (it is still in metrics.jsonl): matplotlib
-    would break the line there and the autoscaled axis would be useless.
+    `key` is "loss" for training lines and "eval_loss" for evaluation lines (CONTRACTS.md), or a
+    task metric ("bleu", ...). A record with a NaN or infinite value is left out of the chart (it is
+    still in metrics.jsonl): matplotlib would break the line there and the autoscaled axis would be
+    useless.
     """
     out: dict[str, tuple[list[int], list[float]]] = {}
     for record in records:
@@ -77,8 +113,8 @@ def split_metrics(records: list[dict], key: str) -> dict[str, tuple[list[int], l
 def loss_curves(runs_metrics: dict[str, list[dict]], smoothing: float = 0.6) -> list[Curve]:
     """Everything the loss chart draws, as data: raw, smoothed and eval curves of every variant.
 
-    `runs_metrics` maps a run's label to its metrics.jsonl records; one run is the usual case, two
-    when the user overlays another run.
+    `runs_metrics` maps a run to its metrics.jsonl records; one run is the usual case, two when
+    the user overlays another run.
     """
     curves = []
     for run, records in runs_metrics.items():
@@ -91,77 +127,238 @@ def loss_curves(runs_metrics: dict[str, list[dict]], smoothing: float = 0.6) -> 
 
 
 def curve_counts(curves: list[Curve]) -> dict[str, int]:
-    """How many train and eval points the chart shows (the page prints this under the chart)."""
+    """How many train and eval points the chart shows in all (every run and variant together)."""
     return {
         "train": sum(len(c.steps) for c in curves if c.kind == "train"),
         "eval": sum(len(c.steps) for c in curves if c.kind == "eval"),
     }
 
 
-def _style_maps(curves: list[Curve]) -> tuple[dict[str, str], dict[str, str]]:
-    variants = list(dict.fromkeys(c.variant for c in curves))
-    runs = list(dict.fromkeys(c.run for c in curves))
-    colours = {v: _COLOURS[i % len(_COLOURS)] for i, v in enumerate(variants)}
-    styles = {r: _RUN_STYLES[i % len(_RUN_STYLES)] for i, r in enumerate(runs)}
-    return colours, styles
+def point_counts(curves: list[Curve]) -> dict[str, dict[str, dict[str, int]]]:
+    """{run: {variant: {"train": n, "eval": m}}}: the points the chart shows of each variant of each
+    run (the page prints them under the chart, one variant at a time)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for c in curves:
+        if c.kind == "smoothed":
+            continue
+        counts = out.setdefault(c.run, {}).setdefault(c.variant, {"train": 0, "eval": 0})
+        counts[c.kind] += len(c.steps)
+    return out
 
 
-def _curve_label(curve: Curve, several_runs: bool) -> str:
-    base = f"{curve.run} / {curve.variant}" if several_runs else curve.variant
-    return base + (" (validation)" if curve.kind == "eval" else "")
+def _variants(curves_or_names, order=()) -> list[str]:
+    """Variant names: `order` first (the selected run's spec), then as they appear."""
+    names = [c.variant if isinstance(c, Curve) else c for c in curves_or_names]
+    return list(dict.fromkeys([*order, *names]))
 
 
-def loss_figure(runs_metrics: dict[str, list[dict]], smoothing: float = 0.6, log_scale: bool = False) -> Figure:
-    """Training loss of every variant on one figure: raw faint, smoothed over it, eval as markers.
+def _run_styles(runs) -> dict[str, tuple[str, str]]:
+    """{run: (line style, validation marker)} in the order given (the selected run first)."""
+    return {r: (RUN_STYLES[i % len(RUN_STYLES)], EVAL_MARKERS[i % len(EVAL_MARKERS)]) for i, r in enumerate(runs)}
 
-    The x axis is the optimizer step; all history is drawn (the page never truncates it).
+
+# ---------------------------------------------------------------------------------------------
+# Axes
+
+
+def nice_log_ticks(low: float, high: float, most: int = 8) -> list[float]:
+    """Tick values for a log axis from `low` to `high` (both > 0): the densest of the sequences
+    1, 1-2-5, 1-1.5-2-3-5-7 and 1-...-9 per decade that gives at most `most` ticks inside the
+    range, so an axis from 0.8 to 6 reads 0.8, 1, 1.5, 2, 3, 5 rather than a lone 10^0."""
+    if not (low > 0 and high > 0):
+        return []
+    low, high = min(low, high), max(low, high)
+    choices = ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
+    best: list[float] = []
+    for subs in choices:
+        ticks = [round(m * 10.0**k, 12) for k in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+                 for m in subs]
+        inside = sorted(t for t in ticks if low * (1 - 1e-9) <= t <= high * (1 + 1e-9))
+        if len(inside) > most:
+            break
+        best = inside
+        if len(inside) >= 4:
+            break
+    return best or [low, high]
+
+
+def _tick_label(value: float, _position=None) -> str:
+    return f"{value:g}"
+
+
+def use_log_scale(ax, values: list[float]) -> None:
+    """Log y axis whose labelled ticks cover the data (nice_log_ticks), with unlabelled minor ticks."""
+    positive = [v for v in values if v > 0]
+    ax.set_yscale("log")
+    if not positive:
+        return
+    low, high = min(positive), max(positive)
+    if high / low < 1.05:  # a flat line: room around it, so the axis has ticks to label
+        low, high = low / 1.1, high * 1.1
+    ticks = nice_log_ticks(low, high)
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(_tick_label))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(low / 1.08, high * 1.08)
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color=EMPTY_NOTE_COLOUR, wrap=True)
+
+
+def _legend(fig, handles: list) -> None:
+    """The legend outside the plot area, to the right (constrained layout makes room for it)."""
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
+
+
+def _run_handles(runs: list[str], labels: dict[str, str], styles: dict[str, tuple[str, str]],
+                 with_markers: bool) -> list:
+    """One legend entry per run, when there are several: its line style (and validation marker)."""
+    if len(runs) < 2:
+        return []
+    return [Line2D([], [], color="black", linestyle=styles[r][0], marker=styles[r][1] if with_markers else None,
+                   markerfacecolor="black" if i == 0 else "white", label=labels.get(r, r))
+            for i, r in enumerate(runs)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def loss_figure(runs_metrics: dict[str, list[dict]], smoothing: float = 0.6, log_scale: bool = False,
+                labels: dict[str, str] | None = None, order=()) -> Figure:
+    """Training loss of every variant: raw faint, smoothed over it, validation loss as markers.
+
+    `runs_metrics`: {run: metrics records}, the selected run first; `labels`: {run: short label}
+    for the legend; `order`: variant names in the selected run's order (their colours). The x axis
+    is the optimizer step; all history is drawn (the page never truncates it).
     """
+    labels = labels or {}
     curves = loss_curves(runs_metrics, smoothing)
-    colours, styles = _style_maps(curves)
-    several_runs = len(runs_metrics) > 1
-    fig = Figure(figsize=(7.5, 4.0), dpi=100, layout="constrained")
+    colours = variant_colours(_variants(curves, order))
+    styles = _run_styles(runs_metrics)
+    fig = Figure(figsize=LOSS_SIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     for c in curves:
-        colour, style = colours[c.variant], styles[c.run]
+        colour, (style, marker) = colours[c.variant], styles[c.run]
+        first = c.run == next(iter(styles))
         if c.kind == "train":
             ax.plot(c.steps, c.values, style, color=colour, alpha=0.25, linewidth=1)
         elif c.kind == "smoothed":
-            ax.plot(c.steps, c.values, style, color=colour, linewidth=2, label=_curve_label(c, several_runs))
+            ax.plot(c.steps, c.values, style, color=colour, linewidth=2 if first else 1.6)
         else:
-            ax.plot(c.steps, c.values, "o", color=colour, markersize=6, markeredgecolor="black",
-                    label=_curve_label(c, several_runs))
+            ax.plot(c.steps, c.values, marker, linestyle="none", color=colour, markersize=6,
+                    markeredgecolor="black" if first else colour, markerfacecolor=colour if first else "white",
+                    markeredgewidth=0.8 if first else 1.5, zorder=3)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    if log_scale and curves:
-        ax.set_yscale("log")
-    if curves:
-        ax.legend(loc="upper right", fontsize="small")
-    else:
-        ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.grid(True, alpha=0.3)
+    ax.grid(True, which="minor", axis="y", alpha=0.12)
+    if not curves:
+        _note(ax, "no loss logged yet")
+        return fig
+    if log_scale:
+        use_log_scale(ax, [v for c in curves for v in c.values])
+    has_eval = any(c.kind == "eval" for c in curves)
+    handles = [Line2D([], [], color=colours[v], linewidth=2, label=v) for v in colours]
+    handles.append(Line2D([], [], color="grey", alpha=0.35, linewidth=1, label="raw (unsmoothed)"))
+    if has_eval:
+        handles.append(Line2D([], [], color="grey", marker="o", linestyle="none", markeredgecolor="black",
+                              label="validation"))
+    _legend(fig, handles + _run_handles(list(styles), labels, styles, has_eval))
     return fig
 
 
-def parameter_figure(rows: list[dict]) -> Figure:
-    """Bar chart of trainable and adapter-stored parameters per variant (log scale: they differ by orders).
+def metric_series(records: list[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """{metric: {variant: (steps, values)}} of every task metric (METRICS) the records carry; the
+    base model's lines are under "base"."""
+    out = {}
+    for key in METRICS:
+        series = split_metrics(records, key)
+        if series:
+            out[key] = series
+    return out
+
+
+def metric_figure(runs_metrics: dict[str, list[dict]], labels: dict[str, str] | None = None, order=()) -> Figure:
+    """Task metrics over the steps, one panel per metric (BLEU, chrF, ROUGE-L, slot accuracy, as
+    logged at evaluation steps): each variant in its colour, the base model grey; an overlaid run
+    dashed. A run that logged none says so."""
+    labels = labels or {}
+    series = {run: metric_series(records) for run, records in runs_metrics.items()}
+    present = [m for m in METRICS if any(m in s for s in series.values())]
+    styles = _run_styles(runs_metrics)
+    if not present:
+        fig = Figure(figsize=LOSS_SIZE, dpi=DPI, layout="constrained")
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        _note(ax, "no task metrics in this run: BLEU, chrF, ROUGE-L and slot accuracy appear here\n"
+                  "when the worker logs them at evaluation steps")
+        return fig
+    columns = 2 if len(present) > 2 else len(present)
+    rows = math.ceil(len(present) / columns)
+    fig = Figure(figsize=(LOSS_SIZE[0], LOSS_SIZE[1] if rows == 1 else 4.4), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    names = _variants([v for s in series.values() for m in present for v in s.get(m, {})], order)
+    colours = variant_colours([n for n in names if n != BASE] + [BASE])
+    for ax, metric in zip(axes, present):
+        for run, per_metric in series.items():
+            style, marker = styles[run]
+            for variant, (steps, values) in per_metric.get(metric, {}).items():
+                base = variant == BASE
+                ax.plot(steps, values, linestyle=":" if base and style == "-" else style, marker=marker, markersize=4,
+                        color=colours[variant], linewidth=1.2 if base else 1.8,
+                        markerfacecolor=colours[variant] if run == next(iter(styles)) else "white")
+        ax.set_title(METRICS[metric], fontsize="medium")
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(present):]:
+        ax.set_axis_off()
+    shown = [v for v in colours if any(v in s.get(m, {}) for s in series.values() for m in present)]
+    handles = [Line2D([], [], color=colours[v], linewidth=1.2 if v == BASE else 1.8, linestyle=":" if v == BASE else "-",
+                      label="base model" if v == BASE else v) for v in shown]
+    _legend(fig, handles + _run_handles(list(styles), labels, styles, True))
+    return fig
+
+
+def parameter_figure(rows: list[dict], order=()) -> Figure:
+    """Trainable and adapter-stored parameters per variant, as horizontal bars on a linear axis,
+    each labelled with its count (a 2,560-parameter bar beside a 21,440 one is short, and says so).
 
     `rows` are comparison-table rows: dicts with "variant", "trainable" and "stored" counts.
     """
-    fig = Figure(figsize=(7.5, 3.0), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
     names = [str(r["variant"]) for r in rows]
-    width = 0.38
-    xs = range(len(rows))
-    for offset, key, colour in ((-width / 2, "trainable", "#1f77b4"), (width / 2, "stored", "#ff7f0e")):
-        values = [int(r.get(key) or 0) for r in rows]
-        bars = ax.bar([x + offset for x in xs], values, width, label=key, color=colour)
-        ax.bar_label(bars, labels=[f"{v:,}" for v in values], fontsize="small")
-    ax.set_xticks(list(xs), names)
-    ax.set_ylabel("parameters")
-    if rows:
-        ax.set_yscale("log")
-        ax.legend(fontsize="small")
-    else:
+    colours = variant_colours(_variants(names, order))
+    height = 0.9 + 0.75 * max(len(rows), 1)
+    fig = Figure(figsize=(LOSS_SIZE[0], height), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    if not rows:
         ax.set_axis_off()
-        ax.text(0.5, 0.5, "no run selected", ha="center", va="center", transform=ax.transAxes, color="grey")
+        _note(ax, "no run selected")
+        return fig
+    bar = 0.38
+    largest = max(max(int(r.get("trainable") or 0), int(r.get("stored") or 0)) for r in rows) or 1
+    for i, r in enumerate(rows):
+        colour = colours[names[i]]
+        for offset, key, style in ((-bar / 2, "trainable", {}), (bar / 2, "stored", {"hatch": "///", "alpha": 0.55})):
+            value = int(r.get(key) or 0)
+            drawn = ax.barh(i + offset, value, bar, color=colour, edgecolor=colour, **style)
+            ax.bar_label(drawn, labels=[f" {value:,}"], fontsize="small", padding=2)
+    ax.set_yticks(range(len(rows)), names)
+    ax.invert_yaxis()  # the first variant on top, as in the table
+    ax.set_xlim(0, largest * 1.22)  # room for the labels
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_xlabel("parameters (linear scale)")
+    ax.grid(True, axis="x", alpha=0.3)
+    _legend(fig, [Patch(facecolor="grey", label="trainable"),
+                  Patch(facecolor="grey", alpha=0.55, hatch="///", label="stored in adapter")])
     return fig
+
+
+def figure_bytes(figure: Figure, fmt: str) -> bytes:
+    """The figure encoded as `fmt` ("png" or "svg"): what the page shows and what it downloads."""
+    with io.BytesIO() as buffer:
+        figure.savefig(buffer, format=fmt)
+        return buffer.getvalue()

@@ -4,10 +4,15 @@ Two tables: the side-by-side comparison of the variants of a run (parameters, lo
 summary.json exists the parameter counts are engine.checks' accounting, from the spec alone), and
 the output grid (per prompt: reference, the base model's output and each variant's). The pure `*_rows` functions take parsed records so tests
 can feed them directly; `comparison_table(run_dir)` and `output_grid(run_dir)` read the directory.
+
+Also what every view of a run shares: one colour per variant (`variant_colours`, used by the
+figures and by the page's tables alike) and the run's metrics as CSV (`metrics_csv`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import warnings
 
@@ -18,7 +23,25 @@ COMPARISON_COLUMNS = (
     "variant", "trainable", "total", "trainable %", "stored",
     "train loss", "val loss", "tokens/s", "wall time (s)",
 )
+# Task metrics (engine.metrics), after COMPARISON_COLUMNS where the run scored any: the last
+# evaluation's values (summary.json's at the end); the untuned base model gets a row of its own then.
+METRIC_COLUMNS = ("slot_accuracy", "bleu", "chrf", "rouge_l")
 ACCOUNTING_COLUMNS = ("variant", "trainable", "total", "trainable %", "stored in adapter", "formula")
+# The untuned model: metrics.jsonl's task-metric lines name it as a variant, but it trains nothing
+# and has no row of its own in the comparison.
+BASE = "base"
+# One colour per variant, the same in every chart and table of the page: the standard variants keep
+# theirs whatever else a run has; any other variant takes the next free colour, in the run's order.
+STANDARD_COLOURS = {"no_projection": "#1f77b4", "projection": "#ff7f0e", "fine_tune": "#2ca02c", BASE: "#7f7f7f"}
+PALETTE = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79", "#637939")
+
+
+def variant_colours(names) -> dict[str, str]:
+    """{variant: colour} for `names` in the order given (a run's variants in its spec's order)."""
+    out, free = {}, iter(c for c in PALETTE if c not in STANDARD_COLOURS.values())
+    for name in dict.fromkeys(names):
+        out[name] = STANDARD_COLOURS.get(name) or next(free, None) or PALETTE[len(out) % len(PALETTE)]
+    return out
 
 
 def trainable_percent(trainable: int, total: int) -> float:
@@ -91,7 +114,30 @@ def comparison_rows(variants: list[str], metrics: list[dict], summary: dict | No
         if row["trainable"] is not None and row["total"]:
             row["trainable %"] = round(trainable_percent(row["trainable"], row["total"]), 4)
         rows.append(_rounded(row))
-    return rows
+    return _with_task_metrics(rows, metrics, summary)
+
+
+def _with_task_metrics(rows: list[dict], metrics: list[dict], summary: dict | None) -> list[dict]:
+    """Each row's last task metrics (METRIC_COLUMNS the run scored), and a first row for the base
+    model (scored at step 0), when the run scored any; the rows unchanged otherwise."""
+    per_variant = (summary or {}).get("variants", {})
+
+    def last(variant: str) -> dict:
+        values = {key: _last(metrics, variant, key) for key in METRIC_COLUMNS}
+        final = per_variant.get(variant, {}).get("metrics") if variant != BASE else (summary or {}).get("base_metrics")
+        values.update({k: v for k, v in (final or {}).items() if k in values and _number(v)})
+        return values
+
+    scored = {r["variant"]: last(r["variant"]) for r in rows} | {BASE: last(BASE)}
+    columns = [key for key in METRIC_COLUMNS if any(v.get(key) is not None for v in scored.values())]
+    if not columns:
+        return rows
+    base = dict.fromkeys(rows[0] if rows else COMPARISON_COLUMNS) | {"variant": BASE}
+    out = [base] if any(scored[BASE].get(k) is not None for k in columns) else []
+    for row in [*out, *rows]:
+        row.update({key: None if scored[row["variant"]].get(key) is None else round(scored[row["variant"]][key], 1)
+                    for key in columns})
+    return out + rows
 
 
 def _rounded(row: dict) -> dict:
@@ -105,7 +151,7 @@ def run_variants(spec, metrics: list[dict], summary: dict | None) -> list[str]:
     names = [v.name for v in spec.variants] if spec is not None else []
     names += [r.get("variant") for r in metrics if r.get("variant")]
     names += list((summary or {}).get("variants", {}))
-    return list(dict.fromkeys(names))
+    return [n for n in dict.fromkeys(names) if n != BASE]
 
 
 def safe_accounting(spec) -> dict[str, dict]:
@@ -152,3 +198,23 @@ def output_grid(run_dir) -> tuple[list[str], list[list[str]]]:
     run = RunDir(run_dir)
     spec = readable_spec(run)
     return output_grid_rows(run.read_samples(), [v.name for v in spec.variants] if spec else [])
+
+
+# Columns every metrics.jsonl line may carry, first in the CSV in this order; any other key follows.
+CSV_FIRST = ("run", "variant", "step", "epoch", "loss", "eval_loss", "lr", "tokens_per_s", "time")
+
+
+def metrics_csv(runs_metrics: dict[str, list[dict]]) -> str:
+    """Every metrics.jsonl line of the runs ({run id: records}) as CSV, one row a line, a "run"
+    column first: the columns the worker writes, then any other key (task metrics: bleu, ...)."""
+    keys = list(CSV_FIRST)
+    for records in runs_metrics.values():
+        for record in records:
+            keys += [k for k in record if k not in keys]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for run, records in runs_metrics.items():
+        for record in records:
+            writer.writerow({"run": run, **{k: v for k, v in record.items() if not isinstance(v, (dict, list))}})
+    return out.getvalue()
