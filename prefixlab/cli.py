@@ -242,8 +242,22 @@ def train_in(args, owner: bool, stack: ExitStack) -> int:
         state = interrupted(run, owner)
     status = run.read_status()
     if owner:
+        if getattr(args, "print_metrics", True):  # a sweep prints its own table at the end
+            print_metrics(run)
         print(f"{state}: {run.path}" + (f" ({status.get('error')})" if state == FAILED else ""), file=sys.stderr)
     return EXIT_FAILED if state == FAILED else EXIT_OK
+
+
+def print_metrics(run) -> None:
+    """The run's task metrics (summary.json), a table on stdout, where it scored any."""
+    from prefixlab.engine.evaluate import metrics_table, summary_metrics
+
+    summary = run.read_summary()
+    table = summary_metrics(summary) if summary else {}
+    if table:
+        print(f"task metrics on the first {summary.get('metric_examples')} validation examples "
+              f"({100 * (summary.get('metric_share') or 0):.0f}% of the run's time):")
+        print(metrics_table(table))
 
 
 def launch(run, processes: int) -> int:
@@ -314,6 +328,25 @@ def cmd_generate(args) -> int:
         print(f"prompt: {prompt}")
         for name, text in outputs.items():
             print(f"  {name:>16}: {text}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+
+
+def cmd_evaluate(args) -> int:
+    from prefixlab.engine.evaluate import evaluate_run, evaluation_path, format_table
+
+    run_dir = folder(args.run, "RUN")
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be a positive number of examples, got {args.limit}")
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics is not None else None
+    quiet_transformers()
+    result = evaluate_run(run_dir, split=args.split, limit=args.limit,
+                          **({"metrics": metrics} if metrics is not None else {}))
+    print(format_table(result))
+    print(f"wrote {evaluation_path(run_dir, args.split)} ({result['seconds']:.0f} s)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -522,7 +555,7 @@ def train_sweep(plan, runs_dir: Path, args) -> int:
                     try:
                         with ExitStack() as stack:
                             train_in(argparse.Namespace(spec=None, run_dir=str(run.path), runs_dir=str(runs_dir),
-                                                        progress=args.progress), True, stack)
+                                                        progress=args.progress, print_metrics=False), True, stack)
                     except CliError as err:  # another worker took the run after all
                         print(f"error: {err}", file=sys.stderr)
                         failed = True
@@ -642,6 +675,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", required=True, help="a source; repeat for several")
     p.add_argument("--max-new-tokens", type=int)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="score a run's base model, saved adapters and fine-tuned model on a whole "
+                                        "split (BLEU, chrF, ROUGE-L, slot accuracy); writes evaluation-<split>.json")
+    p.add_argument("run", metavar="RUN", help="the run's folder, e.g. runs/20261205-101500000-offline-demo")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="default: test")
+    p.add_argument("--limit", type=int, help="only the split's first N examples (default: all)")
+    p.add_argument("--metrics", help="comma-separated: bleu,chrf,rouge_l,slot_accuracy (default: all)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("runs", help="every run in the runs folder: state, step, start time, error")
     p.add_argument("--runs-dir", default="runs", help="the folder of runs (default: runs)")

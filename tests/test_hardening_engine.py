@@ -337,7 +337,7 @@ def test_the_queue_thread_says_why_it_cannot_poll_once_not_every_second(tmp_path
 def test_a_worker_that_fills_the_disk_mid_run_records_failed_with_the_cause(tmp_path, monkeypatch):
     """From step 3 no file can be created or grow (metrics.jsonl, log.txt, a temp status.json): the
     worker still records `failed` and why, overwriting status.json in place."""
-    from prefixlab.engine import runs, worker
+    from prefixlab.engine import loggers, runs, worker
 
     full = []
     real_after_step, real_append = worker.Job._after_step, worker.append_jsonl
@@ -364,7 +364,8 @@ def test_a_worker_that_fills_the_disk_mid_run_records_failed_with_the_cause(tmp_
 
     real_create_temp, real_log = runs._create_temp, RunDir.log
     monkeypatch.setattr(worker.Job, "_after_step", after_step)
-    monkeypatch.setattr(worker, "append_jsonl", append)
+    monkeypatch.setattr(worker, "append_jsonl", append)  # samples.jsonl
+    monkeypatch.setattr(loggers, "append_jsonl", append)  # metrics.jsonl
     monkeypatch.setattr(runs, "_create_temp", no_temp)
     monkeypatch.setattr(RunDir, "log", no_log)
     run = RunDir(tmp_path / "run")

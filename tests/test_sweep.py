@@ -289,7 +289,8 @@ def test_a_sweep_of_three_tiny_runs_trains_here_and_plots(tmp_path, capsys):
     assert main(["sweep", str(spec_path), "--vary", f"{LENGTH}=1,2,8", "--runs-dir", str(runs),
                  "--plot", str(plot), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == [LENGTH, "variant", "state", "trainable", "val", "loss"]
+    # every run scores its 4 validation examples (training.metric_examples): their task metrics follow
+    assert out.splitlines()[0].split() == [LENGTH, "variant", "state", "trainable", "val", "loss", "bleu", "chrf", "rouge_l", "slot_accuracy"]
     assert len(out.splitlines()) == 1 + 3 * 2 and out.count(" done ") == 6
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     [listed] = sweeps.list_sweeps(runs)
@@ -299,7 +300,8 @@ def test_a_sweep_of_three_tiny_runs_trains_here_and_plots(tmp_path, capsys):
     for run in view.runs:  # ordinary runs: summary, adapters, samples, as `train` leaves them
         assert RunDir(run.path).read_summary() and RunDir(run.path).trained_variants() == ["no_projection",
                                                                                            "projection"]
-    by_value, by_trainable = sweep_figure(view).axes[:2]  # no task metrics here: validation loss
+    assert all(set(p.metrics) == {"bleu", "chrf", "rouge_l", "slot_accuracy"} for p in view.points)
+    by_value, by_trainable = sweep_figure(view, metric="val_loss").axes[:2]
     for variant in ("no_projection", "projection"):
         [line] = [ln for ln in by_value.get_lines() if ln.get_gid() == f"series:{variant}"]
         assert list(line.get_xdata()) == [1, 2, 8]

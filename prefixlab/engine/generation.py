@@ -58,10 +58,10 @@ def check_prompt(prompt: str) -> None:
 @torch.no_grad()
 def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, source: str,
                      adapter_names: list[str], device, *, limit_prompt: bool = True,
-                     models: dict | None = None) -> dict[str, str]:
+                     models: dict | None = None, base: bool = True) -> dict[str, str]:
     """{"base": text, <adapter>: text, ..., <model>: text} for one source, the base model without any
-    prefix first, then each adapter, then each of `models` (name -> a transformers model: the
-    fine-tuning baseline's own copy of the base).
+    prefix first (unless `base` is False), then each adapter, then each of `models` (name -> a
+    transformers model: the fine-tuning baseline's own copy of the base).
 
     One prompt at a time, so an output never depends on which other prompts share its batch; the
     prompt is built and truncated exactly as in training (data.encode_prompts). A source over
@@ -75,7 +75,8 @@ def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, sou
 
     encoded = encode_prompts([source], tokenizer, task_type, spec.data.separator,
                              max_length=spec.training.max_length)
-    check_generation_room(peft_model, task_type, spec, adapter_names, encoded["input_ids"].shape[1])
+    if adapter_names:
+        check_generation_room(peft_model, task_type, spec, adapter_names, encoded["input_ids"].shape[1])
     encoded = {k: v.to(device) for k, v in encoded.items()}  # (1, prompt_len) each
     kwargs = generation_kwargs(spec.generation, tokenizer)
     causal = TaskType(task_type) == TaskType.CAUSAL_LM
@@ -87,7 +88,7 @@ def generate_outputs(peft_model, tokenizer, task_type, spec: ExperimentSpec, sou
             out = out[:, encoded["input_ids"].shape[1]:]  # keep only the continuation
         return tokenizer.decode(out[0], skip_special_tokens=True)
 
-    outputs = {"base": text(peft_model.base_model)}
+    outputs = {"base": text(peft_model.base_model)} if base else {}
     for name in adapter_names:
         peft_model.set_adapter(name)
         outputs[name] = text(peft_model)

@@ -35,6 +35,7 @@ from typing import Any
 
 from prefixlab.core.config import ConfigError, PrefixTuningConfig
 from prefixlab.engine import limits
+from prefixlab.engine.metrics import METRICS as TASK_METRICS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("greedy", "sampling", "beam")
@@ -193,6 +194,17 @@ class TrainingSpec(_Section):
                           "its own prefix; the same losses and gradients as one pass each, in less time). Off, or "
                           "where it cannot be exact (prefixes of different lengths, fp16): one pass per variant."},
     )
+    metric_examples: int = field(
+        default=16,
+        metadata={"help": "At every evaluation, generate for the first N validation examples and score them with "
+                          "training.metrics (the base model too, at step 0); 0: validation loss only."},
+    )
+    metrics: list[str] = field(
+        default_factory=lambda: list(TASK_METRICS),
+        metadata={"help": "Task metrics of those generations: bleu and chrf (sacrebleu), rouge_l (rouge-score), "
+                          "slot_accuracy (attribute tables' values realised in the output).",
+                  "choices": TASK_METRICS},
+    )
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "Recompute each transformer block in backward instead of storing its activations: "
@@ -218,6 +230,15 @@ class TrainingSpec(_Section):
             problems.add("training.seed", f"must be between 0 and {2**32 - 1}, got {self.seed!r}")
         if self.precision not in PRECISIONS:
             problems.add("training.precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _at_least(problems, "training", self, "metric_examples", minimum=0,
+                  hint="; 0 turns task metrics off")
+        unknown_metrics = [name for name in self.metrics if name not in TASK_METRICS]
+        if unknown_metrics or len(set(self.metrics)) != len(self.metrics):
+            problems.add("training.metrics", f"must name each of {', '.join(TASK_METRICS)} at most once, "
+                                             f"got {self.metrics!r}")
+        elif not self.metrics and self.metric_examples:
+            problems.add("training.metrics", "no metric chosen; choose at least one, or set training.metric_examples "
+                                             "to 0 to score nothing")
         unknown = [name for name in self.report_to if name not in ("tensorboard", "trackio")]
         if unknown or len(set(self.report_to)) != len(self.report_to):
             problems.add("training.report_to", f"must name tensorboard and/or trackio, each once, got {self.report_to!r}")

@@ -201,6 +201,8 @@ class VariantState:
     scaler: object = None  # fp16: this variant's own GradScaler (see Job._own_loss_scales)
     skipped_steps: int = 0  # fp16: optimizer steps the scaler skipped for inf/NaN gradients
     model: object = None  # the fine-tuning baseline's own copy of the base (prefix variants: None)
+    last_metrics: dict | None = None  # task metrics at the last evaluation (training.metrics)
+    last_metrics_step: int | None = None
 
     def record(self, loss: float, tokens: int, seconds: float) -> None:
         self.losses.append(loss)
@@ -233,6 +235,8 @@ class Job:
         self.step = 0
         self.started = time.time()
         self.num_truncated = 0
+        self.metric_seconds = 0.0  # generating and scoring for task metrics, all evaluations together
+        self.base_metrics: dict | None = None
 
     def say(self, message: str) -> None:
         if self.accelerator.is_main_process:
@@ -360,6 +364,13 @@ class Job:
         splits = load_task(spec.data)  # capped to data.max_train_examples / max_eval_examples
         train, validation = splits["train"], splits["validation"]
         self.test_examples = splits["test"] or validation or train  # samples' prompts, held-out first
+        self.metric_examples = validation[: spec.training.metric_examples]  # task metrics at each evaluation
+        if not validation:
+            self.say(f"data.source {spec.data.source!r} has no validation examples: no validation loss and no "
+                     "task metrics (give the task a validation split)")
+        elif self.metric_examples:
+            self.say(f"task metrics {', '.join(spec.training.metrics)} on the first {len(self.metric_examples)} "
+                     "validation example(s) at every evaluation (training.metric_examples)")
 
         def encode(examples: list[dict], split: str):
             return encode_examples(examples, self.tokenizer, self.task_type, spec.training.max_length,
@@ -552,9 +563,41 @@ class Job:
         for v, mean in zip(self.variants, (sums / count).tolist()):
             v.last_eval_loss, v.last_eval_step = mean, self.step
             self._log({"variant": v.name, "eval_loss": mean})
+        self.task_metrics()
         self.model.train()
         for tuned in self._tuned_models():
             tuned.train()
+
+    def task_metrics(self) -> None:
+        """Generate for the first training.metric_examples validation examples with every variant (and
+        the base model without a prefix at step 0), score them (engine.metrics) and log one line per
+        model. The first process only; the random state is put back, so a run's batches, dropout and
+        losses are those of the same run without metrics."""
+        if not self.metric_examples or not self.accelerator.is_main_process:
+            return
+        from prefixlab.engine.evaluate import generate_split
+        from prefixlab.engine.metrics import score
+
+        started = time.perf_counter()
+        sources = [e["source"] for e in self.metric_examples]
+        references = [e["target"] for e in self.metric_examples]
+        prefixes = [v.name for v in self.variants if v.model is None]
+        models = {v.name: self.accelerator.unwrap_model(v.model) for v in self.variants if v.model is not None}
+        device = self.accelerator.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), self.accelerator.autocast():
+            outputs = generate_split(self.peft, self.tokenizer, self.task_type, self.spec, sources, prefixes, device,
+                                     batch_size=min(len(sources), 32), models=models, base=self.step == 0)
+        by_name = {v.name: v for v in self.variants}
+        for name, predictions in outputs.items():
+            scores = score(predictions, references, sources, self.spec.training.metrics)
+            if self.step == 0 and scores.absent and name == next(iter(outputs)):
+                self.say("task metrics left out: " + "; ".join(f"{m}: {why}" for m, why in scores.absent.items()))
+            if name == "base":
+                self.base_metrics = dict(scores)
+            else:
+                by_name[name].last_metrics, by_name[name].last_metrics_step = dict(scores), self.step
+            self._log({"variant": name, "metric_examples": len(sources), **scores})
+        self.metric_seconds += time.perf_counter() - started
 
     # --- save -----------------------------------------------------------------------------------
 
@@ -637,13 +680,19 @@ class Job:
                 "total": total, "formula": counts["formula"],
                 "final_train_loss": v.last_loss, "final_eval_loss": v.last_eval_loss,
                 "tokens_per_s": v.total_tokens / v.total_seconds if v.total_seconds else None,
+                "metrics": v.last_metrics, "metrics_step": v.last_metrics_step,
                 # Measured from the tensors: the variant's own weights and its AdamW state (the frozen
                 # base the prefixes share is not counted; the baseline's copy is).
                 "train_state_bytes": _bytes(weights) + _bytes(t for s in v.optimizer.state.values()
                                                               for t in s.values() if torch.is_tensor(t)),
             }
+        wall = time.time() - self.started
         return {"variants": variants, "steps": self.step, "total_steps": self.total_steps,
-                "wall_time_s": time.time() - self.started, "num_truncated": self.num_truncated,
+                "wall_time_s": wall, "num_truncated": self.num_truncated,
+                # Task metrics: the untuned base at step 0, and the time their generations took.
+                "base_metrics": self.base_metrics, "metric_examples": len(self.metric_examples),
+                "metric_seconds": round(self.metric_seconds, 3),
+                "metric_share": round(self.metric_seconds / wall, 4) if wall > 0 else None,
                 "device": str(self.accelerator.device), "mixed_precision": self.accelerator.mixed_precision,
                 "peak_gpu_memory_bytes": peak_gpu_memory(self.accelerator.device)}
 
