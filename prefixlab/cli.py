@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import importlib
 import os
 import shlex
@@ -479,9 +480,11 @@ def cmd_sweep(args) -> int:
     check_plot_path(args.plot)
     if args.show is not None:
         return show_sweep(args)
+    if args.spec is not None and not args.vary:  # a sweep preset names its own: "_vary": {field: [values]}
+        args.vary = preset_vary(args.spec)
     if args.spec is None or not args.vary:
-        raise CliError("sweep needs SPEC.json and --vary FIELD=V1,V2,... (once, or twice for two fields), "
-                       "or --show [SWEEP_ID]")
+        raise CliError("sweep needs SPEC.json and --vary FIELD=V1,V2,... (once, or twice for two fields; a sweep "
+                       "preset such as presets/sweeps/*.json carries its own), or --show [SWEEP_ID]")
     if args.queue and args.plot:
         raise CliError(f"--plot with --queue: nothing has trained yet; plot later with python -m prefixlab sweep "
                        f"--show SWEEP_ID --plot {shlex.quote(args.plot)}")
@@ -510,6 +513,22 @@ def cmd_sweep(args) -> int:
           f"--runs-dir {shlex.quote(str(runs_dir))}) trains them one after another. See them with: python -m "
           f"prefixlab sweep --show {plan.id} --runs-dir {shlex.quote(str(runs_dir))}", file=sys.stderr)
     return EXIT_OK
+
+
+def preset_vary(path: str) -> list[str]:
+    """The --vary arguments a sweep preset carries as `"_vary": {"prefix.num_virtual_tokens": [1, 5, 10]}`
+    (none for a plain spec)."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # ExperimentSpec.load says what is wrong with the file
+    vary = document.get("_vary") if isinstance(document, dict) else None
+    if vary is None:
+        return []
+    if not isinstance(vary, dict) or not all(isinstance(v, list) for v in vary.values()):
+        raise CliError(f'{path}: "_vary" must map each field to a list of values, e.g. '
+                       '{"prefix.num_virtual_tokens": [1, 5, 10]}')
+    return [f"{name}={json.dumps(values)}" for name, values in vary.items()]
 
 
 def check_plot_path(path: str | None) -> None:

@@ -4,6 +4,7 @@ table (views/sweep.py), and `python -m prefixlab sweep`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -342,3 +343,41 @@ def test_after_each_run_the_sweep_goes_on_or_stops(tmp_path, capsys, monkeypatch
     assert ("interrupted: the runs not started are cancelled" in err) == (outcome == "interrupted")
     if outcome == "interrupted":
         assert out.count("cancelled before training") == 4  # two runs x two variants never started
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep presets: presets/sweeps/*.json carry their own "_vary"
+
+
+SWEEP_PRESETS = sorted((Path(__file__).resolve().parents[1] / "presets" / "sweeps").glob("*.json"))
+
+
+def test_every_sweep_preset_is_a_spec_with_its_own_sweep():
+    from prefixlab.cli import preset_vary
+
+    assert {p.stem for p in SWEEP_PRESETS} >= {"offline-prefix-length", "offline-low-data", "gpt2-prefix-length",
+                                                "gpt2-low-data", "gpt2-medium-prefix-length", "gpt2-medium-low-data"}
+    for path in SWEEP_PRESETS:
+        spec = ExperimentSpec.load(path)
+        vary = dict(sweeps.parse_vary(text) for text in preset_vary(str(path)))
+        assert len(vary) == 1 and all(len(values) >= 4 for values in vary.values()), path
+        command = json.loads(path.read_text())["_command"]
+        assert command.startswith(f"python -m prefixlab sweep presets/sweeps/{path.name}"), path
+        if spec.model.name == "tiny-gpt2-e2e":  # offline: every run is checked as the CLI checks it
+            plan = sweeps.plan_sweep(spec, vary)
+            assert len(plan.specs) == len(next(iter(vary.values())))
+
+
+def test_sweep_without_vary_takes_the_presets_and_a_bad_one_is_named(tmp_path, capsys):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({**tiny_spec_dict(), "_vary": {LENGTH: [1, 0]}}))
+    assert main(["sweep", str(spec_path), "--runs-dir", str(tmp_path / "runs"), "--queue"]) == 2
+    err = capsys.readouterr().err
+    assert f"{LENGTH}=0" in err and "nothing was queued" in err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/spec.json"))
+    spec_path.write_text(json.dumps({**tiny_spec_dict(), "_vary": {LENGTH: "1,2"}}))
+    assert main(["sweep", str(spec_path), "--queue", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert '"_vary" must map each field to a list of values' in capsys.readouterr().err
+    spec_path.write_text(json.dumps({**tiny_spec_dict(), "_vary": {LENGTH: [1, 2]}}))
+    assert main(["sweep", str(spec_path), "--queue", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert [r.values[LENGTH] for r in sweeps.read_sweep(tmp_path / "runs", sweeps.list_sweeps(tmp_path / "runs")[0].id).runs] == [1, 2]
