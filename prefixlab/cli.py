@@ -1,16 +1,17 @@
-"""Command line: `python -m prefixlab {train,generate,runs,inspect,sweep,bench,gpucheck} ...`.
+"""Command line: `python -m prefixlab {train,generate,evaluate,runs,inspect,sweep,bench,gpucheck} ...`.
 
     python -m prefixlab train presets/offline-tiny.json            # a new folder under runs/
     python -m prefixlab train SPEC.json --run-dir runs/my-run
     python -m prefixlab train --run-dir runs/<id>                   # a queued run (what the queue starts)
     accelerate launch -m prefixlab train SPEC.json --run-dir DIR    # several GPUs
     python -m prefixlab generate --run-dir runs/<id> --prompt "name[Aromi] | food[Thai]"
+    python -m prefixlab evaluate runs/<id> [--split test] [--limit N]   # task metrics on a whole split
     python -m prefixlab runs [--runs-dir runs]                      # every run: state, step, error
     python -m prefixlab inspect presets/gpt2-e2e.json               # parameter counts, no weights
     python -m prefixlab inspect --model gpt2-medium --prefix-length 10 --encoder-hidden-size 512
     python -m prefixlab sweep SPEC.json --vary prefix.num_virtual_tokens=1,5,10 [--queue] [--plot P.png]
     python -m prefixlab sweep --show [SWEEP_ID] [--plot P.svg]      # a sweep's table and chart; the sweeps
-    python -m prefixlab bench [core|engine|startup|all] [--quick] [--json PATH]
+    python -m prefixlab bench [core|paired|engine|startup|page|all] [--quick] [--json PATH]
     python -m prefixlab gpucheck
 """
 
@@ -744,7 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("gpucheck", add_help=False,
-                       help="check the GPU path (parity, worker, throughput); python -m prefixlab gpucheck --help")
+                       help="check the GPU path (parity, worker, throughput, generation, paired); "
+                                "python -m prefixlab gpucheck --help")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="passed on to prefixlab.tools.gpucheck")
     p.set_defaults(func=cmd_gpucheck)
     return parser

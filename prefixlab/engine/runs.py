@@ -4,10 +4,15 @@
     runs/<id>/status.json     {"state", "step", "total_steps", "started_at", "updated_at",
                                "finished_at", "pid", "error", "heartbeat"}
     runs/<id>/metrics.jsonl   train lines {"variant", "step", "epoch", "loss", "lr", "tokens_per_s",
-                               "time"}; eval lines {"variant", "step", "eval_loss", "time"}
+                               "time"}; eval lines {"variant", "step", "eval_loss", "time"}; task-metric
+                               lines {"variant", "step", "metric_examples", "bleu", ..., "time"}
+                               (variant "base": the untuned model, at step 0)
     runs/<id>/adapters/<variant>/   PEFT format
+    runs/<id>/models/<variant>/     the fine_tune baseline's whole model
     runs/<id>/samples.jsonl   {"prompt", "reference", "outputs": {"base": ..., "<variant>": ...}}
-    runs/<id>/summary.json    parameter counts, final losses, tokens/s, wall time
+    runs/<id>/summary.json    parameter counts, final losses and task metrics, tokens/s, wall time
+    runs/<id>/evaluation-<split>.json   `python -m prefixlab evaluate` (engine/evaluate.py)
+    runs/<id>/tensorboard/    event files (training.report_to)
     runs/<id>/log.txt         the worker's log, traceback included on failure
     runs/<id>/cancel          present when a stop was requested (SIGTERM is sent as well)
     runs/<id>/worker.lock     held (flock) by the one worker training the run; empty
@@ -493,7 +498,9 @@ class RunDir:
         try:
             return ExperimentSpec.from_dict(spec)
         except SpecError as err:
-            raise SpecError(err.field, f"{err.message} (in {self.spec_path})") from None
+            # Every problem, as from_dict found them; the last one names the file.
+            *first, (key, message) = err.errors.items()
+            raise SpecError(dict([*first, (key, f"{message} (in {self.spec_path})")])) from None
 
     def read_spec_dict(self) -> dict:
         try:

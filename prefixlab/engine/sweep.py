@@ -45,7 +45,7 @@ MAX_FIELDS = 2
 # A typo in a value list must not queue a week of runs; a bigger study is several sweeps.
 MAX_SWEEP_RUNS = 100
 # Task metrics a run may report per variant (engine/metrics.py's METRICS, on 0-100): on metrics.jsonl's
-# evaluation lines and in summary.json's per-variant "metrics".
+# their own lines (one per model and evaluation) and in summary.json's per-variant "metrics".
 TASK_METRICS = ("bleu", "chrf", "rouge_l", "slot_accuracy")
 # PrefixTuningConfig fields that are scalars but not settings of an experiment: PEFT's bookkeeping
 # (the spec drops peft_type; the model decides task_type) and inference_mode, which a spec refuses.

@@ -1,9 +1,11 @@
 """The training worker: one base model, every variant an adapter on it, trained in lockstep.
 
 Life of a job (torchtune's recipe shape): setup (load the base once, one adapter + AdamW + linear
-warmup schedule per variant, data), train (each batch: variant A forward/backward/step, then variant
-B on the same batch; a stop flag checked every step), save (adapters in PEFT format, samples,
-summary), cleanup (final state in status.json). Everything the page shows is written into the run
+warmup schedule per variant, data), train (each batch through every variant: the prefix variants in
+one fused pass of the base where that is exact (training.fused), else one pass each, the fine_tune
+baseline on its own copy; a stop flag checked every step; validation loss and task metrics every
+eval_interval), save (adapters in PEFT format, the baseline's model, samples, summary), cleanup
+(final state in status.json). Everything the page shows is written into the run
 directory (see runs.py); training reports through the small `Logger` interface and never imports
 Gradio.
 
@@ -602,8 +604,9 @@ class Job:
     # --- save -----------------------------------------------------------------------------------
 
     def save_adapters(self) -> None:
-        """Each variant into adapters/<variant>/ (PEFT format, fp32), swapped in whole so a crash
-        mid-save keeps the previous checkpoint."""
+        """Each variant into adapters/<variant>/ (PEFT format, fp32; the fine_tune baseline into
+        models/<variant>/), published file by file with os.replace (`publish`), so the folder always
+        holds a whole checkpoint, the previous one or the new one."""
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return

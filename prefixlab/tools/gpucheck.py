@@ -1,6 +1,6 @@
 """`python -m prefixlab gpucheck --out DIR`: what the CPU test suite cannot check, in one command.
 
-On a CUDA machine four sections run in order, each recording its numbers, or its error, in
+On a CUDA machine five sections run in order, each recording its numbers, or its error, in
 DIR/results.json (one failing section does not stop the others), within a time budget that keeps
 the whole check under 6 minutes on one GPU; then DIR/results.md is written and printed.
 
@@ -12,13 +12,15 @@ the whole check under 6 minutes on one GPU; then DIR/results.md is written and p
   3. throughput  a random GPT-2-medium-shaped model (the paper's size): training-step tokens/s and
                  peak memory, prefixlab vs PEFT interleaved, both variants, batch 8 and 32
   4. generation  greedy latency of the base model alone vs the same model with a prefixlab prefix
+  5. paired      both variants' training step fused vs one pass per variant vs two PEFT models, and
+                 gradient checkpointing's peak memory at 4x the sequence length (bench paired)
 
 Nothing is downloaded. Without CUDA it says so and exits with status 2, having imported only torch.
 `--device cpu` is for the tests only: it runs the same code with tiny sizes and marks the results
 as a test run. docs/gpu.md describes every check and the layout of results.json.
 
 The file reads top to bottom: sizes and the section context; device and memory probes; the
-arithmetic; the four sections; running them within the budget; results.md and results.json; the
+arithmetic; the five sections; running them within the budget; results.md and results.json; the
 command line. The arithmetic and the results files are pure (tests/test_gpucheck.py checks them on
 a CPU); the sections run there too, at tiny sizes, with `--device cpu`.
 """
@@ -139,7 +141,8 @@ class CheckContext:
 def no_cuda_message() -> str:
     return (
         "no CUDA device: gpucheck measures the GPU path (parity with PEFT on CUDA in fp32/bf16, the offline "
-        "preset trained on the GPU, GPT-2-medium throughput and memory vs PEFT, generation latency) and needs "
+        "preset trained on the GPU, GPT-2-medium throughput and memory vs PEFT, generation latency, fused vs separate variants and "
+        "checkpointing's memory) and needs "
         f"a visible NVIDIA GPU and a CUDA build of torch; here torch {torch.__version__} reports "
         f"torch.cuda.is_available() == False (built with CUDA {torch.version.cuda}). See docs/gpu.md for what to "
         "install. Everything else is covered by the CPU test suite: python -m pytest -q"

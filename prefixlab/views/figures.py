@@ -37,7 +37,7 @@ from prefixlab.views.tables import BASE, variant_colours  # noqa: E402
 # markers, the second dashed with hollow ones, ...
 RUN_STYLES = ("-", "--", ":", "-.")
 EVAL_MARKERS = ("o", "s", "^", "D")
-# Task metrics the worker logs on evaluation lines (per variant and for "base"), with their names on
+# Task metrics the worker logs at evaluation steps, one line per model (per variant and for "base"), with their names on
 # the chart; every value is on 0-100 (engine/metrics.py).
 METRICS = {"bleu": "BLEU", "chrf": "chrF", "rouge_l": "ROUGE-L", "slot_accuracy": "slot accuracy"}
 # Figure sizes in inches at DPI: wide and short, so the chart and the comparison under it fit a
