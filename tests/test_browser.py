@@ -406,12 +406,16 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
     # 6. When it ends: the comparison table and the output grid are filled, and the status, the
     # loss chart and the comparison are in the first screen at 1280x800 and at 1920x1080.
     wait_for(lambda: "done" in status(page), RUN_TIMEOUT_S, "the run to finish", page=page)
-    comparison = wait_for(lambda: len(table(page, "comparison")) == 2 and table(page, "comparison"), 15,
-                          "the comparison table")
+    # A row per variant, under the base model's (the run scored its task metrics at step 0: it has
+    # no parameters or losses of its own).
+    comparison = wait_for(lambda: [row[0] for row in table(page, "comparison")] == ["base", "no_projection",
+                                                                                   "projection"]
+                          and table(page, "comparison"), 15, "the comparison table")
     by_variant = {row[0]: row for row in comparison}
     assert number(by_variant["no_projection"][1]) == want["no_projection"]
     assert number(by_variant["projection"][1]) == want["projection"]
-    for row in comparison:
+    assert by_variant["base"][1] == by_variant["base"][5] == "–"
+    for row in comparison[1:]:
         assert float(row[5]) > 0 and float(row[6]) > 0  # final train and validation loss
         assert re.fullmatch(r"\d+:\d\d", row[8])  # wall time
     headers, grid = wait_for(lambda: html_table(page, "outputs")[1] and html_table(page, "outputs"), 15,
@@ -660,3 +664,63 @@ def test_the_lab_end_to_end(app_url, lab_dirs, page, tmp_path):
     pairs = {(row["table"], row["text"]) for row in rows}
     assert len(grid) == 3 and all((row[0], row[1]) in pairs for row in grid), grid
     shot(page, "15-upload-trained")
+
+
+def test_a_sweep_from_the_page(app_url, lab_dirs, page):
+    """A sweep from the page, after the end-to-end walk (the same app and runs folder, the page opened
+    afresh): offline-tiny cut to 4 steps, once per prefix length. A value the field cannot take is
+    named with its field and queues nothing; then 3 tiny runs train one after another, and the table
+    fills in with 3 runs x 2 variants, all done, beside a chart whose data is one point per run and
+    variant. A reload reads the sweep back from the run folders."""
+    page.set_viewport_size(LAPTOP)
+    page.goto(app_url)
+    page.wait_for_selector("#accounting table")
+    assert page.locator("#preset input").input_value() == "offline-tiny"
+    wait_for(lambda: page.locator("#f-training-max_steps textarea").input_value() == "40", 10, "offline-tiny's steps")
+    set_text(page, "f-training-max_steps", 4)
+    open_section(page, "training")
+    set_number(page, "f-training-eval_interval", 2)
+    set_number(page, "f-training-log_interval", 1)
+    set_number(page, "f-training-metric_examples", 2)
+    open_section(page, "generation")
+    set_number(page, "f-generation-max_new_tokens", 4)
+    wait_for(lambda: form_errors(page) == "", 10, "no form messages")
+    open_tab(page, "sweep")
+    runs_before = sorted(p.name for p in lab_dirs.runs.iterdir())
+    set_text(page, "sweep-vary", "prefix.num_virtual_tokens=1,0")
+    page.locator("#start-sweep").click()
+    refusal = wait_for(lambda: "Nothing was queued" in text(page, "sweep-note") and text(page, "sweep-note"), 30,
+                       "the sweep's refusal")
+    assert "prefix.num_virtual_tokens=0" in refusal and "must be at least 1" in refusal
+    assert "prefix.num_virtual_tokens=0" in beside(page, "sweep-vary")
+    assert sorted(p.name for p in lab_dirs.runs.iterdir()) == runs_before
+    set_text(page, "sweep-vary", "prefix.num_virtual_tokens=1,2,3")
+    page.locator("#start-sweep").click()
+    wait_for(lambda: "Queued sweep" in text(page, "sweep-note"), 30, "the sweep to be queued")
+    sweep_id = re.search(r"Queued sweep (\S+): 3 runs", text(page, "sweep-note")).group(1)
+    assert "prefix.num_virtual_tokens=0" not in beside(page, "sweep-vary")
+    assert page.locator("#sweep-select input").input_value().endswith(sweep_id)
+
+    def sweep_rows():
+        return table(page, "sweep-table")
+
+    rows = wait_for(lambda: len(sweep_rows()) == 6 and all(row[2] == "done" for row in sweep_rows()) and sweep_rows(),
+                    3 * RUN_TIMEOUT_S, "the sweep's 3 runs to finish", poll=1.0)
+    assert sorted((row[0], row[1]) for row in rows) == [(n, v) for n in "123" for v in ("no_projection", "projection")]
+    assert all(number(row[3]) > 0 and float(row[4]) > 0 for row in rows)  # trainable, final validation loss
+    assert page.locator("#sweep-chart img").count() == 1
+    # The chart's data: one point per run and variant (views.sweep.sweep_series, what the chart draws).
+    from prefixlab.engine.sweep import list_sweeps, read_sweep
+    from prefixlab.views.sweep import default_metric, sweep_series
+
+    view = read_sweep(lab_dirs.runs, sweep_id)
+    series = sweep_series(view, default_metric(view.points))
+    assert sorted(s.variant for s in series) == ["no_projection", "projection"]
+    assert all(s.values == [1, 2, 3] for s in series)
+    assert [s.id for s in list_sweeps(lab_dirs.runs)] == [sweep_id]
+    shot(page, "16-sweep")
+    # Read back from the run folders: a reload lists the sweep and shows its table again.
+    page.reload()
+    open_tab(page, "sweep")
+    wait_for(lambda: len(sweep_rows()) == 6, 20, "the sweep's table after a reload")
+    assert page.locator("#sweep-select input").input_value().endswith(sweep_id)

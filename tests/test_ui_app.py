@@ -261,4 +261,4 @@ def test_the_form_opens_with_the_essentials_and_every_other_field_in_a_collapsed
     # The page's layout: the run's charts as tabs, and a place for more views beside them.
     tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tab)]
     assert [t.label for t in tabs] == ["Loss", "Task metrics", "Parameters", "Outputs", "Generate",
-                                       "Download adapter", "All runs"]
+                                       "Download adapter", "All runs", "Sweep"]

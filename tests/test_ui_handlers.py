@@ -19,7 +19,7 @@ from gradio.components.plot import PlotData
 from test_compare import write_run
 
 from prefixlab.engine.spec import ExperimentSpec
-from prefixlab.engine.runs import JobQueue, append_jsonl, atomic_write_json
+from prefixlab.engine.runs import JobQueue, RunDir, append_jsonl, atomic_write_json
 from prefixlab.ui import values
 from prefixlab.ui.fields import page_fields
 from prefixlab.ui.handlers import Lab
@@ -718,3 +718,261 @@ def test_generate_s_unexpected_failure_is_one_line_in_the_log_not_a_traceback(tm
     assert "generation failed (IndexError: index out of range in self)" in shown
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip() == f"generate: run {run.run_id}: IndexError: index out of range in self"
+
+
+# --- sweeps: started from the form, read back from the run folders ------------------------------------
+
+
+def _sweep(lab, form, vary, vary2="", metric=""):
+    """Start sweep with the form's values and the vary boxes' texts."""
+    return lab.start_sweep({**form, "sweep.vary": vary, "sweep.vary2": vary2, "sweep.metric": metric})
+
+
+def _sweep_tick(lab, selected, seen=None, metric=""):
+    return lab.sweep_tick({"sweep.select": selected, "sweep.seen": seen if seen is not None else {},
+                           "sweep.metric": metric})
+
+
+def test_a_sweep_with_a_bad_value_names_the_value_and_field_and_queues_nothing(tmp_path):
+    lab = _lab(tmp_path)
+    form = lab.initial_state("offline-tiny")
+    out = _sweep(lab, form, "prefix.num_virtual_tokens=1,0")
+    assert "**prefix.num_virtual_tokens=0**" in out["sweep.note"] and "must be at least 1" in out["sweep.note"]
+    assert out["sweep.note"].endswith("Nothing was queued.")
+    beside = out["sweep.vary"]
+    assert beside["info"].startswith("⚠️ prefix.num_virtual_tokens=0: ") and beside["elem_classes"] == ["field-error"]
+    assert out["sweep.vary2"]["elem_classes"] == [] and "sweep.select" not in out
+    # A field no sweep can vary lists those it can; the same field twice, or no field, is said too.
+    unknown = _sweep(lab, form, "prefix.no_such_field=1,2")["sweep.note"]
+    assert "**prefix.no_such_field**" in unknown and "is not a field a sweep can vary" in unknown
+    assert "training.{learning\\_rate" in unknown
+    twice = _sweep(lab, form, "training.max_steps=10,20", "training.max_steps=30")
+    assert "is in both vary boxes" in twice["sweep.note"] and "is in both" in twice["sweep.vary2"]["info"]
+    assert "type a field and its values" in _sweep(lab, form, "", " ")["sweep.vary"]["info"]
+    # A value that breaks another field is named by the value, with the field it breaks.
+    broken = _sweep(lab, form, "training.max_steps=5,40")["sweep.note"]
+    assert "**training.max_steps=5**" in broken and "training.eval\\_interval" in broken
+    # A form problem is named as Train names it (the message line, beside the field).
+    form["form.training.batch_size"] = 0
+    refused = _sweep(lab, form, "prefix.num_virtual_tokens=1,5")
+    assert "**training.batch_size**" in refused["actions.messages"]
+    assert refused["form.training.batch_size"]["info"].startswith("⚠️ must be >= 1, got 0")
+    assert refused["sweep.note"].startswith("⚠️ The form has problems") and "Nothing was queued" in refused["sweep.note"]
+    assert lab.queue.list_runs() == [] and not list(lab.queue.runs_dir.glob("*/spec.json"))
+
+
+def test_a_good_sweep_queues_a_run_per_value_with_its_tag_and_shows_it(tmp_path):
+    lab = _lab(tmp_path)
+    form = lab.initial_state("offline-tiny")
+    out = _sweep(lab, form, " prefix.num_virtual_tokens=1, 5,10 ", "training.learning_rate=0.05,0.1")
+    runs = sorted(lab.queue.list_runs(), key=lambda info: info.run_id)
+    assert len(runs) == 6 and {info.state for info in runs} == {"queued"}
+    specs = [RunDir(info.path).read_spec() for info in runs]
+    sweep_id = specs[0].sweep.id
+    assert {s.sweep.id for s in specs} == {sweep_id}
+    assert [(s.prefix.num_virtual_tokens, s.training.learning_rate) for s in specs] == [
+        (n, lr) for n in (1, 5, 10) for lr in (0.05, 0.1)]
+    assert specs[0].name == "offline-tiny (num_virtual_tokens=1, learning_rate=0.05)"
+    assert specs[0].training.max_steps == 40  # the rest of the form as it was
+    assert out["sweep.select"]["value"] == sweep_id and [c[1] for c in out["sweep.select"]["choices"]] == [sweep_id]
+    assert out["sweep.note"].startswith(f"Queued sweep **{sweep_id}**: 6 runs varying prefix.num\\_virtual\\_tokens, ")
+    assert out["actions.messages"] == "" and out["sweep.vary"]["elem_classes"] == []
+    assert _is_chart(out["sweep.chart"])
+    rows = cells(out["sweep.table"])
+    assert len(rows) == 6 * 2  # a row per run and variant
+    assert [row[:3] for row in rows[:2]] == [["1", "0.05", "no_projection"], ["1", "0.05", "projection"]]
+    assert {row[3] for row in rows} == {"queued"}
+
+
+def _finish(run: RunDir, val_losses: dict, slot: dict | None = None) -> None:
+    """Mark a queued run done with a summary.json, as the worker leaves it."""
+    variants = {name: {"trainable": 100 * (i + 1), "final_eval_loss": loss,
+                       **({"metrics": {"slot_accuracy": slot[name]}} if slot else {})}
+                for i, (name, loss) in enumerate(val_losses.items())}
+    atomic_write_json(run.summary_path, {"variants": variants})
+    run.update_status(state="done", step=40, total_steps=40)
+
+
+def test_the_sweep_view_has_a_row_per_run_and_variant_redrawn_only_when_it_changes(tmp_path, monkeypatch):
+    from prefixlab.ui import run_handlers
+
+    drawn = []
+    real = run_handlers.sweep_figure
+    monkeypatch.setattr(run_handlers, "sweep_figure", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    lab = _lab(tmp_path)
+    out = _sweep(lab, lab.initial_state("offline-tiny"), "prefix.num_virtual_tokens=1,5,10")
+    sweep_id, seen = out["sweep.select"]["value"], out["sweep.seen"]
+    assert len(drawn) == 1
+    # Nothing changed on disk: nothing is sent, nothing drawn (a running run's heartbeat changes nothing).
+    assert _sweep_tick(lab, sweep_id, seen) == {}
+    runs = sorted(lab.queue.list_runs(), key=lambda info: info.run_id)
+    first = RunDir(runs[0].path)
+    first.update_status(state="running", heartbeat=1.0)
+    changed = _sweep_tick(lab, sweep_id, seen)
+    seen = changed["sweep.seen"]
+    assert {row[2] for row in cells(changed["sweep.table"])} == {"running", "queued"} and len(drawn) == 2
+    first.update_status(heartbeat=2.0)
+    assert _sweep_tick(lab, sweep_id, seen) == {} and len(drawn) == 2
+    # Every run ends: their final losses and slot accuracy fill the table, per run and variant.
+    for info, loss in zip(runs, (3.0, 2.0, 2.5)):
+        _finish(RunDir(info.path), {"no_projection": loss, "projection": loss - 1}, {"no_projection": 10 * loss,
+                                                                                       "projection": 20 * loss})
+    done = _sweep_tick(lab, sweep_id, seen)
+    rows = cells(done["sweep.table"])
+    assert [row[:5] for row in rows] == [
+        ["1", "no_projection", "done", "100", "3.0000"], ["1", "projection", "done", "200", "2.0000"],
+        ["5", "no_projection", "done", "100", "2.0000"], ["5", "projection", "done", "200", "1.0000"],
+        ["10", "no_projection", "done", "100", "2.5000"], ["10", "projection", "done", "200", "1.5000"]]
+    assert [row[5] for row in rows] == ["30.0", "60.0", "20.0", "40.0", "25.0", "50.0"]  # slot accuracy
+    assert "slot acc. %" in done["sweep.table"] and _is_chart(done["sweep.chart"]) and len(drawn) == 3
+    # Another metric is another chart; the table is the same.
+    by_loss = _sweep_tick(lab, sweep_id, done["sweep.seen"], metric="val_loss")
+    assert _is_chart(by_loss["sweep.chart"]) and by_loss["sweep.chart"] != done["sweep.chart"] and len(drawn) == 4
+    # A restarted app (a new Lab over the same runs folder) lists the sweep on page load, selected.
+    again = _lab(tmp_path).sweeps_on_load({})["sweep.select"]
+    assert again["value"] == sweep_id and [c[1] for c in again["choices"]] == [sweep_id]
+    # Its runs removed: the view says there is no sweep, and the menu is emptied.
+    for info in runs:
+        shutil.rmtree(info.path)
+    gone = _sweep_tick(lab, sweep_id, done["sweep.seen"])
+    assert gone["sweep.select"] == {"__type__": "update", "choices": [], "value": None}
+    assert "no sweep in this runs folder yet" in gone["sweep.table"] and gone["sweep.chart"] is None
+
+
+def test_the_sweep_table_escapes_every_value():
+    headers = ["data.separator", "variant", "state", "trainable", "val loss"]
+    rows = [["<img src=x onerror=alert(1)>", "projection", "failed <b>at</b> step 3", 1200, 1.23456]]
+    shown = values.sweep_html(headers, rows, ["data.separator"], ["projection"])
+    assert "<img" not in shown and "<b>" not in shown and "&lt;img src=x onerror=alert(1)&gt;" in shown
+    assert cells(shown) == [["<img src=x onerror=alert(1)>", "projection", "failed <b>at</b> step 3", "1,200", "1.2346"]]
+
+
+# --- Generate with the fine_tune baseline ---------------------------------------------------------------
+
+
+def test_generate_shows_base_every_adapter_and_the_fine_tuned_model_which_is_no_adapter_download(tmp_path):
+    """A run with the paper's baseline (variants no_projection, projection, fine_tune) trained in-process:
+    Generate has a column for the fine-tuned model (its own saved copy of the base, runs/<id>/models/
+    fine_tune, generating as evaluate's loader and the worker's generate_outputs do), while the adapter
+    downloads offer the two adapters only, and refuse fine_tune by name."""
+    from prefixlab.engine.evaluate import load_fine_tuned
+    from prefixlab.engine.generation import generate_outputs
+    from prefixlab.engine.worker import run_worker
+    from prefixlab.engine.zoo import load_base
+
+    lab = _lab(tmp_path)
+    spec = ExperimentSpec.from_dict({
+        "name": "baseline", "model": {"name": "tiny-gpt2-e2e"}, "variants": ["no_projection", "projection", "fine_tune"],
+        "prefix": {"num_virtual_tokens": 3, "encoder_hidden_size": 8},
+        "data": {"source": "e2e-synth", "max_train_examples": 8, "max_eval_examples": 2},
+        "training": {"learning_rate": 0.05, "fine_tune_learning_rate": 0.01, "max_steps": 2, "batch_size": 4,
+                     "max_length": 64, "eval_interval": 2, "log_interval": 1, "seed": 3, "metric_examples": 0},
+        "generation": {"num_prompts": 1, "max_new_tokens": 8},
+    })
+    run = lab.queue.run_dir(lab.queue.submit(spec))
+    assert run_worker(run.path, progress=False) == "done"
+    assert run.trained_variants() == ["no_projection", "projection"] and run.trained_models() == ["fine_tune"]
+    prompt = "name[The Eagle] | food[French]"
+    headers, rows = _generated(lab.generate({"run.select": run.run_id, "compare.prompt": prompt})["compare.generated"])
+    assert headers == ["prompt", "base", "no_projection", "projection", "fine_tune"]
+    outputs = dict(zip(headers, rows[0]))
+    _, tokenizer, task_type = load_base("tiny-gpt2-e2e")
+    fine_tuned = load_fine_tuned(run.model_path("fine_tune"), task_type).eval()
+    expected = generate_outputs(None, tokenizer, task_type, spec, prompt, [], torch.device("cpu"),
+                                models={"fine_tune": fine_tuned}, base=False)["fine_tune"]
+    assert outputs["fine_tune"] == expected and outputs["fine_tune"] != outputs["base"]  # its own trained weights
+    # The adapter menu offers adapters only; fine_tune is a whole model, not a PEFT adapter.
+    assert _tick(lab, run.run_id)["compare.adapter"]["choices"] == ["no_projection", "projection"]
+    refused = lab.zip_adapter({"run.select": run.run_id, "compare.adapter": "fine_tune"})
+    assert refused["compare.adapter_file"] is None and "no saved adapter 'fine\\_tune'" in refused["compare.adapter_note"]
+
+
+def _generated(table_html: str) -> tuple[list[str], list[list[str]]]:
+    from html.parser import HTMLParser
+
+    class Grid(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.headers, self.rows, self.cell = [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th") and self.cell is not None:
+                (self.headers if tag == "th" else self.rows[-1]).append(self.cell)
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    grid = Grid()
+    grid.feed(table_html)
+    return grid.headers, [row for row in grid.rows if row]
+
+
+# --- training.num_processes: one process per GPU of this machine ---------------------------------------
+
+
+def test_num_processes_is_read_only_without_several_gpus_and_says_why(tmp_path, monkeypatch):
+    from prefixlab.ui.form import component_for
+
+    for gpus in (0, 1):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda gpus=gpus: gpus)
+        lab = _lab(tmp_path)
+        field = lab.by_key["training.num_processes"]
+        box = component_for(field)
+        assert box.interactive is False and f"torch.cuda.device_count() = {gpus}" in box.info
+        assert "so runs train in one process" in box.info
+        # A preset's or a run's 2 processes: refused beside the field, which is then editable to fix it.
+        form = lab.initial_state("offline-tiny")
+        form["form.training.num_processes"] = 2
+        out = lab.form_changed(form)
+        beside = out["form.training.num_processes"]
+        assert beside["info"].startswith("⚠️ must be at most 1 on this machine") and beside["interactive"] is True
+        assert "**training.num_processes**" in out["actions.messages"]
+        refused = lab.train(form)
+        assert "got 2; set 1" in refused["actions.messages"] and lab.queue.list_runs() == []
+        form |= {"form.training.num_processes": 1, "form.shown_errors": out["form.shown_errors"]}
+        fixed = lab.form_changed(form)["form.training.num_processes"]
+        assert fixed["interactive"] is False and fixed["info"] == field.help
+
+
+def test_num_processes_takes_one_to_the_machine_s_gpus(tmp_path, monkeypatch):
+    from prefixlab.ui.form import component_for
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    lab = _lab(tmp_path)
+    field = lab.by_key["training.num_processes"]
+    assert not field.locked and component_for(field).interactive is not False
+    assert field.help.endswith("Here: 1 to 4 (this machine has 4 GPUs, one process each).")
+    form = lab.initial_state("offline-tiny")
+    form["form.training.num_processes"] = 4
+    assert "training.num_processes" not in lab.assess(form).errors
+    form["form.training.num_processes"] = 5
+    out = lab.form_changed(form)
+    assert out["form.training.num_processes"]["info"] == (
+        "⚠️ must be at most 4 on this machine (this machine has 4 GPUs, one process each), got 5; set 1 to 4")
+    assert "interactive" not in out["form.training.num_processes"]
+
+
+def test_a_sweep_into_a_runs_folder_that_cannot_be_written_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from prefixlab.engine import runs
+
+    lab = _lab(tmp_path)
+    form = lab.initial_state("offline-tiny")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "atomic_write_json", full)
+    out = _sweep(lab, form, "prefix.num_virtual_tokens=1,5")
+    assert out["sweep.note"].startswith("⚠️ cannot queue the run in ") and "no space left on device" in out["sweep.note"]
+    assert "sweep.select" not in out and lab.queue.list_runs() == []
+    assert not [p for p in lab.queue.runs_dir.iterdir() if p.name[0].isdigit()]

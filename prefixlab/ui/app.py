@@ -5,7 +5,8 @@ The layout, for a researcher's screen (TensorBoard's scalars beside LlamaBoard's
 section's collapsed accordion, with the parameters of the experiment it describes; on the right the
 selected run: status, its charts as tabs (loss, task metrics, parameters) and the comparison, all in
 the first screen at 1280x800, then its outputs, typed-prompt generation, adapter downloads and the
-list of runs as tabs. A new view of runs (a sweep's, say) is one more tab in either tab bar.
+list of runs and the Sweep tab (a sweep of the form's experiment, its chart and table) as tabs. A new
+view of runs is one more tab in either tab bar.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def build_page(queue: JobQueue, presets_dir: str | Path = REPO_PRESETS, *,
                         registry.add("compare", panels.build_adapter_panel())
                     with gr.Tab("All runs", id="runs", elem_id="tab-runs"):
                         registry.add("runs", panels.build_runs_panel())
+                    with gr.Tab("Sweep", id="sweep", elem_id="tab-sweep"):
+                        registry.add("sweep", panels.build_sweep_panel())
         wire(registry, lab)
     return demo, lab, registry
 
@@ -196,5 +199,14 @@ def wire(r: Registry, lab: Lab) -> None:
          show_progress="hidden")
     r.on("compare.zip_adapter.click", lab.zip_adapter, ["run.select", "compare.adapter"],
          ["compare.adapter_file", "compare.adapter_note"])
+    # Sweeps: started from the form (checked as Train checks it), read back from the run folders (on
+    # load, so a restarted app lists them), redrawn by the run panels' timer when what they show changes.
+    sweep_view = ["sweep.select", "sweep.chart", "sweep.table", "sweep.seen"]
+    r.on("sweep.start.click", lab.start_sweep, [*checked, SHOWN, "sweep.vary", "sweep.vary2", "sweep.metric"],
+         [MESSAGES, *field_messages, "sweep.note", "sweep.vary", "sweep.vary2", *sweep_view])
+    r.on("page.load", lab.sweeps_on_load, [], ["sweep.select"])
+    r.on(["run.timer.tick", "sweep.select.change", "sweep.metric.change"], lab.sweep_tick,
+         ["sweep.select", "sweep.seen", "sweep.metric"], sweep_view, concurrency_id="sweeps",
+         concurrency_limit=None, show_progress="hidden", trigger_mode="always_last")
     r.on("run.export.click", lab.export_charts, ["run.select", "run.overlay", "run.smoothing", "run.log_scale"],
          ["run.files", "run.note"])

@@ -4,8 +4,10 @@ The fields are not written out by hand. `form_fields()` lists every form key wit
 and help, generated from the spec's dataclasses (PrefixTuningConfig's user-facing fields, then the
 model / data / training / generation sections), so a field added to a config shows up on the page
 with no UI change (STYLE.md 2, 12). `page_fields()` adds what only the page needs: a control kind,
-a DOM id, and the inferred size fields (num_layers, token_dim, ...), which the spec leaves to the
-model but the page shows read-only with the values inferred for the chosen model.
+a DOM id, the inferred size fields (num_layers, token_dim, ...), which the spec leaves to the
+model but the page shows read-only with the values inferred for the chosen model, and the bounds
+this machine puts on a value (training.num_processes: one process per GPU, read-only without
+several GPUs).
 
 `spec_from_form` reshapes the form's dotted keys into the spec's JSON document and hands it to
 `ExperimentSpec.from_dict`, where every value is coerced and checked (once); `form_from_spec` is its
@@ -68,6 +70,12 @@ class FieldSpec:
     optional: bool = False  # an empty box means None
     choices: tuple = ()
     inferred: bool = False  # filled from the model unless the user ticks "override"
+    # Bounded by this machine (machine_bounds): the largest value it takes, and why.
+    maximum: int | None = None
+    bound: str = ""
+    # Read-only: the machine allows one value only (training.num_processes without several GPUs); a
+    # wrong value from a preset or a run makes it editable until fixed (form.error_update).
+    locked: bool = False
 
     @property
     def section(self) -> str:
@@ -121,11 +129,43 @@ def inferred_fields() -> list[FieldSpec]:
             for name in INFERRED_FIELDS if name in by_name]
 
 
-def page_fields() -> list[FieldSpec]:
-    """Every control of the form, in page order: experiment, prefix (+ inferred sizes), model, ..."""
+def page_fields(gpus: int | None = None) -> list[FieldSpec]:
+    """Every control of the form, in page order: experiment, prefix (+ inferred sizes), model, ...,
+    bounded by this machine (machine_bounds; `gpus`: its CUDA GPUs, default gpu_count())."""
     fields = [field_from_metadata(m) for m in form_fields() if m["key"] not in PAGE_HIDDEN_KEYS]
     last_prefix = max(i for i, f in enumerate(fields) if f.section == "prefix")
-    return fields[: last_prefix + 1] + inferred_fields() + fields[last_prefix + 1:]
+    return machine_bounds(fields[: last_prefix + 1] + inferred_fields() + fields[last_prefix + 1:],
+                          gpu_count() if gpus is None else gpus)
+
+
+# The field whose values this machine bounds: training.num_processes starts one process per GPU.
+PROCESSES_KEY = "training.num_processes"
+
+
+def gpu_count() -> int:
+    """This machine's CUDA GPUs (torch.cuda.device_count(): 0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def machine_bounds(fields: list[FieldSpec], gpus: int) -> list[FieldSpec]:
+    """`fields` with training.num_processes bounded by the machine's `gpus`: at most one process per
+    GPU, and read-only where there is at most one GPU (its help says why). The worker could start
+    several processes on a CPU (over gloo), but on the page that only splits one machine's cores."""
+    out = []
+    for f in fields:
+        if f.key == PROCESSES_KEY:
+            if gpus <= 1:
+                have = "one GPU" if gpus == 1 else "no GPU"
+                bound = f"this machine has {have} (torch.cuda.device_count() = {gpus}), so runs train in one process"
+                f = dataclasses.replace(f, maximum=1, bound=bound, locked=True,
+                                        help=f"{f.help} Read-only here: {bound}.")
+            else:
+                bound = f"this machine has {gpus} GPUs, one process each"
+                f = dataclasses.replace(f, maximum=gpus, bound=bound, help=f"{f.help} Here: 1 to {gpus} ({bound}).")
+        out.append(f)
+    return out
 
 
 def fields_by_section(fields: list[FieldSpec]) -> dict[str, list[FieldSpec]]:

@@ -17,7 +17,10 @@ def error_classes(error: str | None) -> list[str]:
 
 def error_update(field: FieldSpec, error: str | None, **changes) -> dict:
     """The update that puts `error` beside the field, under its label, in place of its help (or
-    takes it away: error None), with any other `changes` (interactive=...)."""
+    takes it away: error None), with any other `changes` (interactive=...). A locked field (one
+    value on this machine) is editable while it is wrong, so a preset's or a run's value can be fixed."""
+    if field.locked:
+        changes.setdefault("interactive", bool(error))
     return gr.update(info=field_info(field.help, error) or None, elem_classes=error_classes(error), **changes)
 
 # Shown for an optional choice left unset (PrefixTuningConfig.init_weights=None means random init).
@@ -62,6 +65,8 @@ def component_for(field: FieldSpec, choices: tuple = (), value=None, error: str 
     value = field.default if value is None else value
     common = dict(label=label or field.label, info=field_info(field.help, error) or None, elem_id=field.elem_id,
                   elem_classes=error_classes(error), **layout)
+    if field.locked and not error:  # one value on this machine (its help says why)
+        common["interactive"] = False
     if field.kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if field.kind in ("int", "float") and (field.optional or field.inferred):

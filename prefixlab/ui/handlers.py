@@ -23,11 +23,12 @@ from prefixlab.engine.data import DataError, read_table
 from prefixlab.engine.limits import MAX_TASK_FILE_BYTES, MAX_UPLOAD_MB, clip
 from prefixlab.engine.runs import JobQueue
 from prefixlab.engine.spec import ExperimentSpec, SpecError
+from prefixlab.engine.sweep import SweepError, plan_sweep, submit_sweep, sweep_runs
 from prefixlab.engine.zoo import model_facts
-from prefixlab.ui import datanote, values
+from prefixlab.ui import datanote, sweeps, values
 from prefixlab.ui.access import PageAccess, is_inside, private_temp_dir
 from prefixlab.ui.fields import FieldSpec, form_from_spec
-from prefixlab.ui.form import error_update, to_component_value
+from prefixlab.ui.form import error_classes, error_update, to_component_value
 from prefixlab.ui.layout import form_layout
 from prefixlab.ui.run_handlers import RunHandlers, plain_run_id
 from prefixlab.ui.values import Values
@@ -177,6 +178,8 @@ class Lab(RunHandlers):
             rows, found = values.accounting(stand_in, data="data.source" not in denied)
             for key, message in found.items():
                 errors.setdefault(key, message)
+        for key, message in values.bound_errors(self.fields, raw).items():  # this machine's (its GPUs)
+            errors.setdefault(key, message)
         errors = values.with_upload_error({**errors, **denied}, v["form.upload_error"])
         return values.Assessment(spec, errors, rows)
 
@@ -385,24 +388,79 @@ class Lab(RunHandlers):
 
     # --- jobs -------------------------------------------------------------------------------------
 
-    def train(self, v: Values) -> Values:
-        """Train -> submit to the queue and return at once: messages, run dropdown, status; or every
-        problem, in the message line and beside its field.
-
-        Refused, with the upload's message, while a rejected upload is on show."""
+    def _ready(self, v: Values) -> tuple[ExperimentSpec | None, Values]:
+        """(spec, {}) for the form Train would queue, or (None, the update naming every problem in the
+        message line and beside its field): the form's values, a rejected upload on show, a path the
+        page may not read, this machine's bounds (training.num_processes), and what the worker would
+        fail on at setup (engine.checks: model config, sizes, lengths, the task file's lines)."""
         spec, errors = self._checked(v)
         if spec is not None:
-            # What the worker would fail on at setup (model config, sizes, lengths, the task file's
-            # lines): say so beside the field instead of queueing a run that cannot start.
             errors = checks.check(spec).errors
+        raw = values.collect_form(self.fields, values.field_values(self.fields, v), v["form.override"])
+        for key, message in values.bound_errors(self.fields, raw).items():
+            errors.setdefault(key, message)
         if errors:
-            return {MESSAGES: values.errors_markdown(errors), **self.error_updates(errors, v[SHOWN])}
+            return None, {MESSAGES: values.errors_markdown(errors), **self.error_updates(errors, v[SHOWN])}
+        return spec, {}
+
+    def train(self, v: Values) -> Values:
+        """Train -> submit to the queue and return at once: messages, run dropdown, status; or every
+        problem, in the message line and beside its field (_ready): a run that cannot start is
+        never queued.
+
+        Refused, with the upload's message, while a rejected upload is on show."""
+        spec, refused = self._ready(v)
+        if spec is None:
+            return refused
         try:
             run_id = self.queue.submit(spec)
         except OSError as err:  # runs.RunsFolderError: a read-only or full runs folder, named, nothing left behind
             return {MESSAGES: f"⚠️ {values.md_text(str(err))}"}
         status = values.status_markdown(run_id, self.queue.run_dir(run_id).read_status())
         return {MESSAGES: "", "run.select": gr.update(choices=self._run_ids(), value=run_id), "run.status": status}
+
+    def start_sweep(self, v: Values) -> Values:
+        """Start sweep -> the form's experiment, checked as Train checks it (_ready), run once per value
+        of the vary boxes' field (or per pair of values of two): planned with engine.sweep.plan_sweep,
+        which checks every expanded spec before anything is queued, then queued in order on the page's
+        queue, and the new sweep selected in the sweeps menu and drawn.
+
+        A form problem is named as Train names it (the message line, beside its field); a sweep problem
+        (a box that is not FIELD=VALUES, a field a sweep cannot vary, a value the field cannot take, a
+        run the checks refuse: named by its value and field) in the note under the boxes and beside
+        its box. Either way nothing is queued."""
+        texts = [v[box] for box in sweeps.VARY_IDS]
+        vary, problems = sweeps.read_vary(texts)
+        spec, refused = self._ready(v)
+        if spec is None:
+            note = sweeps.FORM_REFUSED + (f"\n\n{values.errors_markdown(problems)}" if problems else "")
+            return {**refused, "sweep.note": note, **self._vary_boxes(problems, texts)}
+        plan = None
+        if not problems:
+            try:
+                plan = plan_sweep(spec, vary)
+            except SweepError as err:
+                problems = err.errors
+        if plan is None:
+            return {MESSAGES: "", "sweep.note": sweeps.problems_note(problems), **self._vary_boxes(problems, texts)}
+        try:
+            run_ids = submit_sweep(self.queue, plan)
+        except OSError as err:  # runs.RunsFolderError: named; the runs queued before it stay queued
+            queued = sweep_runs(self.queue.runs_dir, plan.id)
+            kept = f" ({len(queued)} of its {len(plan.specs)} runs were queued and stay queued)" if queued else ""
+            return {MESSAGES: "", "sweep.note": f"⚠️ {values.md_text(str(err))}{values.md_text(kept)}",
+                    **self._vary_boxes({}, texts)}
+        drawn = self.sweep_tick({"sweep.select": plan.id, "sweep.seen": {}, "sweep.metric": v["sweep.metric"]})
+        return {MESSAGES: "", "sweep.note": sweeps.queued_note(plan.id, run_ids, plan.fields),
+                **self._vary_boxes({}, texts), **drawn,
+                "sweep.select": gr.update(choices=sweeps.sweep_choices(self._sweeps()), value=plan.id)}
+
+    @staticmethod
+    def _vary_boxes(problems: dict[str, str], texts: list) -> Values:
+        """Each vary box's message (sweeps.vary_messages) beside it, or its help again."""
+        return {box: gr.update(info=values.field_info(sweeps.HELPS[box], message),
+                               elem_classes=error_classes(message))
+                for box, message in sweeps.vary_messages(problems, texts).items()}
 
     def edit_run(self, v: Values) -> Values:
         """"Edit in form": the selected run's experiment (its spec.json) in the form, to change and

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import gradio as gr
 
-from prefixlab.ui import values
+from prefixlab.ui import sweeps, values
 from prefixlab.ui.fields import FieldSpec
 from prefixlab.ui.form import clamped_slider, component_for
 from prefixlab.ui.layout import FormLayout, more_title
 from prefixlab.views import figures as plots
+from prefixlab.views.sweep import METRIC_CHOICES, METRIC_LABELS
 
 TIMER_SECONDS = 1.0  # how often the run panels read the run directory
 # Field names that say nothing without their section; among the essentials (no section heading
@@ -221,3 +222,28 @@ def build_adapter_panel() -> dict:
 def build_runs_panel() -> dict:
     """Every run in the runs folder, newest first."""
     return {"table": gr.HTML(values.runs_html([]), elem_id="runs")}
+
+
+def build_sweep_panel() -> dict:
+    """A sweep of the form's experiment: one or two fields to vary (FIELD=V1,V2,..., as the command
+    line's --vary), Start sweep, what it did or why not; then the runs folder's sweeps, and the selected
+    one's chart (its metric against the varied value and against trainable parameters) and table, which
+    fill in as its runs end (the run panels' timer)."""
+    with gr.Row(equal_height=False):
+        vary = gr.Textbox(label="vary", placeholder=sweeps.VARY_EXAMPLE, info=sweeps.VARY_HELP, elem_id="sweep-vary",
+                          scale=3, min_width=220)
+        vary2 = gr.Textbox(label="and vary (optional)", placeholder="training.learning_rate=0.05,0.1",
+                           info=sweeps.VARY2_HELP, elem_id="sweep-vary2", scale=2, min_width=180)
+        start = gr.Button("Start sweep", variant="primary", elem_id="start-sweep", scale=1, min_width=110)
+    note = gr.Markdown("", elem_id="sweep-note", elem_classes=["note", "messages"])
+    with gr.Row(equal_height=True):
+        # Checked by the handler (the tick selects the newest sweep when the one asked for is gone).
+        select = gr.Dropdown([], label="sweep", elem_id="sweep-select", scale=3, min_width=240,
+                             allow_custom_value=True)
+        metric = gr.Dropdown([("default: slot accuracy, else BLEU, else validation loss", ""),
+                              *((METRIC_LABELS[m], m) for m in METRIC_CHOICES)], value="", label="metric",
+                             elem_id="sweep-metric", scale=1, min_width=160)
+    chart = gr.Plot(None, show_label=False, elem_id="sweep-chart", format="png")
+    table = gr.HTML(values.sweep_html([], [], [], empty=sweeps.NO_SWEEPS), elem_id="sweep-table")
+    return {"vary": vary, "vary2": vary2, "start": start, "note": note, "select": select, "metric": metric,
+            "chart": chart, "table": table, "seen": gr.State({})}

@@ -25,12 +25,15 @@ import gradio as gr
 from gradio.components.plot import PlotData
 
 from prefixlab.engine.limits import MAX_PROMPT_CHARS
-from prefixlab.engine.runs import JobQueue, RunDir
+from prefixlab.engine.runs import FINAL_STATES, JobQueue, RunDir
+from prefixlab.engine.sweep import SweepSummary, SweepView, list_sweeps, read_sweep
 from prefixlab.ui import values
 from prefixlab.ui.generate import generate_all, no_adapters_message, trained_variants
 from prefixlab.ui.values import Values
 from prefixlab.views import figures as plots
+from prefixlab.ui.sweeps import NO_SWEEPS, sweep_choices
 from prefixlab.views import tables as compare
+from prefixlab.views.sweep import sweep_figure, sweep_table
 
 RUN_FILES = ("status.json", "metrics.jsonl", "samples.jsonl", "summary.json")
 
@@ -286,6 +289,73 @@ class RunHandlers:
         bars = self.renders.get(("bars", tuple((r["variant"], r["trainable"], r["stored"]) for r in counted)),
                                 lambda: png(plots.parameter_figure(counted, order)))
         return _marked({"compare.table": values.comparison_html(rows, order), "run.bars": bars})
+
+    # --- sweeps -----------------------------------------------------------------------------------
+
+    def _sweeps(self) -> list[SweepSummary]:
+        """The runs folder's sweeps (engine.sweep.list_sweeps, newest first), read again only when a
+        run folder appears or goes: a run's sweep tag is written with its spec.json and never changes,
+        so the same run folders (those with a spec.json, as JobQueue.list_runs counts them) hold the
+        same sweeps. The run counts by state are of that reading; the tab reads states itself."""
+        runs_dir = self.queue.runs_dir
+        try:
+            names = tuple(sorted(p.name for p in runs_dir.iterdir() if (p / "spec.json").is_file()))
+        except OSError:
+            names = ()
+        return self.renders.get(("sweeps", str(runs_dir), names), lambda: list_sweeps(runs_dir))
+
+    def _sweep_view(self, summary: SweepSummary) -> SweepView:
+        """read_sweep of one sweep, read again only when one of its runs changes state or, once ended,
+        its summary.json or metrics.jsonl (what a point's values come from: engine.sweep.run_points);
+        a running run's heartbeat changes nothing. Raises ValueError or OSError as read_sweep does."""
+        parts = []
+        for run_id in summary.run_ids:
+            run = RunDir(self.queue.runs_dir / run_id)
+            state = run.read_status().get("state")
+            ended = state in FINAL_STATES
+            parts.append((run_id, state, ended and _stamp(run.summary_path), ended and _stamp(run.metrics_path)))
+        return self.renders.get(("sweep", str(self.queue.runs_dir), summary.id, tuple(parts)),
+                                lambda: read_sweep(self.queue.runs_dir, summary.id))
+
+    def sweeps_on_load(self, v: Values) -> Values:
+        """Page opened or refreshed: the runs folder's sweeps in the menu (they are read from the run
+        folders, so a restarted app lists them all), the newest selected."""
+        sweeps = self._sweeps()
+        return {"sweep.select": gr.update(choices=sweep_choices(sweeps), value=sweeps[0].id if sweeps else None)}
+
+    def sweep_tick(self, v: Values) -> Values:
+        """Timer (about 1 s), sweep selection and metric: the sweeps menu when a sweep appears or goes
+        (the newest selected while none is), and the selected sweep's chart and table when what they
+        show changes (SweepView.fingerprint), drawn once per change for every session. A session is
+        sent only what changed since "sweep.seen"."""
+        selected, metric = v["sweep.select"] or None, v["sweep.metric"] or None
+        seen = dict(v["sweep.seen"] or {})
+        out: Values = {}
+        sweeps = self._sweeps()
+        by_id = {s.id: s for s in sweeps}
+        choices = sweep_choices(sweeps)
+        if selected not in by_id and (selected or sweeps):  # none yet, or its runs removed: the newest, if any
+            selected = sweeps[0].id if sweeps else None
+            out["sweep.select"] = gr.update(choices=choices, value=selected)
+        elif choices != seen.get("choices"):
+            out["sweep.select"] = gr.update(choices=choices)
+        seen["choices"] = choices
+        if selected is None:
+            mark, chart, table = None, None, values.sweep_html([], [], [], empty=NO_SWEEPS)
+        else:
+            try:
+                view = self._sweep_view(by_id[selected])
+            except (ValueError, OSError) as err:
+                mark, chart = ("unreadable", selected, str(err)), None
+                table = values.html_message(f"sweep {selected} cannot be read: {err}", "sweep-message")
+            else:
+                mark = (selected, metric, view.fingerprint())
+                chart = self.renders.get(("sweep-chart", *mark), lambda: png(sweep_figure(view, metric)))
+                table = self.renders.get(("sweep-table", selected, view.fingerprint()),
+                                         lambda: values.sweep_html(*sweep_table(view), view.fields, view.variants))
+        if mark != seen.get("drawn") or "drawn" not in seen:
+            out["sweep.chart"], out["sweep.table"], seen["drawn"] = chart, table, mark
+        return out | ({"sweep.seen": seen} if seen != v["sweep.seen"] else {})
 
     # --- generation and downloads -------------------------------------------------------------------
 

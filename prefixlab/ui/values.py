@@ -20,6 +20,7 @@ from prefixlab.core.config import INFERRED_FIELDS, PrefixTuningConfig, infer_siz
 from prefixlab.engine import checks
 from prefixlab.engine.limits import MAX_SAMPLE_CHARS, clip
 from prefixlab.engine.spec import ExperimentSpec, SpecError
+from prefixlab.engine.sweep import format_value
 from prefixlab.engine.zoo import model_facts
 from prefixlab.ui.fields import FieldSpec, spec_from_form
 from prefixlab.views.tables import variant_colours
@@ -129,6 +130,19 @@ def check_form(values: dict) -> tuple[ExperimentSpec | None, dict[str, str]]:
     except ValueError as err:  # a core check not yet mapped to a field; still a message, not a trace
         return None, {"experiment": str(err)}
     return spec, {}
+
+
+def bound_errors(fields: list[FieldSpec], form: dict) -> dict[str, str]:
+    """{key: message} for each collected form value (collect_form) over the bound this machine puts
+    on its field (FieldSpec.maximum: training.num_processes, one process per GPU)."""
+    out = {}
+    for f in fields:
+        value = form.get(f.key)
+        if f.maximum is None or isinstance(value, bool) or not isinstance(value, int) or value <= f.maximum:
+            continue
+        allowed = "1" if f.maximum == 1 else f"1 to {f.maximum}"
+        out[f.key] = f"must be at most {f.maximum} on this machine ({f.bound}), got {value}; set {allowed}"
+    return out
 
 
 def field_info(help_text: str, message: str | None) -> str:
@@ -552,3 +566,36 @@ def runs_html(rows: list[list], selected: str | None = None) -> str:
         cells = "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row)
         body.append(f"<tr{mark}>{cells}</tr>")
     return _table(RUNS_HEADERS, body, "grid data runs")
+
+
+# --- sweeps --------------------------------------------------------------------------------------
+
+SWEEP_VALUE_HEADERS = {"trainable": "trainable", "val loss": "val loss", **METRIC_HEADERS}
+_SWEEP_DIGITS = {"val loss": 4, "slot_accuracy": 1, "bleu": 1, "chrf": 1, "rouge_l": 1}
+
+
+def sweep_html(headers: list[str], rows: list[list], fields: list[str], variants=(),
+               empty: str = "no sweep selected") -> str:
+    """A sweep's table (views.sweep.sweep_table: per run and variant the varied value(s), variant,
+    state, trainable parameters, final validation loss and task metrics) as one of the page's tables:
+    each variant in its colour, numbers right-aligned, every value escaped (a varied text is typed)."""
+    if not rows:
+        return f'<p class="grid-empty">{html.escape(empty)}</p>'
+    colours = variant_colours([*variants, *(row[len(fields)] for row in rows if row[len(fields)] != "-")])
+    body = []
+    for row in rows:
+        cells = []
+        for column, value in zip(headers, row):
+            if column == "variant":
+                cells.append(variant_cell(value, colours.get(value)))
+            elif column == "state":
+                cells.append(f"<td>{html.escape(clip(str(value), MAX_CELL_CHARS))}</td>")
+            elif column in fields:
+                text = html.escape(clip(format_value(value), MAX_CELL_CHARS))
+                numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+                cells.append(_num_cell(text) if numeric else f"<td>{text}</td>")
+            else:
+                cells.append(_num_cell(_number(value, _SWEEP_DIGITS.get(column))))
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    shown = [SWEEP_VALUE_HEADERS.get(h, h) for h in headers]
+    return _table(shown, body, "grid data sweep")
