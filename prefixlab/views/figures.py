@@ -43,7 +43,7 @@ METRICS = {"bleu": "BLEU", "chrf": "chrF", "rouge_l": "ROUGE-L", "slot_accuracy"
 # Figure sizes in inches at DPI: wide and short, so the chart and the comparison under it fit a
 # 1280x800 screen together.
 DPI = 100
-LOSS_SIZE = (8.4, 3.1)
+LOSS_SIZE = (8.4, 2.9)
 EMPTY_NOTE_COLOUR = "grey"
 
 
