@@ -548,6 +548,25 @@ def test_zip_adapter_holds_the_peft_folder(tmp_path):
     assert out["compare.adapter_file"] is None and "no saved adapter 'no\\_projection'" in out["compare.adapter_note"]
 
 
+def test_a_paper_layout_adapter_downloads_with_a_note_that_peft_cannot_load_it(tmp_path):
+    """An adapter saved by the core in the paper's encoder-decoder layout (tiny-t5) says so at its
+    download; one in PEFT's layout says nothing."""
+    from prefixlab import PrefixTuningConfig, get_peft_model
+    from prefixlab.engine.zoo import load_base
+
+    lab = _lab(tmp_path)
+    run = write_run(tmp_path / "runs" / "20260101-000000-fixture", finished=True)
+    for name, positions in (("projection", "paper"), ("no_projection", None)):
+        base, _, _ = load_base("tiny-t5")
+        model = get_peft_model(base, PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2,
+                                                        prefix_positions=positions))
+        model.save_pretrained(str(run.adapter_path(name)))
+    notes = {name: lab.zip_adapter({"run.select": run.run_id, "compare.adapter": name})["compare.adapter_note"]
+             for name in ("projection", "no_projection")}
+    assert "PEFT cannot" in notes["projection"] and "paper_prompt_embeddings" in notes["projection"]
+    assert notes["no_projection"] == ""
+
+
 def test_the_adapter_picked_stays_picked_while_the_run_saves_again(tmp_path):
     """The timer redraws a running run's panels whenever its files change; the adapter the user
     picked for download must survive that (it snapped back to the first one every second)."""

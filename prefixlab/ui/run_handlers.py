@@ -13,6 +13,7 @@ clipped (ui/values.py), and a run is named only by a folder directly in the runs
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import shutil
 import sys
@@ -409,7 +410,7 @@ class RunHandlers:
         base = self.download_folder() / f"{run_id}-{variant}"
         folder = run.adapter_dir(variant) or run.adapter_path(variant)
         return {"compare.adapter_file": shutil.make_archive(str(base), "zip", root_dir=folder),
-                "compare.adapter_note": ""}
+                "compare.adapter_note": paper_layout_note(folder)}
 
     def export_charts(self, v: Values) -> Values:
         """-> the selected run's charts as PNG and SVG (loss with the overlay and the chart's settings,
@@ -474,6 +475,20 @@ def _variant_order(run: RunDir) -> list[str]:
 def _no_files(message: str) -> Values:
     """Why the charts cannot be downloaded, beside the button (escaped)."""
     return {"run.files": gr.update(value=None, visible=False), "run.note": f"⚠️ {values.md_text(message)}"}
+
+
+def paper_layout_note(folder: Path) -> str:
+    """What the download of an adapter in the paper's encoder-decoder layout must say: PEFT cannot
+    load it (its card says so too); "" for PEFT's layout."""
+    try:
+        config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if config.get("prefix_positions") != "paper":
+        return ""
+    return ("ℹ️ This adapter has the paper's encoder-decoder prefixes (prefix_positions=\"paper\"): prefixlab loads "
+            "it (`PrefixTuningModel.from_pretrained`), **PEFT cannot** (its files are `paper_prompt_embeddings.*`, "
+            "not PEFT's `prompt_embeddings`).")
 
 
 def _not_zipped(message: str) -> Values:
