@@ -681,7 +681,7 @@ def startup_spec() -> dict:
     spec = json.loads((REPO_ROOT / "presets" / "offline-pretrained.json").read_text(encoding="utf-8"))
     spec.pop("_command", None)
     spec["name"] = "startup-bench"
-    spec["training"].update(max_steps=4, eval_interval=4, warmup_steps=0)
+    spec["training"].update(max_steps=4, eval_interval=4, warmup_steps=0, metric_examples=0)
     spec["generation"].update(num_prompts=1, max_new_tokens=20)
     return spec
 
