@@ -227,3 +227,18 @@ def test_variants_are_stored_as_chosen():
     with pytest.raises(SpecError) as info:
         ExperimentSpec.from_dict({"variants": ["projection", "lora"]})
     assert info.value.field == "variants[1]" and "not a standard variant" in info.value.message
+
+
+COMPARISONS = sorted((Path(__file__).resolve().parent.parent / "presets" / "compare").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", COMPARISONS, ids=lambda p: p.stem)
+def test_every_comparison_preset_passes_the_checks_and_says_how_to_run_it(path):
+    """presets/compare/: the paper's methods side by side in one run (custom variants, CLI only)."""
+    from prefixlab.engine import checks
+
+    document = json.loads(path.read_text())
+    assert document["_command"] == f"python -m prefixlab train presets/compare/{path.name}"
+    spec = ExperimentSpec.from_dict(document)
+    assert not checks.check(spec).errors
+    assert len(spec.variant_names) >= 2
