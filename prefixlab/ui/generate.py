@@ -37,19 +37,11 @@ def _folder(run: RunDir, variant: str) -> Path:
     return run.adapter_dir(variant) or run.adapter_path(variant)
 
 
-def _stamp(folder: Path) -> tuple:
-    """What changes when the worker saves the adapter again (a new folder renamed into place)."""
+def _stamp(path: Path) -> tuple:
+    """What changes when the worker saves a checkpoint again (each file is replaced, never edited in
+    place): the weights file's inode, modification time and size; () before the first."""
     try:
-        info = (folder / WEIGHTS_NAME).stat()
-    except FileNotFoundError:
-        return ()
-    return info.st_ino, info.st_mtime_ns, info.st_size
-
-
-def _model_stamp(folder: Path) -> tuple:
-    """What changes when the worker saves a whole model again (runs/<id>/models/<name>)."""
-    try:
-        info = (folder / MODEL_WEIGHTS).stat()
+        info = path.stat()
     except FileNotFoundError:
         return ()
     return info.st_ino, info.st_mtime_ns, info.st_size
@@ -63,8 +55,8 @@ def _load(run: RunDir, variants: list[str], whole: list[str] = ()):
     from prefixlab.engine.evaluate import load_fine_tuned
     from prefixlab.engine.zoo import load_base
 
-    adapters_key = (tuple(variants), tuple(_stamp(_folder(run, v)) for v in variants))
-    models_key = tuple((name, _model_stamp(run.model_path(name))) for name in whole)
+    adapters_key = (tuple(variants), tuple(_stamp(_folder(run, v) / WEIGHTS_NAME) for v in variants))
+    models_key = tuple((name, _stamp(run.model_path(name) / MODEL_WEIGHTS)) for name in whole)
     if _cache.get("run") != str(run.path):
         _cache.clear()
     if "spec" not in _cache:
