@@ -182,9 +182,20 @@ def open_section(page, section: str) -> None:
     """Open the form's collapsed "more" accordion of `section` (its fields are not on the page until then)."""
     accordion = page.locator(f"#section-{section}")
     fields = accordion.locator("input:not([type=file]), textarea")
-    if not (fields.count() and fields.first.is_visible()):  # never opened, or closed again
+
+    def is_open():
+        return fields.count() and fields.first.is_visible()
+
+    # A freshly loaded page may still be applying the form's first update, which can open a section
+    # itself (a field's message opens its section): a click then closes it again. Click until open.
+    for _ in range(3):
+        if is_open():
+            return
         accordion.locator("button.label-wrap").first.click()
-        wait_for(lambda: fields.count() and fields.first.is_visible(), 10, f"the {section} section to open", page=page)
+        deadline = time.time() + 5
+        while time.time() < deadline and not is_open():
+            time.sleep(0.2)
+    wait_for(is_open, 5, f"the {section} section to open", page=page)
 
 
 def open_tab(page, tab: str) -> None:
