@@ -59,8 +59,8 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool, num_ite
     instead (the target tokens of the whole batch across processes, as transformers'
     num_items_in_batch: every process's share of one mean)."""
     logits = logits.float()
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
+    if causal:  # shift the labels, not the logits: slicing (batch, seq, vocab) would copy all of them
+        labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     if num_items is None:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
