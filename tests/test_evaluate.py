@@ -200,3 +200,21 @@ def test_train_prints_the_metrics_table_and_evaluate_writes_its_own(run, tmp_pat
     assert json.loads(evaluate.evaluation_path(run.path, "validation").read_text())["examples"] == 3
     assert main(["evaluate", str(run.path), "--metrics", ""]) == 2
     assert "unknown metric ''" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_fine_tuned_model_of_a_run_that_has_one(tmp_path):
+    """A run trained with the fine_tune baseline: evaluate loads its whole model (runs/<id>/models)
+    beside the adapters, and scores what it generates like the others."""
+    spec = _tiny_spec("ft", metric_examples=0, fine_tune_learning_rate=0.05)
+    spec = ExperimentSpec.from_dict({**spec.to_dict(), "variants": ["projection", "fine_tune"]})
+    run = RunDir(tmp_path / "run")
+    run.write_spec(spec)
+    assert run_worker(run.path, progress=False) == DONE
+    assert run.trained_models() == ["fine_tune"]
+    result = evaluate.evaluate_run(run.path, split="validation", limit=3, batch_size=2)
+    assert list(result["metrics"]) == ["base", "projection", "fine_tune"]
+    tuned = evaluate.load_fine_tuned(run.model_path("fine_tune"), "CAUSAL_LM")
+    model, tokenizer, task_type, _ = evaluate.load_run_models(run, ["projection"], "cpu")
+    alone = generate_outputs(model, tokenizer, task_type, spec, result["outputs"][0]["source"], ["projection"],
+                             torch.device("cpu"), models={"fine_tune": tuned})
+    assert result["outputs"][0]["outputs"] == alone
