@@ -57,7 +57,19 @@ def separate(model, batch) -> tuple[list[torch.Tensor], dict]:
         loss = model(**batch).loss
         loss.backward()
         losses.append(loss.detach())
-    return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return losses, prefix_grads(model)
+
+
+def fused(model, batch) -> tuple[list[torch.Tensor], dict]:
+    """Both variants' losses from one fused pass (fused_losses), and every prefix gradient."""
+    model.zero_grad(set_to_none=True)
+    losses = fused_losses(model, ["plain", "mlp"], **batch)
+    sum(losses).backward()
+    return [loss.detach() for loss in losses], prefix_grads(model)
+
+
+def prefix_grads(model) -> dict:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def linear_calls(model, batch) -> int:
@@ -84,11 +96,8 @@ def assert_same(expected, got) -> None:
 def test_one_fused_pass_gives_each_variant_its_own_loss_and_gradients(arch):
     model, batch = paired_model(arch), padded(arch)
     expected = separate(model, batch)
-    model.zero_grad(set_to_none=True)
-    losses = fused_losses(model, ["plain", "mlp"], **batch)
-    sum(losses).backward()
-    assert_same(expected, ([loss.detach() for loss in losses],
-                           {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    losses, grads = fused(model, batch)
+    assert_same(expected, (losses, grads))
     assert losses[0].item() != pytest.approx(losses[1].item())  # two different prefixes, two losses
 
 
@@ -110,11 +119,7 @@ def test_checkpointing_keeps_the_prefix_and_gives_exact_gradients(arch):
     # Every block ran again in backward (its linear layers were called again): the memory traded away.
     assert linear_calls(model, batch) > linear_calls(paired_model(arch), batch)
     # And the fused pass under checkpointing.
-    model.zero_grad(set_to_none=True)
-    losses = fused_losses(model, ["plain", "mlp"], **batch)
-    sum(losses).backward()
-    assert_same(expected, ([loss.detach() for loss in losses],
-                           {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    assert_same(expected, fused(model, batch))
 
 
 def test_a_base_with_transformers_checkpointing_is_taken_over():
