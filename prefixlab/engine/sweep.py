@@ -37,6 +37,7 @@ from prefixlab.engine import checks
 from prefixlab.engine.runs import (DONE, FINAL_STATES, QUEUED, JobQueue, RunDir, RunFileError, RunFileUnreadable,
                                    RunsFolderError, atomic_write_json, new_run_id, new_status, read_json,
                                    worker_lock)
+from prefixlab.engine.metrics import METRICS
 from prefixlab.engine.spec import (SECTIONS, ExperimentSpec, SpecError, coerce, field_types, type_name,
                                    unwrap_optional)
 
@@ -44,9 +45,9 @@ from prefixlab.engine.spec import (SECTIONS, ExperimentSpec, SpecError, coerce, 
 MAX_FIELDS = 2
 # A typo in a value list must not queue a week of runs; a bigger study is several sweeps.
 MAX_SWEEP_RUNS = 100
-# Task metrics a run may report per variant (engine/metrics.py's METRICS, on 0-100): on metrics.jsonl's
-# their own lines (one per model and evaluation) and in summary.json's per-variant "metrics".
-TASK_METRICS = ("bleu", "chrf", "rouge_l", "slot_accuracy")
+# Task metrics a run may report per variant (on 0-100): on metrics.jsonl's own lines (one per model
+# and evaluation) and in summary.json's per-variant "metrics".
+TASK_METRICS = METRICS
 # PrefixTuningConfig fields that are scalars but not settings of an experiment: PEFT's bookkeeping
 # (the spec drops peft_type; the model decides task_type) and inference_mode, which a spec refuses.
 NOT_SWEEPABLE = frozenset({"peft_type", "task_type", "inference_mode", "peft_version", "base_model_name_or_path",

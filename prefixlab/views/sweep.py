@@ -29,10 +29,10 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from prefixlab.engine.runs import FINAL_STATES  # noqa: E402
 from prefixlab.engine.sweep import TASK_METRICS, SweepPoint, SweepView, format_value, short_name  # noqa: E402
+from prefixlab.views import figures  # noqa: E402
 from prefixlab.views.tables import variant_colours  # noqa: E402
 
-METRIC_LABELS = {"slot_accuracy": "slot accuracy", "bleu": "BLEU", "chrf": "chrF", "rouge_l": "ROUGE-L",
-                 "val_loss": "validation loss"}
+METRIC_LABELS = {**figures.METRICS, "val_loss": "validation loss"}
 METRIC_CHOICES = (*TASK_METRICS, "val_loss")
 # The default metric: the task's own measure where it has one (slot accuracy for attribute tables,
 # E2E's semantic measure), else BLEU (the paper's headline), else the loss every run reports.
