@@ -160,18 +160,22 @@ def test_train_with_a_bad_value_names_the_field_and_submits_nothing(tmp_path):
     assert lab.queue.list_runs() == []
 
 
-def test_train_into_a_runs_folder_that_cannot_be_written_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+def _fill_the_disk(monkeypatch) -> None:
+    """Every JSON file the runs folder would get fails as a full disk does."""
     import errno
 
     from prefixlab.engine import runs
-
-    lab = _lab(tmp_path)
-    form = lab.initial_state("offline-tiny")
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(runs, "atomic_write_json", full)
+
+
+def test_train_into_a_runs_folder_that_cannot_be_written_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    lab = _lab(tmp_path)
+    form = lab.initial_state("offline-tiny")
+    _fill_the_disk(monkeypatch)
     messages = lab.train(form)["actions.messages"]
     from prefixlab.ui import values
 
@@ -980,17 +984,9 @@ def test_num_processes_takes_one_to_the_machine_s_gpus(tmp_path, monkeypatch):
 
 
 def test_a_sweep_into_a_runs_folder_that_cannot_be_written_says_so_and_leaves_nothing(tmp_path, monkeypatch):
-    import errno
-
-    from prefixlab.engine import runs
-
     lab = _lab(tmp_path)
     form = lab.initial_state("offline-tiny")
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(runs, "atomic_write_json", full)
+    _fill_the_disk(monkeypatch)
     out = _sweep(lab, form, "prefix.num_virtual_tokens=1,5")
     assert out["sweep.note"].startswith("⚠️ cannot queue the run in ") and "no space left on device" in out["sweep.note"]
     assert "sweep.select" not in out and lab.queue.list_runs() == []
