@@ -1,17 +1,19 @@
 """The built-in table-to-text task and its generator, prefixlab.tools.make_task: deterministic, shipped
-as generated, disjoint, faithful."""
+as generated, disjoint, faithful. Also the invented domains that pretrain tiny-llama-d2t
+(prefixlab.tools.make_domains): deterministic, faithful, and free of the restaurant domain."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from prefixlab.tools import make_task
+from prefixlab.tools import make_domains, make_task
 
 SHIPPED = Path(__file__).resolve().parents[1] / "presets" / "data" / "e2e_synth"
 
@@ -112,3 +114,64 @@ def test_cli_writes_the_files(tmp_path):
     for split, examples in expected.items():
         lines = (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
         assert [json.loads(line) for line in lines] == examples
+
+
+# ---------------------------------------------------------------------------------------------
+# The invented domains that pretrain tiny-llama-d2t (prefixlab.tools.make_domains)
+
+
+@pytest.fixture(scope="module")
+def domain_corpus():
+    """The default corpus, exactly as `pretrain_d2t` generates it."""
+    return make_domains.generate()
+
+
+def test_domains_never_show_the_restaurant_domain(domain_corpus):
+    """No e2e-synth attribute is a key; no restaurant value, restaurant name or landmark, nor the words
+    that say familyFriendly, occurs anywhere (whole words, any case): a prefix must teach all of them."""
+    keys = {key for d in make_domains.DOMAINS for key in [d.subject, *(k for k, _ in d.attributes)]}
+    assert not {k.lower() for k in keys} & {a.lower() for a in make_task.ATTRIBUTES}
+    banned = {*make_task.ATTRIBUTES, *make_task.NAMES, *make_task.NEAR,
+              *(v for values in make_task.VALUES.values() for v in values),
+              "family", "families", "child", "children", "kid", "kids", "restaurant", "food", "name", "near", "area",
+              "centre", "rating", "out of 5"}
+
+    def words(text: str) -> str:  # " w1 w2 ... ": lower case, split at anything but letters, digits and £
+        return " " + " ".join(re.split(r"[^\w£]+|_", text.lower())) + " "
+
+    text = words("\n".join(f"{e['source']} {e['target']}" for e in domain_corpus))
+    for phrase in banned:  # a plain substring search each, between word breaks
+        at = text.find(words(phrase))
+        assert at < 0, (phrase, text[max(0, at - 60): at + 60])
+    assert len(domain_corpus) == make_domains.DEFAULT_EXAMPLES
+    assert {e["domain"] for e in domain_corpus} == {d.name for d in make_domains.DOMAINS}
+
+
+def test_domain_sentences_realise_their_tables(domain_corpus):
+    """Every value but true/false is copied into the sentence verbatim, the subject first or after
+    "called"; true/false flags become phrases."""
+    for example in domain_corpus[:5000]:
+        table = make_task.parse_source(example["source"])
+        target = example["target"]
+        subject = next(iter(table.values()))
+        assert target.startswith((subject, "There is")) or f", {subject} is" in target, example
+        for key, value in table.items():
+            if value not in ("true", "false"):
+                assert value in target, (key, value, example)
+        assert "true" not in target and "false" not in target, example
+
+
+def test_domains_are_deterministic_and_leave_global_random_alone():
+    random.seed(7)
+    expected = random.random()
+    random.seed(7)
+    assert make_domains.generate(50, seed=3) == make_domains.generate(50, seed=3)
+    assert make_domains.generate(50, seed=3) != make_domains.generate(50, seed=4)
+    assert random.random() == expected
+
+
+def test_domains_cli_writes_the_corpus(tmp_path, capsys):
+    make_domains.main(["--out", str(tmp_path), "--examples", "20", "--seed", "2"])
+    lines = (tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == make_domains.generate(20, seed=2)
+    assert capsys.readouterr().out.strip() == str(tmp_path / "train.jsonl")
