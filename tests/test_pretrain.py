@@ -135,8 +135,8 @@ def test_model_card_states_how_it_was_made():
 def test_missing_shipped_folder_says_how_to_regenerate(monkeypatch, tmp_path):
     monkeypatch.setitem(zoo.SHIPPED_MODELS, NAME, tmp_path / "gone")
     for call in (zoo.load_base, zoo.load_model_config):
-        with pytest.raises(zoo.ModelLoadError, match=r"offline preset 'tiny-gpt2-e2e': config\.json or "
-                           r"model\.safetensors is missing from .*gone; restore them from git or regenerate "
+        with pytest.raises(zoo.ModelLoadError, match=r"offline preset 'tiny-gpt2-e2e': config\.json, "
+                           r"model\.safetensors are missing from .*gone; restore them from git or regenerate "
                            r"them with `python -m prefixlab\.tools\.pretrain --out presets/models/tiny-gpt2-e2e`"):
             call(NAME)
 

@@ -11,6 +11,7 @@ import pytest
 from prefixlab.cli import main
 from prefixlab.engine import sweep as sweeps
 from prefixlab.engine.runs import JobQueue, RunDir, append_jsonl, atomic_write_json, new_status
+from prefixlab.engine import zoo
 from prefixlab.engine.spec import ExperimentSpec, SpecError
 from prefixlab.views.sweep import default_metric, save_figure, sweep_figure, sweep_series, sweep_table
 
@@ -363,7 +364,7 @@ def test_every_sweep_preset_is_a_spec_with_its_own_sweep():
         assert len(vary) == 1 and all(len(values) >= 4 for values in vary.values()), path
         command = json.loads(path.read_text())["_command"]
         assert command.startswith(f"python -m prefixlab sweep presets/sweeps/{path.name}"), path
-        if spec.model.name == "tiny-gpt2-e2e":  # offline: every run is checked as the CLI checks it
+        if spec.model.name in zoo.OFFLINE_PRESETS:  # offline: every run is checked as the CLI checks it
             plan = sweeps.plan_sweep(spec, vary)
             assert len(plan.specs) == len(next(iter(vary.values())))
 

@@ -27,7 +27,8 @@ HUB_PRESETS = {
 }
 OFFLINE = {"tiny-gpt2": ("gpt2", TaskType.CAUSAL_LM), "tiny-llama": ("llama", TaskType.CAUSAL_LM),
            "tiny-t5": ("t5", TaskType.SEQ_2_SEQ_LM)}
-SHIPPED = {"tiny-gpt2-e2e": TaskType.CAUSAL_LM}  # offline, weights in presets/models (tests/test_pretrain.py)
+SHIPPED = {"tiny-gpt2-e2e": TaskType.CAUSAL_LM,  # offline, weights in presets/models (tests/test_pretrain.py,
+           "tiny-llama-d2t": TaskType.CAUSAL_LM}  # tests/test_pretrain_d2t.py)
 
 
 def test_presets_cover_the_issue_with_task_types():
@@ -36,8 +37,8 @@ def test_presets_cover_the_issue_with_task_types():
     assert {n: p.task_type for n, p in zoo.MODEL_PRESETS.items() if p.offline} == offline
     assert all(p.description and p.name == n for n, p in zoo.MODEL_PRESETS.items())
     choices = zoo.describe_presets()
-    assert [value for _, value in choices][:4] == list(offline) and len(choices) == 14
-    assert choices[6] == (f"gpt2-medium: {zoo.MODEL_PRESETS['gpt2-medium'].description}", "gpt2-medium")
+    assert [value for _, value in choices][:5] == list(offline) and len(choices) == 15
+    assert choices[7] == (f"gpt2-medium: {zoo.MODEL_PRESETS['gpt2-medium'].description}", "gpt2-medium")
     assert all("no download" in label for label, name in choices if name in offline)
 
 
@@ -154,7 +155,7 @@ def test_hub_model_offline_fails_with_one_clear_message():
         assert msg.startswith("cannot load model 'gpt2' from the Hugging Face Hub")
         assert "HF_HUB_OFFLINE is set and 'gpt2' is not in the local cache" in msg
         assert "misspelt" in msg and "gated or private" in msg
-        assert msg.endswith("use an offline preset: tiny-gpt2, tiny-llama, tiny-t5, tiny-gpt2-e2e.")
+        assert msg.endswith("use an offline preset: tiny-gpt2, tiny-llama, tiny-t5, tiny-gpt2-e2e, tiny-llama-d2t.")
         assert isinstance(info.value, ValueError)
 
 

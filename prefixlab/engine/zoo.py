@@ -5,7 +5,9 @@
 weights and ByT5's file-free tokenizer, so they need no download and are identical in every
 process. The offline preset `tiny-gpt2-e2e` is a slightly larger tiny GPT-2 whose weights ship in
 presets/models/ (made by prefixlab.tools.pretrain from e2e-synth's train targets), so prefix tuning it
-gives readable sentences. Anything else is a local folder or a Hub id; AutoModelForCausalLM or
+gives readable sentences; `tiny-llama-d2t` (made by prefixlab.tools.pretrain_d2t from invented
+data-to-text domains) ships its own BPE tokenizer beside its weights and copies table values into
+its sentences. Anything else is a local folder or a Hub id; AutoModelForCausalLM or
 AutoModelForSeq2SeqLM is chosen from its config, and trust_remote_code stays off.
 
 A model that cannot be fetched fails fast with one `ModelLoadError`: before touching the Hub we
@@ -48,10 +50,12 @@ class ModelPreset:
 _CAUSAL, _SEQ2SEQ = TaskType.CAUSAL_LM, TaskType.SEQ_2_SEQ_LM
 _TINY_ARCH = {"tiny-gpt2": "gpt2", "tiny-llama": "llama", "tiny-t5": "t5"}
 MODELS_DIR = PRESETS_DIR / "models"
-# Offline presets with shipped weights: name -> folder written by save_pretrained (no tokenizer needed:
-# they use tiny_tokenizer()), and the command that regenerates it.
-SHIPPED_MODELS = {"tiny-gpt2-e2e": MODELS_DIR / "tiny-gpt2-e2e"}
-_REGENERATE = "python -m prefixlab.tools.pretrain --out presets/models/{name}"
+# Offline presets with shipped weights: name -> folder written by save_pretrained, and the command that
+# regenerates it. Those in OWN_TOKENIZER carry their own tokenizer files; the others use tiny_tokenizer().
+SHIPPED_MODELS = {"tiny-gpt2-e2e": MODELS_DIR / "tiny-gpt2-e2e", "tiny-llama-d2t": MODELS_DIR / "tiny-llama-d2t"}
+OWN_TOKENIZER = frozenset({"tiny-llama-d2t"})
+_REGENERATE = {"tiny-gpt2-e2e": "python -m prefixlab.tools.pretrain --out presets/models/tiny-gpt2-e2e",
+               "tiny-llama-d2t": "python -m prefixlab.tools.pretrain_d2t --out presets/models/tiny-llama-d2t"}
 MODEL_PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
     ModelPreset("tiny-gpt2", _CAUSAL, "Tiny GPT-2 (2 layers, width 64), random weights, byte tokenizer; "
                                       "no download", True),
@@ -62,6 +66,10 @@ MODEL_PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
                                           "e2e-synth train split's target sentences only (never its tables): it "
                                           "writes restaurant sentences, the prefix must teach it to follow the "
                                           "table; byte tokenizer; no download", True),
+    ModelPreset("tiny-llama-d2t", _CAUSAL, "Tiny Llama (4 layers, width 192, 2.2M parameters) pretrained on "
+                                           "data-to-text in ten invented domains (never restaurants): it copies a "
+                                           "table's values into a sentence, the prefix must teach it the restaurant "
+                                           "schema; its own BPE tokenizer; no download", True),
     ModelPreset("distilgpt2", _CAUSAL, "DistilGPT-2, 82M parameters: 6-layer distilled GPT-2, the quickest real model"),
     ModelPreset("gpt2", _CAUSAL, "GPT-2 small, 124M parameters"),
     ModelPreset("gpt2-medium", _CAUSAL, "GPT-2 medium, 355M parameters: Li & Liang's table-to-text model"),
@@ -119,9 +127,12 @@ def _fetch(name: str, load):
 def shipped_folder(name: str) -> Path:
     """The folder of an offline preset with shipped weights; ModelLoadError if it is missing."""
     folder = SHIPPED_MODELS[name]
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise ModelLoadError(f"offline preset {name!r}: config.json or model.safetensors is missing from {folder}; "
-                             f"restore them from git or regenerate them with `{_REGENERATE.format(name=name)}`")
+    files = ("config.json", "model.safetensors") + (("tokenizer.json", "tokenizer_config.json")
+                                                    if name in OWN_TOKENIZER else ())
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise ModelLoadError(f"offline preset {name!r}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from {folder}; "
+                             f"restore them from git or regenerate them with `{_REGENERATE[name]}`")
     return folder
 
 
@@ -274,6 +285,23 @@ def _ensure_pad_token(tokenizer, model, task_type: TaskType) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
+def own_tokenizer(name: str) -> bool:
+    """Whether offline preset `name` ships its own tokenizer files rather than using tiny_tokenizer()."""
+    return name in OWN_TOKENIZER
+
+
+def preset_tokenizer(name: str):
+    """The tokenizer of offline preset `name`: its folder's own, or ByT5's file-free one."""
+    if not own_tokenizer(name):
+        return tiny_tokenizer()
+    from transformers import PreTrainedTokenizerFast
+
+    folder = shipped_folder(name)
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token=config["eos_token"],
+                                   pad_token=config["pad_token"], model_max_length=config["model_max_length"])
+
+
 def load_base(name: str, *, dtype=None):
     """`(model, tokenizer, task_type)` for an offline preset, Hub id or local folder.
 
@@ -289,7 +317,7 @@ def load_base(name: str, *, dtype=None):
         return model, tiny_tokenizer(), MODEL_PRESETS[name].task_type
     if name in SHIPPED_MODELS:
         model = AutoModelForCausalLM.from_pretrained(shipped_folder(name), dtype=dtype, local_files_only=True)
-        return model.eval(), tiny_tokenizer(), MODEL_PRESETS[name].task_type
+        return model.eval(), preset_tokenizer(name), MODEL_PRESETS[name].task_type
     config = load_model_config(name)
     task_type = task_type_of_config(config)
     model = _fetch(name, lambda local_only: _model_class(task_type).from_pretrained(

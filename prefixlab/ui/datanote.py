@@ -144,11 +144,10 @@ _lock = threading.Lock()  # one tokenizer load or task measurement at a time (th
 def tokenizer_for(model_name: str):
     """(tokenizer, task type) of `model_name`: the offline presets' built-in one, else only what the
     local Hugging Face cache holds. Raises LookupError with the page's message when there is none."""
-    from prefixlab.engine.tiny import tiny_tokenizer
-    from prefixlab.engine.zoo import MODEL_PRESETS, OFFLINE_PRESETS, model_facts
+    from prefixlab.engine.zoo import MODEL_PRESETS, OFFLINE_PRESETS, model_facts, preset_tokenizer
 
     if model_name in OFFLINE_PRESETS:
-        return tiny_tokenizer(), MODEL_PRESETS[model_name].task_type
+        return preset_tokenizer(model_name), MODEL_PRESETS[model_name].task_type
     try:
         task_type = model_facts(model_name).task_type
         from transformers import AutoTokenizer
@@ -161,9 +160,11 @@ def tokenizer_for(model_name: str):
 
 
 def _tokenizer_key(model_name: str) -> str:
-    from prefixlab.engine.zoo import OFFLINE_PRESETS
+    from prefixlab.engine.zoo import OFFLINE_PRESETS, own_tokenizer
 
-    return "offline-presets" if model_name in OFFLINE_PRESETS else model_name  # they share one tokenizer
+    if model_name in OFFLINE_PRESETS and not own_tokenizer(model_name):
+        return "offline-presets"  # they share ByT5's tokenizer
+    return model_name
 
 
 @functools.lru_cache(maxsize=16)
