@@ -106,8 +106,8 @@ class _Section:
 class ModelSpec(_Section):
     name: str = field(
         default="tiny-gpt2",
-        metadata={"help": "Base model: an offline preset (tiny-gpt2, tiny-llama, tiny-t5, tiny-gpt2-e2e, tiny-llama-d2t), a Hub "
-                          "model id such as gpt2 or t5-small, or a local folder."},
+        metadata={"help": "Base model: an offline preset (tiny-gpt2, tiny-llama, tiny-t5, tiny-gpt2-e2e, "
+                          "tiny-llama-d2t), a Hub model id such as gpt2 or t5-small, or a local folder."},
     )
 
     def check(self, problems: _Problems) -> None:

@@ -131,7 +131,8 @@ def shipped_folder(name: str) -> Path:
                                                     if name in OWN_TOKENIZER else ())
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        raise ModelLoadError(f"offline preset {name!r}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from {folder}; "
+        verb = "is" if len(missing) == 1 else "are"
+        raise ModelLoadError(f"offline preset {name!r}: {', '.join(missing)} {verb} missing from {folder}; "
                              f"restore them from git or regenerate them with `{_REGENERATE[name]}`")
     return folder
 

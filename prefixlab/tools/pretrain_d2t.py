@@ -52,7 +52,8 @@ IGNORE_INDEX = -100
 @dataclass
 class D2TArgs:
     out: str = field(metadata={"help": "Folder to write the model, its tokenizer, README.md and losses.json into."})
-    examples: int = field(default=DEFAULT_EXAMPLES, metadata={"help": "(table, sentence) examples of the invented domains."})
+    examples: int = field(default=DEFAULT_EXAMPLES, metadata={
+        "help": "(table, sentence) examples of the invented domains."})
     tokenizer_examples: int = field(default=40_000, metadata={"help": "The first this many train the tokenizer."})
     sentence_file: str = field(default=str(TRAIN_FILE), metadata={
         "help": "A task's train split; its target sentences are read as plain text (never its sources)."})
