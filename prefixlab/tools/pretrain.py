@@ -172,7 +172,7 @@ def model_config(args: PretrainArgs):
                        attn_pdrop=args.dropout)
 
 
-def learning_rate_at(step: int, args: PretrainArgs) -> float:
+def learning_rate_at(step: int, args) -> float:
     """Linear warm-up to the peak, then cosine decay to 10% of it at the last step."""
     if step < args.warmup_steps:
         return args.learning_rate * (step + 1) / args.warmup_steps
@@ -182,10 +182,12 @@ def learning_rate_at(step: int, args: PretrainArgs) -> float:
 
 def decayed_parameter_names(model: torch.nn.Module) -> set[str]:
     """Weight matrices get weight decay; biases, layer norms and embeddings do not (as in nanoGPT)."""
-    return {name for name, p in model.named_parameters() if p.dim() == 2 and "wte" not in name and "wpe" not in name}
+    embeddings = ("wte", "wpe", "embed_tokens")  # GPT-2's token and position tables, Llama's token table
+    return {name for name, p in model.named_parameters() if p.dim() == 2 and not any(e in name for e in embeddings)}
 
 
-def make_optimizer(model: torch.nn.Module, args: PretrainArgs) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, args) -> torch.optim.AdamW:
+    """AdamW (betas 0.9/0.95) at args.learning_rate, weight decay args.weight_decay on weight matrices only."""
     decayed = decayed_parameter_names(model)
     groups = [
         {"params": [p for n, p in model.named_parameters() if n in decayed], "weight_decay": args.weight_decay},
@@ -235,10 +237,10 @@ def final_loss(losses: list[float], window: int = 20) -> float:
     return sum(tail) / len(tail)
 
 
-def command_line(args: PretrainArgs) -> str:
-    """The command that regenerates `args`: defaults left out."""
-    parts = [MODULE_COMMAND]
-    for f in fields(PretrainArgs):
+def command_line(args, module: str = MODULE_COMMAND) -> str:
+    """The command (`module` and flags) that regenerates the settings dataclass `args`: defaults left out."""
+    parts = [module]
+    for f in fields(args):
         value = getattr(args, f.name)
         if f.name == "out" or value != f.default:
             parts.append(f"--{f.name.replace('_', '-')} {value}")
@@ -310,25 +312,36 @@ def run(args: PretrainArgs, log=print) -> Path:
     return out
 
 
-def parse_args(argv=None) -> PretrainArgs:
-    parser = argparse.ArgumentParser(prog=MODULE_COMMAND, description=__doc__.split("\n\n")[0])
-    for f in fields(PretrainArgs):
+def parse_settings(cls, prog: str, description: str, argv=None):
+    """A settings dataclass `cls` from the command line: one --flag per field (`out` required), its
+    help from the field's metadata; `cls` checks the values (ValueError)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for f in fields(cls):
         flag = f"--{f.name.replace('_', '-')}"
         if f.name == "out":
             parser.add_argument(flag, required=True, help=f.metadata["help"])
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
-    return PretrainArgs(**vars(parser.parse_args(argv)))
+    return cls(**vars(parser.parse_args(argv)))
 
 
-def main(argv=None) -> int:
+def run_command(parse, run_settings, argv=None) -> int:
+    """main(): parse the settings, printing a bad one as `error: ...` (exit 2), then run them (0)."""
     try:
-        args = parse_args(argv)
+        args = parse(argv)
     except ValueError as err:
         print(f"error: {err}")
         return 2
-    run(args)
+    run_settings(args)
     return 0
+
+
+def parse_args(argv=None) -> PretrainArgs:
+    return parse_settings(PretrainArgs, MODULE_COMMAND, __doc__.split("\n\n")[0], argv)
+
+
+def main(argv=None) -> int:
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

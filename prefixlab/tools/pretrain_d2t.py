@@ -29,17 +29,17 @@ build, the same number of threads and the same kind of CPU the same command writ
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from prefixlab.engine.data import BUILTIN_TASKS, PRESETS_DIR
+from prefixlab.tools import pretrain
 from prefixlab.tools.make_domains import DEFAULT_EXAMPLES
+from prefixlab.tools.pretrain import final_loss, learning_rate_at, make_optimizer
 
 REPO_ROOT = PRESETS_DIR.parent
 MODULE_COMMAND = "python -m prefixlab.tools.pretrain_d2t"
@@ -181,14 +181,6 @@ def model_config(args: D2TArgs, tokenizer):
                        pad_token_id=tokenizer.pad_token_id)
 
 
-def learning_rate_at(step: int, args: D2TArgs) -> float:
-    """Linear warm-up to the peak, then cosine decay to 10% of it at the last step."""
-    if step < args.warmup_steps:
-        return args.learning_rate * (step + 1) / args.warmup_steps
-    progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
-    return args.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def train(args: D2TArgs, pairs, tokenizer, log=print):
     """Train from scratch; returns the model (eval mode) and every step's loss (nats per sentence token)."""
     from transformers import LlamaForCausalLM
@@ -199,11 +191,7 @@ def train(args: D2TArgs, pairs, tokenizer, log=print):
         with torch.random.fork_rng(devices=[]):  # seeds initialisation, leaves the caller's RNG be
             torch.manual_seed(args.seed)
             model = LlamaForCausalLM(model_config(args, tokenizer)).train()
-            decayed = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
-            others = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "embed" not in n)]
-            optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": args.weight_decay},
-                                           {"params": others, "weight_decay": 0.0}],
-                                          lr=args.learning_rate, betas=(0.9, 0.95))
+            optimizer = make_optimizer(model, args)
             losses = []
             generator = torch.Generator().manual_seed(args.seed)  # data order
             for step, batch in enumerate(batches(pairs, args, tokenizer.pad_token_id, generator)):
@@ -226,20 +214,9 @@ def train(args: D2TArgs, pairs, tokenizer, log=print):
 # Output folder
 
 
-def final_loss(losses: list[float], window: int = 20) -> float:
-    """Mean training loss of the last `window` steps (one step's loss is noisy)."""
-    tail = losses[-window:]
-    return sum(tail) / len(tail)
-
-
 def command_line(args: D2TArgs) -> str:
     """The command that regenerates `args`: defaults left out."""
-    parts = [MODULE_COMMAND]
-    for f in fields(D2TArgs):
-        value = getattr(args, f.name)
-        if f.name == "out" or value != f.default:
-            parts.append(f"--{f.name.replace('_', '-')} {value}")
-    return " ".join(parts).replace(str(REPO_ROOT) + "/", "")
+    return pretrain.command_line(args, MODULE_COMMAND)
 
 
 def model_card(args: D2TArgs, model, losses: list[float], seconds: float, len_sentences: int) -> str:
@@ -310,24 +287,11 @@ def run(args: D2TArgs, log=print) -> Path:
 
 
 def parse_args(argv=None) -> D2TArgs:
-    parser = argparse.ArgumentParser(prog=MODULE_COMMAND, description=__doc__.split("\n\n")[0])
-    for f in fields(D2TArgs):
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.name == "out":
-            parser.add_argument(flag, required=True, help=f.metadata["help"])
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
-    return D2TArgs(**vars(parser.parse_args(argv)))
+    return pretrain.parse_settings(D2TArgs, MODULE_COMMAND, __doc__.split("\n\n")[0], argv)
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except ValueError as err:
-        print(f"error: {err}")
-        return 2
-    run(args)
-    return 0
+    return pretrain.run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":
