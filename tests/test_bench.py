@@ -148,12 +148,15 @@ def test_the_paired_benchmark_times_every_contender_and_probes_checkpointing(mon
     monkeypatch.setattr(bench, "_in_child", lambda function, mode, args: calls.append((mode, args["seq_len"]))
                         or {"peak_mib": 10.0 if mode == "plain" else 4.0, "measure": "test"})
     result = bench.run_paired_bench(bench.BenchArgs.quick(repeats=1, warmup=0))
-    assert set(result["min_s"]) == {"fused", "sequential", "peft_two_models"}
+    assert set(result["min_s"]) == {"fused", "sequential", "base_stacked", "base_separate", "peft_two_models"}
     assert result["ratios"]["fused/sequential"] == result["min_s"]["fused"] / result["min_s"]["sequential"]
+    bound = result["min_s"]["base_stacked"] / result["min_s"]["base_separate"]
+    assert result["ratios"]["base_stacked/base_separate"] == bound
     assert calls == [("plain", 64), ("checkpointing", 64)]  # 4x the quick sequence length
     assert result["checkpointing"]["ratio"] == 0.4
     report = bench.format_paired_report(result)
     assert "ratio fused/sequential" in report and "checkpointing 4.0 MiB" in report
+    assert "ratio base_stacked/base_separate" in report
     # The probe itself, in this process: checkpointing runs and reports a peak.
     probe = bench._checkpoint_probe("checkpointing", bench.BenchArgs.quick())
     assert probe["peak_mib"] >= 0 and probe["measure"].endswith("above_the_model")

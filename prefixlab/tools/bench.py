@@ -1,6 +1,8 @@
-"""Benchmarks: `python -m prefixlab bench [core|engine|startup|page|all] [--quick] [--json PATH]`.
+"""Benchmarks: `python -m prefixlab bench [core|paired|engine|startup|page|all] [--quick] [--json PATH]`.
 
     core     one prefix-tuning training step of prefixlab vs PEFT vs the floor, and memory
+    paired   both variants' step fused vs one pass each vs two PEFT models, what stacking alone
+             saves, and gradient checkpointing's memory
     engine   one paired lockstep run against two separate single-variant runs
     startup  cold starts of the everyday commands, as subprocesses, against their budgets
     page     the page's timer tick with 20 viewers of one training run: p50 / p95 / max latency
@@ -433,7 +435,7 @@ def _paired_steps(base, args: BenchArgs, batch: dict) -> dict[str, Callable[[], 
             ours(**batch).loss.backward()
             optimizers[name].step()
 
-    steps = {"fused": fused, "sequential": sequential}
+    steps = {"fused": fused, "sequential": sequential, **_stacking_bound_steps(base, args, batch, len(names))}
     try:
         import peft  # noqa: F401
     except ImportError:
@@ -444,6 +446,17 @@ def _paired_steps(base, args: BenchArgs, batch: dict) -> dict[str, Callable[[], 
     return steps
 
 
+def _stacking_bound_steps(base, args: BenchArgs, batch: dict, variants: int) -> dict[str, Callable[[], None]]:
+    """What stacking itself saves on this device at this shape, the mark a fused pass can approach:
+    the frozen base alone, its prefix already leaf key/values (the floor of `core`), over the
+    variants' rows stacked in one pass against one pass per variant. No wrapper, no prefix encoder:
+    the base's cost at `variants` x the batch against `variants` times its cost at the batch."""
+    stacked_args = replace(args, batch_size=args.batch_size * variants)
+    stacked = floor_step(base, stacked_args, {k: v.repeat(variants, 1) for k, v in batch.items()})
+    separate = [floor_step(base, args, batch) for _ in range(variants)]
+    return {"base_stacked": stacked, "base_separate": lambda: [step() for step in separate]}
+
+
 def run_paired_bench(args: BenchArgs, checkpoint_factor: int = 4) -> dict:
     """Paired-step times (fused, sequential, two PEFT models) and checkpointing's memory. Prints nothing."""
     device = args.resolved_device()
@@ -452,7 +465,8 @@ def run_paired_bench(args: BenchArgs, checkpoint_factor: int = 4) -> dict:
     times = time_interleaved(_paired_steps(base, args, batch), args.repeats, args.warmup, device)
     medians = {name: statistics.median(t["wall"]) for name, t in times.items()}
     minima = {name: min(t["wall"]) for name, t in times.items()}
-    ratios = {"fused/sequential": minima["fused"] / minima["sequential"]}
+    ratios = {"fused/sequential": minima["fused"] / minima["sequential"],
+              "base_stacked/base_separate": minima["base_stacked"] / minima["base_separate"]}
     if "peft_two_models" in minima:
         ratios["fused/peft_two_models"] = minima["fused"] / minima["peft_two_models"]
     long = replace(args, seq_len=args.seq_len * checkpoint_factor)
@@ -516,6 +530,9 @@ def format_paired_report(result: dict) -> str:
         lines.append(f"  {name:<22} {median * 1000:10.2f} ms {result['min_s'][name] * 1000:10.2f} ms")
     for name, ratio in result["ratios"].items():
         lines.append(f"  ratio {name:<28} {ratio:6.3f} (fastest repeats)")
+    lines.append("  (base_stacked/base_separate: the frozen base alone over both variants' rows in one pass against one"
+                 " pass each: what stacking itself saves on this device at this shape, the mark fused/sequential"
+                 " can approach)")
     lines.append(f"gradient checkpointing, one variant's step at {ckpt['seq_len']} tokens ({ckpt['plain']['measure']}):"
                  f" plain {ckpt['plain']['peak_mib']:.1f} MiB, checkpointing {ckpt['checkpointing']['peak_mib']:.1f} MiB"
                  f", ratio {ckpt['ratio']:.3f} (target <= 0.5)")
