@@ -152,11 +152,15 @@ def test_the_paired_benchmark_times_every_contender_and_probes_checkpointing(mon
     assert result["ratios"]["fused/sequential"] == result["min_s"]["fused"] / result["min_s"]["sequential"]
     bound = result["min_s"]["base_stacked"] / result["min_s"]["base_separate"]
     assert result["ratios"]["base_stacked/base_separate"] == bound
-    assert calls == [("plain", 64), ("checkpointing", 64)]  # 4x the quick sequence length
-    assert result["checkpointing"]["ratio"] == 0.4
+    # both variants' step fused and one pass each at the bench's length, one variant's at 4x it
+    assert calls == [("fused", 16), ("sequential", 16), ("plain", 64), ("checkpointing", 64)]
+    assert result["checkpointing"]["ratio"] == 0.4 and result["paired_memory"]["ratio"] == 1.0
     report = bench.format_paired_report(result)
     assert "ratio fused/sequential" in report and "checkpointing 4.0 MiB" in report
-    assert "ratio base_stacked/base_separate" in report
-    # The probe itself, in this process: checkpointing runs and reports a peak.
-    probe = bench._checkpoint_probe("checkpointing", bench.BenchArgs.quick())
-    assert probe["peak_mib"] >= 0 and probe["measure"].endswith("above_the_model")
+    assert "ratio base_stacked/base_separate" in report and "fused 4.0 MiB, sequential 4.0 MiB" in report
+    # The probe itself, in this process: every mode runs and reports a peak; a wrong mode is named.
+    for mode in ("checkpointing", "fused"):
+        probe = bench._step_memory_probe(mode, bench.BenchArgs.quick())
+        assert probe["peak_mib"] >= 0 and probe["measure"].endswith("above_the_model")
+    with pytest.raises(ValueError, match="mode='fast'"):
+        bench._step_memory_probe("fast", bench.BenchArgs.quick())

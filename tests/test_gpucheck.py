@@ -514,7 +514,7 @@ def test_the_paired_section_runs_bench_paired_per_batch_size_and_renders_its_tab
         calls.append((args.batch_size, args.device))
         return {"min_s": {"fused": 0.1, "sequential": 0.2, "peft_two_models": 0.25},
                 "ratios": {"fused/sequential": 0.5, "fused/peft_two_models": 0.4, "base_stacked/base_separate": 0.45},
-                "checkpointing": {"ratio": 0.3}}
+                "paired_memory": {"ratio": 1.5}, "checkpointing": {"ratio": 0.3}}
 
     monkeypatch.setattr(bench, "run_paired_bench", fake)
     ctx = gpucheck.CheckContext(device="cpu", sizes=gpucheck.tiny_sizes("cpu"), out_dir=tmp_path,
@@ -522,4 +522,4 @@ def test_the_paired_section_runs_bench_paired_per_batch_size_and_renders_its_tab
     section = gpucheck.run_paired(ctx)
     assert section["status"] == "ok" and [c[0] for c in calls] == list(ctx.sizes.batch_sizes)
     lines = gpucheck._paired_md(section)
-    assert any("| 0.500 | 0.400 | 0.450 | 0.300 |" in line for line in lines)
+    assert any("| 0.500 | 0.400 | 0.450 | 1.500 | 0.300 |" in line for line in lines)

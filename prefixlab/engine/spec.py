@@ -192,8 +192,8 @@ class TrainingSpec(_Section):
         default=True,
         metadata={"help": "Train every variant in one batched pass of the frozen base (each variant's rows read "
                           "its own prefix; the same losses and gradients as one pass each; meant for GPUs, not yet measured "
-                          "on one; on a 2-core CPU 0.89x the time of one pass each at batch 1 x 128, 1.03x at 8 x 128: "
-                          "bench paired). Off, or "
+                          "on one; on a 2-core CPU 0.89-0.95x the time of one pass each at batch 1 x 128, 1.03-1.04x "
+                          "and 1.76x the memory at 8 x 128: bench paired). Off, or "
                           "where it cannot be exact (prefixes of different lengths, fp16): one pass per variant."},
     )
     metric_examples: int = field(

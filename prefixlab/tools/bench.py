@@ -414,6 +414,20 @@ def format_core_report(result: dict) -> str:
 
 
 def _paired_steps(base, args: BenchArgs, batch: dict) -> dict[str, Callable[[], None]]:
+    steps = {**_our_paired_steps(base, args, batch), **_stacking_bound_steps(base, args, batch, 2)}
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return steps  # the PEFT contender needs tests/requirements.txt
+    theirs = [peft_model(base, args, projection) for projection in (False, True)]
+    peft_steps = [training_step(m, list(m.prompt_encoder.parameters()), batch) for m in theirs]
+    steps["peft_two_models"] = lambda: [step() for step in peft_steps]
+    return steps
+
+
+def _our_paired_steps(base, args: BenchArgs, batch: dict) -> dict[str, Callable[[], None]]:
+    """{"fused": step, "sequential": step}: both variants as two adapters on `base`, each step
+    training both (forward, backward, AdamW)."""
     import prefixlab
 
     names = ("no_projection", "projection")
@@ -435,15 +449,7 @@ def _paired_steps(base, args: BenchArgs, batch: dict) -> dict[str, Callable[[], 
             ours(**batch).loss.backward()
             optimizers[name].step()
 
-    steps = {"fused": fused, "sequential": sequential, **_stacking_bound_steps(base, args, batch, len(names))}
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return steps  # the PEFT contender needs tests/requirements.txt
-    theirs = [peft_model(base, args, projection) for projection in (False, True)]
-    peft_steps = [training_step(m, list(m.prompt_encoder.parameters()), batch) for m in theirs]
-    steps["peft_two_models"] = lambda: [step() for step in peft_steps]
-    return steps
+    return {"fused": fused, "sequential": sequential}
 
 
 def _stacking_bound_steps(base, args: BenchArgs, batch: dict, variants: int) -> dict[str, Callable[[], None]]:
@@ -469,27 +475,36 @@ def run_paired_bench(args: BenchArgs, checkpoint_factor: int = 4) -> dict:
               "base_stacked/base_separate": minima["base_stacked"] / minima["base_separate"]}
     if "peft_two_models" in minima:
         ratios["fused/peft_two_models"] = minima["fused"] / minima["peft_two_models"]
+    paired = {mode: _in_child(_step_memory_probe, mode, asdict(args)) for mode in ("fused", "sequential")}
     long = replace(args, seq_len=args.seq_len * checkpoint_factor)
-    memory = {mode: _in_child(_checkpoint_probe, mode, asdict(long)) for mode in ("plain", "checkpointing")}
+    memory = {mode: _in_child(_step_memory_probe, mode, asdict(long)) for mode in ("plain", "checkpointing")}
     return {"args": asdict(args), "device": str(device), "median_s": medians, "min_s": minima, "ratios": ratios,
             "targets": {"fused/sequential": "<= 0.9 (CPU, batch 8 x 128, GPT-2 small)",
                         "checkpointing/plain": "<= 0.5 at 4x the sequence length"},
+            "paired_memory": {**paired, "ratio": paired["fused"]["peak_mib"] / paired["sequential"]["peak_mib"]},
             "checkpointing": {"seq_len": long.seq_len, **memory,
                               "ratio": memory["checkpointing"]["peak_mib"] / memory["plain"]["peak_mib"]}}
 
 
-def _checkpoint_probe(mode: str, args: BenchArgs) -> dict:
-    """Peak memory of one training step of one variant, with or without gradient checkpointing."""
+def _step_memory_probe(mode: str, args: BenchArgs) -> dict:
+    """Peak memory above the built model of one step: "plain" / "checkpointing", one variant's
+    training step without or with gradient checkpointing; "fused" / "sequential", both variants'
+    paired step in one pass or one pass each."""
     import prefixlab
 
+    if mode not in ("plain", "checkpointing", "fused", "sequential"):
+        raise ValueError(f"mode={mode!r}: use 'plain', 'checkpointing', 'fused' or 'sequential'")
     device = args.resolved_device()
     base = build_base(args)
-    model = prefixlab.get_peft_model(base, _prefix_config(prefixlab, args, False))
-    model.train()
-    if mode == "checkpointing":
-        model.gradient_checkpointing_enable()
     batch = make_batch(args)
-    step = training_step(model, list(model.prompt_encoder.parameters()), batch)
+    if mode in ("fused", "sequential"):
+        step = _our_paired_steps(base, args, batch)[mode]
+    else:
+        model = prefixlab.get_peft_model(base, _prefix_config(prefixlab, args, False))
+        model.train()
+        if mode == "checkpointing":
+            model.gradient_checkpointing_enable()
+        step = training_step(model, list(model.prompt_encoder.parameters()), batch)
     synchronize(device)
     with open("/proc/self/clear_refs", "w") as f:  # VmHWM := current RSS
         f.write("5")
@@ -533,6 +548,9 @@ def format_paired_report(result: dict) -> str:
     lines.append("  (base_stacked/base_separate: the frozen base alone over both variants' rows in one pass against one"
                  " pass each: what stacking itself saves on this device at this shape, the mark fused/sequential"
                  " can approach)")
+    paired = result["paired_memory"]
+    lines.append(f"paired step's peak memory ({paired['fused']['measure']}): fused {paired['fused']['peak_mib']:.1f} MiB,"
+                 f" sequential {paired['sequential']['peak_mib']:.1f} MiB, ratio {paired['ratio']:.3f}")
     lines.append(f"gradient checkpointing, one variant's step at {ckpt['seq_len']} tokens ({ckpt['plain']['measure']}):"
                  f" plain {ckpt['plain']['peak_mib']:.1f} MiB, checkpointing {ckpt['checkpointing']['peak_mib']:.1f} MiB"
                  f", ratio {ckpt['ratio']:.3f} (target <= 0.5)")

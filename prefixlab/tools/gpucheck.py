@@ -633,7 +633,8 @@ def run_paired(ctx: CheckContext) -> dict:
             continue
         result = run_paired_bench(replace(ctx.sizes.model, batch_size=batch_size, device=ctx.device))
         rows.append({"batch_size": batch_size, "ms": {k: 1000 * v for k, v in result["min_s"].items()},
-                     "ratios": result["ratios"], "checkpointing": result["checkpointing"]})
+                     "ratios": result["ratios"], "paired_memory": result["paired_memory"],
+                     "checkpointing": result["checkpointing"]})
         release_gpu_memory()
     return {"status": FAILED if problems else OK, "problems": problems, "rows": rows}
 
@@ -788,12 +789,14 @@ def _paired_md(section: dict) -> list[str]:
         rows.append([r["batch_size"], fmt_number(ms.get("fused"), ".1f"), fmt_number(ms.get("sequential"), ".1f"),
                      fmt_number(ms.get("peft_two_models"), ".1f"), fmt_number(ratios.get("fused/sequential"), ".3f"),
                      fmt_number(ratios.get("fused/peft_two_models"), ".3f"),
-                     fmt_number(ratios.get("base_stacked/base_separate"), ".3f"), fmt_number(ckpt.get("ratio"), ".3f")])
+                     fmt_number(ratios.get("base_stacked/base_separate"), ".3f"),
+                     fmt_number(r.get("paired_memory", {}).get("ratio"), ".3f"), fmt_number(ckpt.get("ratio"), ".3f")])
     return ["Fastest of the interleaved repeats, ms per paired step; stacking alone: the frozen base over both "
-            "variants' rows in one pass / one pass each (what fusing can approach); checkpointing: one variant's peak "
-            "memory with / without it at 4x the sequence length.", ""] + table(
+            "variants' rows in one pass / one pass each (what fusing can approach); peak memory of the paired step "
+            "fused / one pass each; checkpointing: one variant's peak memory with / without it at 4x the sequence "
+            "length.", ""] + table(
         ["batch", "fused ms", "one pass each ms", "two PEFT models ms", "fused / one pass each",
-         "fused / PEFT", "stacking alone", "checkpointing / plain memory"], rows)
+         "fused / PEFT", "stacking alone", "fused / one pass each memory", "checkpointing / plain memory"], rows)
 
 
 def _parity_md(section: dict) -> list[str]:
