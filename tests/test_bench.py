@@ -164,3 +164,20 @@ def test_the_paired_benchmark_times_every_contender_and_probes_checkpointing(mon
         assert probe["peak_mib"] >= 0 and probe["measure"].endswith("above_the_model")
     with pytest.raises(ValueError, match="mode='fast'"):
         bench._step_memory_probe("fast", bench.BenchArgs.quick())
+
+
+def test_step_memory_probes_in_a_fresh_process_on_a_cpu_and_in_this_one_on_cuda(monkeypatch):
+    """A CPU's peak resident memory is the process's, so each probe needs its own process; CUDA's
+    allocator counts the step alone, and spawning would pay CUDA's start-up per probe."""
+    import torch
+
+    from prefixlab.tools import bench
+
+    where = []
+    monkeypatch.setattr(bench, "_in_child", lambda function, mode, args: where.append(("child", mode)) or {})
+    monkeypatch.setattr(bench, "_step_memory_probe", lambda mode, args: where.append(("here", mode)) or {})
+    bench._step_memory("fused", bench.BenchArgs.quick(device="cpu"))
+    monkeypatch.setattr(bench.BenchArgs, "resolved_device", lambda self: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: where.append(("released", None)))
+    bench._step_memory("plain", bench.BenchArgs.quick())
+    assert where == [("child", "fused"), ("here", "plain"), ("released", None)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -475,15 +476,28 @@ def run_paired_bench(args: BenchArgs, checkpoint_factor: int = 4) -> dict:
               "base_stacked/base_separate": minima["base_stacked"] / minima["base_separate"]}
     if "peft_two_models" in minima:
         ratios["fused/peft_two_models"] = minima["fused"] / minima["peft_two_models"]
-    paired = {mode: _in_child(_step_memory_probe, mode, asdict(args)) for mode in ("fused", "sequential")}
+    paired = {mode: _step_memory(mode, args) for mode in ("fused", "sequential")}
     long = replace(args, seq_len=args.seq_len * checkpoint_factor)
-    memory = {mode: _in_child(_step_memory_probe, mode, asdict(long)) for mode in ("plain", "checkpointing")}
+    memory = {mode: _step_memory(mode, long) for mode in ("plain", "checkpointing")}
     return {"args": asdict(args), "device": str(device), "median_s": medians, "min_s": minima, "ratios": ratios,
             "targets": {"fused/sequential": "<= 0.9 (CPU, batch 8 x 128, GPT-2 small)",
                         "checkpointing/plain": "<= 0.5 at 4x the sequence length"},
             "paired_memory": {**paired, "ratio": paired["fused"]["peak_mib"] / paired["sequential"]["peak_mib"]},
             "checkpointing": {"seq_len": long.seq_len, **memory,
                               "ratio": memory["checkpointing"]["peak_mib"] / memory["plain"]["peak_mib"]}}
+
+
+def _step_memory(mode: str, args: BenchArgs) -> dict:
+    """_step_memory_probe where its peak is the step's own: on CUDA in this process (the allocator
+    counts the step's allocations, and a fresh process would pay CUDA's start-up for each probe),
+    on a CPU in a fresh process (resident memory counts everything the process ever touched)."""
+    if args.resolved_device().type != "cuda":
+        return _in_child(_step_memory_probe, mode, asdict(args))
+    try:
+        return _step_memory_probe(mode, args)
+    finally:
+        gc.collect()  # the probe's base and batch, before the next probe builds its own
+        torch.cuda.empty_cache()
 
 
 def _step_memory_probe(mode: str, args: BenchArgs) -> dict:

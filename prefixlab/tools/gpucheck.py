@@ -650,7 +650,7 @@ SECTIONS: dict[str, tuple[Callable[[CheckContext], dict], float]] = {
     "e2e": (run_e2e, 0.30),  # ~40 s: interpreter start, 40 steps x 2 variants, evals, samples
     "throughput": (run_throughput, 0.20),  # ~20 s
     "generation": (run_generation, 0.20),  # ~30 s: 24 generate calls of 32 tokens, eager decoding
-    "paired": (run_paired, 0.15),  # ~30 s: three contenders per batch size, two checkpointing probes
+    "paired": (run_paired, 0.15),  # ~30 s: five contenders per batch size, four memory probes (in process)
 }
 SECTION_TITLES = {
     "parity": "1. Parity with PEFT on the device",
