@@ -57,7 +57,10 @@ def test_a_value_is_the_same_ids_in_a_table_and_in_a_sentence(shipped):
         assert table == tokens("name [") + ids + tokens("] | near [") + ids + tokens("]")
         assert sentence[2: 2 + len(ids)] == ids
     text = "The Eagle is a  pub,\n near Café Rouge."
-    assert tokenizer.decode(tokens(text)) == " The Eagle is a pub, near Café Rouge."  # whitespace runs: one space
+    assert tokenizer.decode(tokens(text)) == "The Eagle is a pub, near Café Rouge."  # whitespace runs: one space
+    # A generated sentence (the ids after "... =>") reads without the space its first word's id carries.
+    prompt, whole = tokens("name[The Eagle] =>"), tokens("name[The Eagle] => The Eagle is a pub.")
+    assert whole[:len(prompt)] == prompt and tokenizer.decode(whole[len(prompt):]) == "The Eagle is a pub."
     assert (tokenizer.eos_token_id, tokenizer.pad_token_id) == (0, 1)
 
 
@@ -65,6 +68,8 @@ def test_a_quick_run_is_deterministic_and_saves_float16_with_its_tokenizer(quick
     first, second = quick_runs
     for name in ("model.safetensors", "tokenizer.json", "losses.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    decoder = lambda folder: json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["decoder"]  # noqa: E731
+    assert decoder(first) == decoder(REPO / "presets/models" / NAME)  # the shipped file decodes as the script's
     assert {t.dtype for t in load_file(first / "model.safetensors").values()} == {torch.float16}
     model = LlamaForCausalLM.from_pretrained(first, dtype=torch.float32)
     assert model.config.tie_word_embeddings and model.config.vocab_size == 400

@@ -101,7 +101,8 @@ class D2TArgs:
 def build_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE learned from `texts`: eos 0, pad 1, brackets and bars spaced out, whitespace
     runs as one space, every word (the first too) with its leading space. Decodes back the text as
-    normalised, with a leading space."""
+    normalised, without the space the pre-tokenizer put before its first word (Llama's tokenizers
+    strip theirs the same way), so a generated sentence reads "The Eagle ...", not " The Eagle ..."."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -110,7 +111,7 @@ def build_tokenizer(texts: list[str], vocab_size: int):
         [*(normalizers.Replace(mark, f" {mark} ") for mark in "[]|"),
          normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
