@@ -1,9 +1,10 @@
 """Score a finished run: the base model and every saved adapter on a whole split, with task metrics.
 
 `evaluate_run(run_dir, split="test")` loads the run's base model once, every adapter it saved and
-the fine_tune baseline's whole model where the run has one (runs/<id>/models/<name>), generates for each example of the split as the worker does (prompts built and truncated as in
-training, the spec's generation settings, the base model without a prefix first), scores each model
-with `metrics.score`, and writes the table into the run folder as `evaluation-<split>.json`
+the fine_tune baseline's whole model where the run has one (runs/<id>/models/<name>), generates for
+each example of the split as the worker does (prompts built and truncated as in training, the
+spec's generation settings, the base model without a prefix first), scores each model with
+`metrics.score`, and writes the table into the run folder as `evaluation-<split>.json`
 (replaced atomically). It backs `python -m prefixlab evaluate RUN [--split test] [--limit N]`.
 
 Speed: greedy and beam search run `batch_size` prompts at a time, grouped by prompt length
@@ -150,8 +151,8 @@ def _generate_batched(peft_model, tokenizer, task_type, spec, sources, adapter_n
 
 def evaluate_run(run_dir: str | Path, split: str = "test", limit: int | None = None, metrics=DEFAULT, *,
                  batch_size: int = BATCH_SIZE, device=None, on_progress=None) -> dict:
-    """Score the base model, every saved adapter and fine-tuned model of the run at `run_dir` on `split` (its first
-    `limit` examples; all by default); write and return the table.
+    """Score the base model, every saved adapter and fine-tuned model of the run at `run_dir` on
+    `split` (its first `limit` examples; all by default); write and return the table.
 
     Returns (and writes to runs/<id>/evaluation-<split>.json) a dict: `split`, `examples`, `step`
     (the run's step when evaluated), `metrics` {model: {metric: value on 0-100}}, `absent` {metric:

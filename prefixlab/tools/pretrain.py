@@ -17,6 +17,7 @@ so the same torch build on the same kind of CPU regenerates bit-identical weight
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -196,27 +197,30 @@ def make_optimizer(model: torch.nn.Module, args) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
 
 
-def train(args: PretrainArgs, sentences: list[list[int]], log=print) -> tuple[GPT2LMHeadModel, list[float]]:
-    """Train from scratch on encoded sentences; returns the model (eval mode) and every step's loss (nats/token)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same reduction order, hence the same weights, every run
+@contextlib.contextmanager
+def deterministic(seed: int, threads: int):
+    """Inside: `threads` intra-op threads (a fixed count: the same reduction order, hence the same
+    weights, every run) and torch's RNG seeded with `seed` (initialisation, dropout); the caller's
+    thread count and RNG are restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        with torch.random.fork_rng(devices=[]):  # seeds initialisation and dropout, leaves the caller's RNG be
-            torch.manual_seed(args.seed)
-            return _train_seeded(args, sentences, log)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
 
 
-def _train_seeded(args: PretrainArgs, sentences: list[list[int]], log) -> tuple[GPT2LMHeadModel, list[float]]:
-    generator = torch.Generator().manual_seed(args.seed)  # data order
-    model = GPT2LMHeadModel(model_config(args)).train()
+def optimise(model: torch.nn.Module, batches, args, log) -> list[float]:
+    """Train `model` on `batches` (keyword arguments of its forward, labels included), one AdamW step
+    each (make_optimizer, learning_rate_at, gradients clipped to norm 1); every step's loss."""
     optimizer = make_optimizer(model, args)
     losses = []
-    for step, batch in enumerate(schedule(sentences, args, generator)):
+    for step, batch in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, args)
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -224,6 +228,16 @@ def _train_seeded(args: PretrainArgs, sentences: list[list[int]], log) -> tuple[
         losses.append(loss.item())
         if (step + 1) % args.log_interval == 0 or step + 1 == args.steps:
             log(f"step {step + 1}/{args.steps}  loss {loss.item():.4f}  lr {learning_rate_at(step, args):.2e}")
+    return losses
+
+
+def train(args: PretrainArgs, sentences: list[list[int]], log=print) -> tuple[GPT2LMHeadModel, list[float]]:
+    """Train from scratch on encoded sentences; returns the model (eval mode) and every step's loss (nats/token)."""
+    with deterministic(args.seed, threads=1):
+        generator = torch.Generator().manual_seed(args.seed)  # data order
+        model = GPT2LMHeadModel(model_config(args)).train()
+        batches = ({"input_ids": batch, "labels": batch} for batch in schedule(sentences, args, generator))
+        losses = optimise(model, batches, args, log)
     return model.eval(), losses
 
 

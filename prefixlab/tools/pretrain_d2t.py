@@ -39,7 +39,7 @@ import torch
 from prefixlab.engine.data import BUILTIN_TASKS, PRESETS_DIR
 from prefixlab.tools import pretrain
 from prefixlab.tools.make_domains import DEFAULT_EXAMPLES
-from prefixlab.tools.pretrain import final_loss, learning_rate_at, make_optimizer
+from prefixlab.tools.pretrain import deterministic, final_loss, optimise
 
 REPO_ROOT = PRESETS_DIR.parent
 MODULE_COMMAND = "python -m prefixlab.tools.pretrain_d2t"
@@ -186,28 +186,10 @@ def train(args: D2TArgs, pairs, tokenizer, log=print):
     """Train from scratch; returns the model (eval mode) and every step's loss (nats per sentence token)."""
     from transformers import LlamaForCausalLM
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        with torch.random.fork_rng(devices=[]):  # seeds initialisation, leaves the caller's RNG be
-            torch.manual_seed(args.seed)
-            model = LlamaForCausalLM(model_config(args, tokenizer)).train()
-            optimizer = make_optimizer(model, args)
-            losses = []
-            generator = torch.Generator().manual_seed(args.seed)  # data order
-            for step, batch in enumerate(batches(pairs, args, tokenizer.pad_token_id, generator)):
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate_at(step, args)
-                loss = model(**batch).loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                losses.append(loss.item())
-                if (step + 1) % args.log_interval == 0 or step + 1 == args.steps:
-                    log(f"step {step + 1}/{args.steps}  loss {loss.item():.4f}  lr {learning_rate_at(step, args):.2e}")
-    finally:
-        torch.set_num_threads(threads)
+    with deterministic(args.seed, args.threads):
+        model = LlamaForCausalLM(model_config(args, tokenizer)).train()
+        generator = torch.Generator().manual_seed(args.seed)  # data order
+        losses = optimise(model, batches(pairs, args, tokenizer.pad_token_id, generator), args, log)
     return model.eval(), losses
 
 
